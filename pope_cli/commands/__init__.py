@@ -1,0 +1,1 @@
+"""Thin Typer commands: options → config dataclass → the stage's `run_*` function."""

@@ -1,0 +1,131 @@
+"""The policy loss: per-token log-probs, the clipped surrogate, k3 KL, entropy, aggregation.
+
+Pure tensor functions: no model, no optimizer. Every (B, T) tensor here is indexed by
+completion position, and `mask` (B, T) is True exactly on the tokens the policy sampled
+(EOS included); prompt, oracle-prefix and padding positions never reach these functions
+with mask True, so they never get gradient.
+
+Aggregations (how per-token losses become one number):
+- `token-mean`: sum over all masked tokens / number of masked tokens (DAPO; long answers weigh
+  more in total, every token weighs the same).
+- `seq-mean`: mean over tokens within each sequence, then mean over sequences (original GRPO;
+  a token of a short answer weighs more than a token of a long one).
+- `dr-grpo`: sum over all masked tokens / (sequences × max_new_tokens), a constant normaliser,
+  so neither the sequence length nor the batch's token count rescales the gradient (Dr. GRPO).
+
+When one mini-batch is split into micro-batches for memory, pass the mini-batch's `num_tokens`
+and `num_seqs`: each micro-batch loss then uses the mini-batch's denominator and the
+micro-batch losses add up to the mini-batch loss exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+AGGREGATIONS = ("token-mean", "seq-mean", "dr-grpo")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The knobs of `policy_loss` (see TrainConfig for what each means to a user)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    agg: str = "token-mean"
+    max_new_tokens: int = 1024
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+
+    def __post_init__(self):
+        if self.agg not in AGGREGATIONS:
+            raise ValueError(f"agg must be one of {AGGREGATIONS}, not {self.agg!r}")
+
+
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each target token and the entropy at each position, both under the
+    temperature-scaled distribution the tokens were sampled from.
+
+    logits (B, T, V) are the model's outputs at the positions that predict targets (B, T).
+    The entropy is built without a graph unless `entropy_grad` (an entropy bonus is on).
+    """
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (B, T)
+    return logp, entropy
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(r) - r - 1 with r = ref - policy.
+
+    Unbiased for the KL when tokens are sampled from the policy, and never negative.
+    """
+    log_ratio = ref_logp - logp  # (B, T)
+    return torch.exp(log_ratio) - log_ratio - 1  # (B, T)
+
+
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, agg: str, max_new_tokens: int,
+    num_seqs: int | None = None, num_tokens: int | None = None,
+) -> torch.Tensor:
+    """Reduce per-token values (B, T) over the masked positions to a scalar (see module doc)."""
+    mask = mask.bool()  # (B, T)
+    # where(), not multiply: a NaN or inf at a padding position must not leak into the sum.
+    masked = torch.where(mask, values, 0.0)  # (B, T)
+    seqs = num_seqs if num_seqs is not None else values.shape[0]
+    if agg == "token-mean":
+        tokens = num_tokens if num_tokens is not None else mask.sum().clamp(min=1)
+        return masked.sum() / tokens
+    if agg == "seq-mean":
+        per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B,)
+        return per_seq.sum() / max(seqs, 1)
+    if agg == "dr-grpo":
+        return masked.sum() / (max(seqs, 1) * max_new_tokens)
+    raise ValueError(f"agg must be one of {AGGREGATIONS}, not {agg!r}")
+
+
+def policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    settings: LossSettings, *, ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
+    num_seqs: int | None = None, num_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate (+ k3 KL, − entropy bonus), aggregated; returns (loss, metrics).
+
+    logp, old_logp, ref_logp, entropy, mask: (B, T); advantages: (B,), one per sequence.
+    The ratio is clipped to [1 - clip_low, 1 + clip_high]. Fully on-policy with one update per
+    batch, old_logp is logp.detach(): the ratio is exactly 1 and the gradient is the plain
+    policy gradient. `metrics` holds sums over the masked tokens plus `tokens`, their count,
+    so micro-batches add up; divide by `tokens` for per-token means.
+    """
+    mask = mask.bool()  # (B, T)
+    adv = advantages.float().unsqueeze(1)  # (B, 1)
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    clipped_ratio = ratio.clamp(1 - settings.clip_low, 1 + settings.clip_high)  # (B, T)
+    per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)  # (B, T)
+    # Tokens whose clipped term wins: their gradient is zero for this update.
+    clipped_low = (ratio < 1 - settings.clip_low) & (adv < 0)  # (B, T)
+    clipped_high = (ratio > 1 + settings.clip_high) & (adv > 0)  # (B, T)
+    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)  # (B, T)
+    if settings.kl_coef:
+        per_token = per_token + settings.kl_coef * kl
+    if settings.entropy_coef:
+        per_token = per_token - settings.entropy_coef * entropy
+    loss = aggregate(per_token, mask, settings.agg, settings.max_new_tokens, num_seqs, num_tokens)
+
+    def masked_sum(values: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, values.detach().float(), 0.0).sum()
+
+    metrics = {
+        "tokens": mask.sum(),
+        "clipped_low": (clipped_low & mask).sum(),
+        "clipped_high": (clipped_high & mask).sum(),
+        "kl": masked_sum(kl),
+        "ratio": masked_sum(ratio),
+    }
+    if entropy is not None:
+        metrics["entropy"] = masked_sum(entropy)
+    return loss, metrics

@@ -1,0 +1,60 @@
+"""What a training run tells the user while it runs: a rich live line on a terminal, one plain
+line per step in a pipe (both on stderr; the data goes to RUN/metrics.jsonl)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def step_line(row: dict, total: int) -> str:
+    """A one-line summary of a metrics row."""
+    parts = [f"step {row['step']}/{total}",
+             f"reward g {_fmt(row['reward/guided'])} u {_fmt(row['reward/unguided'])} e {_fmt(row['reward/easy'])}",
+             f"solved {row['solved_unguided/step']}/{row['solved_unguided/ever']} ever",
+             f"len {_fmt(row['response_length'], 0)}", f"trunc {_fmt(row['truncation_rate'])}",
+             f"ent {_fmt(row['entropy'])}", f"gnorm {_fmt(row['grad_norm'])}", f"lr {row['lr']:.1e}",
+             f"gen {_fmt(row['time/generate_s'], 1)}s train {_fmt(row['time/train_s'], 1)}s"]
+    if row.get("nan_skipped"):
+        parts.append(f"SKIPPED {row['nan_skipped']} non-finite update(s)")
+    evals = [f"{key.removeprefix('eval/')} {value:.3f}" for key, value in row.items()
+             if key.startswith("eval/") and isinstance(value, float)]
+    return " | ".join(parts + evals)
+
+
+class StepReporter:
+    """A live progress line on a terminal; plain lines otherwise."""
+
+    def __init__(self, total: int, done: int, stream=None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.progress = None
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("train"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.description}"),
+                                     console=Console(file=self.stream))
+            self.task = self.progress.add_task("", total=total, completed=done)
+            self.progress.start()
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def step(self, row: dict) -> None:
+        line = step_line(row, self.total)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=row["step"], description=line.split(" | ", 1)[1])
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()

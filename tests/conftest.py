@@ -1,0 +1,64 @@
+"""Shared fixtures: a local character-level tokenizer with a chat template and tiny Qwen2 models.
+
+Nothing here touches the network: the tokenizer is built with `tokenizers`, the models from a
+`Qwen2Config` with random (seeded) weights.
+"""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_char_tokenizer():
+    """A character-level PreTrainedTokenizerFast over printable ASCII, with a chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    chars = [c for c in string.printable if c not in "\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        additional_special_tokens=specials[3:],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, eos_id: int = 1, pad_id: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=2048, tie_word_embeddings=True,
+        eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, char_tokenizer):
+    """A saved tiny model + tokenizer directory, loadable with `--model DIR`."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    model = build_tiny_model(len(char_tokenizer))
+    model.save_pretrained(out)
+    char_tokenizer.save_pretrained(out)
+    return out

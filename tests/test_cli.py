@@ -1,0 +1,89 @@
+"""The command line as a user meets it: fast help, one-line errors, the stages chained on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+COMMANDS = ["filter-hard", "make-prefixes", "eval", "train", "demo", "toy"]
+
+
+def pope(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pope {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_of_every_command_is_fast_and_complete():
+    started = time.perf_counter()
+    top = pope("--help", check=True)
+    assert time.perf_counter() - started < 2.0
+    registered = [c for c in COMMANDS if c in top.stdout]
+    assert {"filter-hard", "make-prefixes", "eval"} <= set(registered)
+    for command in registered:
+        started = time.perf_counter()
+        proc = pope(command, "--help", check=True)
+        assert time.perf_counter() - started < 2.0, command
+        assert "Usage" in proc.stdout
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from typer.testing import CliRunner; from pope_cli.cli import app; "
+            "CliRunner().invoke(app, ['eval', '--help']); "
+            "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'peft', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["filter-hard", "missing.jsonl", "--model", "m/x", "--out", "o"], "missing.jsonl: no such file"),
+    (["filter-hard", "p.jsonl", "--model", "m/x", "--out", "o", "--k", "0"], "--k: must be at least 1"),
+    (["filter-hard", "p.jsonl", "--model", "./nowhere", "--out", "o"], "--model: ./nowhere: no such directory"),
+    (["filter-hard", "p.jsonl", "--model", "m/x", "--out", "o", "--reward", "no_such_module:f"], "--reward"),
+    (["eval", "p.jsonl", "--model", "m/x", "--out", "o", "--n", "4", "--k", "8"], "--k: each k must be in [1, n=4]"),
+    (["eval", "p.jsonl", "--model", "m/x", "--out", "o", "--mode", "guided"], "--mode guided: needs --prefixes"),
+    (["make-prefixes", "p.jsonl", "--model", "m/x", "--out", "o.jsonl", "--max-fraction", "1.5"], "--max-fraction"),
+])
+def test_user_errors_are_one_line_without_traceback_and_write_nothing(tmp_path, args, message):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "problem": "p", "answer": "1"}) + "\n")
+    proc = pope(*args, cwd=tmp_path)
+    assert proc.returncode in (1, 2)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]
+
+
+def test_filter_hard_make_prefixes_eval_chain_on_a_tiny_model(tmp_path, tiny_model_dir):
+    rows = [{"id": f"e{i}", "problem": f"Say {i}.", "answer": str(i), "solution": f"I say {i}.\nSo {i}.\n\\boxed{{{i}}}"}
+            for i in range(3)]
+    rows += [{"id": f"h{i}", "problem": f"Say the word {i}.", "answer": f"qQzZ{i}",
+              "solution": f"The word.\nIt is qQ\nthen zZ{i}.\n\\boxed{{qQzZ{i}}}"} for i in range(3)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--model", str(tiny_model_dir), "--reward", "rewards_for_tests:contains_answer", "--max-new-tokens", "12",
+              "--batch-size", "16", "--reward-workers", "1"]
+    pope("filter-hard", "p.jsonl", "--k", "16", "--chunk", "8", "--out", "filter", *common, cwd=tmp_path, check=True)
+    stats = [json.loads(line) for line in (tmp_path / "filter" / "stats.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in stats if s["hard"]] == ["h0", "h1", "h2"]
+    assert all(s["samples"] == 16 for s in stats if s["hard"])
+    pope("make-prefixes", "filter/hard.jsonl", "--n", "4", "--max-fraction", "0.9", "--out", "prefixes.jsonl", *common,
+         cwd=tmp_path, check=True)
+    prefixes = [json.loads(line) for line in (tmp_path / "prefixes.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in prefixes] == ["h0", "h1", "h2"]
+    assert all(p["status"] in ("found", "not_found") and p["prefix"] for p in prefixes)
+    proc = pope("eval", "filter/hard.jsonl", "--prefixes", "prefixes.jsonl", "--mode", "unguided,guided", "--n", "4",
+                "--k", "1,4", "--out", "eval", *common, cwd=tmp_path, check=True)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    metrics = summary["models"][str(tiny_model_dir)]
+    assert metrics["unguided"]["problems"] == 3 and metrics["guided"]["problems"] == 3
+    assert metrics["unguided"]["pass@4"] == 0.0
+    assert "pass@4" in proc.stdout

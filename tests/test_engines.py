@@ -1,0 +1,370 @@
+"""Engines: the counter-based noise, the hf engine's seeding rule and outputs, the vLLM glue."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from pope_cli.config import ModelOptions
+from pope_cli.engines import choose_backend, make_engine
+from pope_cli.engines.base import Request, Sampling
+from pope_cli.engines.hf import HFEngine
+from pope_cli.engines.noise import (
+    MASK32, SeededSampler, fmix32, index_hashes, stream_key, top_p_filter, uniforms,
+)
+from pope_cli.errors import PopeError
+
+EOS, PAD = 1, 0
+
+
+# ---------------------------------------------------------------- noise
+
+
+def _reference_fmix32(x: int) -> int:
+    """murmur3's finaliser written with Python's unbounded ints."""
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & MASK32
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & MASK32
+    return x ^ (x >> 16)
+
+
+def test_hash_matches_on_ints_and_tensors_and_is_a_bijection():
+    xs = [0, 1, 2, 12345, MASK32 - 1, MASK32, 0xDEADBEEF]
+    assert fmix32(torch.tensor(xs)).tolist() == [fmix32(x) for x in xs] == [_reference_fmix32(x) for x in xs]
+    block = torch.arange(1 << 16, dtype=torch.int64) * 65521
+    assert fmix32(block).unique().numel() == block.numel()
+    assert int(fmix32(block).max()) <= MASK32
+
+
+def test_uniforms_look_uniform_and_distinct():
+    keys = torch.tensor([stream_key(s) for s in range(8)])
+    codes = index_hashes(4096, "cpu")
+    u = uniforms(keys, 3, codes)
+    assert u.shape == (8, 4096) and u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.01
+    assert abs(u.var().item() - 1 / 12) < 0.002
+    assert u.unique().numel() == u.numel()
+    next_step = uniforms(keys, 4, codes)
+    neighbour_seed = uniforms(keys[1:], 3, codes)
+    neighbour_token = u[:, 1:]
+    for other, mine in ((next_step, u), (neighbour_seed, u[:-1]), (neighbour_token, u[:, :-1])):
+        corr = torch.corrcoef(torch.stack([other.flatten(), mine.flatten()]))[0, 1]
+        assert abs(corr.item()) < 0.02
+
+
+def test_stream_keys_use_the_high_bits_of_the_seed():
+    assert len({stream_key(s) for s in (0, 1, 1 << 32, (1 << 32) + 1, 1 << 40)}) == 5
+
+
+def _draw(logits: torch.Tensor, draws: int, temperature: float, top_p: float) -> torch.Tensor:
+    sampler = SeededSampler(list(range(draws)), prompt_len=0, temperature=temperature, top_p=top_p,
+                            device=torch.device("cpu"))
+    scores = sampler(torch.zeros((draws, 5), dtype=torch.long), logits.expand(draws, -1).clone())
+    return torch.bincount(scores.argmax(-1), minlength=logits.numel()).double()
+
+
+def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    keep = expected > 0
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+def test_gumbel_max_samples_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    counts = _draw(logits, 40000, temperature=0.7, top_p=1.0)
+    # 5 degrees of freedom: P(chi2 > 20.5) = 0.001
+    assert _chi_square(counts, torch.softmax(logits.double() / 0.7, -1)) < 20.5
+
+
+def test_top_p_keeps_the_smallest_nucleus_and_renormalises():
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    probs = torch.softmax(logits.double(), -1)  # cumulative: 0.56, 0.77, 0.89, ...
+    filtered = top_p_filter(logits.unsqueeze(0), 0.75)[0]
+    assert torch.isinf(filtered).tolist() == [False, False, True, True, True, True]
+    assert torch.isinf(top_p_filter(logits.unsqueeze(0), 0.5)[0]).sum() == 5  # the top token always stays
+    counts = _draw(logits, 20000, temperature=1.0, top_p=0.75)
+    assert counts[2:].sum() == 0
+    nucleus = torch.cat([probs[:2] / probs[:2].sum(), torch.zeros(4, dtype=torch.float64)])
+    assert _chi_square(counts, nucleus) < 10.8  # 1 degree of freedom, p = 0.001
+
+
+# ---------------------------------------------------------------- hf engine
+
+
+@pytest.fixture(scope="module")
+def engine(char_tokenizer):
+    return HFEngine(build_tiny_model(len(char_tokenizer)), char_tokenizer, batch_size=4)
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text)["input_ids"]
+
+
+SAMPLING = Sampling(temperature=1.0, max_new_tokens=12)
+
+
+def test_a_sample_does_not_depend_on_its_batch(engine, char_tokenizer):
+    prompt = ids(char_tokenizer, "What is 2+2?")
+    alone = engine.generate([Request(prompt, 3, 11)], SAMPLING)[0]
+    others = [Request(ids(char_tokenizer, "x"), 2, 5), Request(prompt, 3, 11),
+              Request(ids(char_tokenizer, "a much longer prompt than the others"), 4, 9)]
+    crowded = engine.generate(others, SAMPLING)[1]
+    wide = HFEngine(engine.model, char_tokenizer, batch_size=16).generate(others, SAMPLING)[1]
+    assert [c.token_ids for c in alone] == [c.token_ids for c in crowded] == [c.token_ids for c in wide]
+
+
+def test_sample_j_of_seed_s_is_sample_0_of_seed_s_plus_j(engine, char_tokenizer):
+    prompt = ids(char_tokenizer, "seed rule")
+    many = engine.generate([Request(prompt, 4, 100)], SAMPLING)[0]
+    singles = engine.generate([Request(prompt, 1, 100 + j) for j in range(4)], SAMPLING)
+    assert [c.token_ids for c in many] == [s[0].token_ids for s in singles]
+    assert len({tuple(c.token_ids) for c in many}) == 4
+
+
+def test_greedy_is_the_argmax_and_ignores_seeds(engine, char_tokenizer):
+    prompt = ids(char_tokenizer, "greedy")
+    greedy = Sampling(temperature=0.0, max_new_tokens=6, logprobs=True)
+    a, b = engine.generate([Request(prompt, 1, 1), Request(prompt, 1, 2)], greedy)
+    assert a[0].token_ids == b[0].token_ids
+    logits = _logits(engine.model, prompt, a[0].token_ids)
+    assert a[0].token_ids == logits.argmax(-1).tolist()
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(a[0].token_ids)[:, None])
+    assert torch.allclose(torch.tensor(a[0].logprobs), expected.squeeze(1), atol=1e-4)
+
+
+def _logits(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    """The logits that predicted each completion token, by one plain forward pass."""
+    with torch.no_grad():
+        out = model(torch.tensor([prompt + completion])).logits[0].float()
+    return out[len(prompt) - 1:len(prompt) + len(completion) - 1]
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_logprobs_match_a_forward_pass(engine, char_tokenizer, top_p):
+    sampling = Sampling(temperature=0.7, top_p=top_p, max_new_tokens=10, logprobs=True)
+    prompts = [ids(char_tokenizer, "logprobs"), ids(char_tokenizer, "and a longer one")]
+    out = engine.generate([Request(p, 2, 3) for p in prompts], sampling)
+    for prompt, completions in zip(prompts, out):
+        for c in completions:
+            logits = _logits(engine.model, prompt, c.token_ids) / 0.7
+            expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+            assert len(c.logprobs) == len(c.token_ids)
+            assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4)
+
+
+def _biased_model(vocab_size: int, eos_bias: float):
+    """A tiny model whose EOS logit is raised by `eos_bias` and that never picks the pad token,
+    so any pad id in an output would be padding that leaked through."""
+    model = build_tiny_model(vocab_size, seed=1)
+    bias = torch.zeros(vocab_size)
+    bias[EOS], bias[PAD] = eos_bias, -1e9
+    model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    return model
+
+
+def test_finish_reasons_and_no_padding(char_tokenizer):
+    engine = HFEngine(_biased_model(len(char_tokenizer), eos_bias=3.0), char_tokenizer, batch_size=8)
+    prompts = [ids(char_tokenizer, "stop?"), ids(char_tokenizer, "a longer prompt, stop?")]
+    sampling = Sampling(temperature=1.0, max_new_tokens=8, logprobs=True)
+    out = [c for cs in engine.generate([Request(p, 8, 0) for p in prompts], sampling) for c in cs]
+    reasons = {c.finish_reason for c in out}
+    assert reasons == {"stop", "length"}
+    for c in out:
+        assert PAD not in c.token_ids and len(c.logprobs) == len(c.token_ids)
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] == EOS and EOS not in c.token_ids[:-1]
+        else:
+            assert len(c.token_ids) == 8 and EOS not in c.token_ids
+        assert c.text == char_tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        assert "<eos>" not in c.text
+
+
+def test_model_generation_defaults_do_not_change_sampling(engine, char_tokenizer):
+    prompt = ids(char_tokenizer, "defaults")
+    before = engine.generate([Request(prompt, 2, 4)], SAMPLING)[0]
+    model = build_tiny_model(len(char_tokenizer))
+    model.generation_config.update(do_sample=True, temperature=0.3, top_k=3, repetition_penalty=2.0,
+                                   no_repeat_ngram_size=2, min_new_tokens=5)
+    after = HFEngine(model, char_tokenizer).generate([Request(prompt, 2, 4)], SAMPLING)[0]
+    assert [c.token_ids for c in before] == [c.token_ids for c in after]
+
+
+def test_generation_config_that_cannot_be_neutralised_is_refused(char_tokenizer):
+    model = build_tiny_model(len(char_tokenizer))
+    model.generation_config.forced_eos_token_id = EOS
+    with pytest.raises(PopeError, match="forced_eos_token_id"):
+        HFEngine(model, char_tokenizer)
+
+
+def test_eos_ids_pad_fallback_and_training_mode(char_tokenizer):
+    model = build_tiny_model(len(char_tokenizer))
+    model.generation_config.eos_token_id = [EOS, 7]
+    no_pad = types.SimpleNamespace(eos_token_id=EOS, pad_token_id=None, decode=char_tokenizer.decode)
+    engine = HFEngine(model, no_pad)
+    assert engine.eos_ids == [EOS, 7] and engine.pad_id == EOS
+    model.train()
+    out = engine.generate([Request(ids(char_tokenizer, "ab"), 2, 0), Request([5, 6, 8, 9, 10], 1, 0)], SAMPLING)
+    assert model.training and [len(o) for o in out] == [2, 1]
+    assert all(7 not in c.token_ids[:-1] for o in out for c in o)
+    assert engine.generate([], SAMPLING) == [] and engine.generate([Request([5], 0, 0)], SAMPLING) == [[]]
+
+
+# ---------------------------------------------------------------- backend choice
+
+
+def test_choose_backend(monkeypatch):
+    import importlib.util
+
+    assert choose_backend("hf") == "hf" and choose_backend("vllm") == "vllm"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vllm" else None)
+    assert choose_backend("auto") == "vllm"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_backend("auto") == "hf"
+
+
+def test_make_engine_hf(tiny_model_dir):
+    engine = make_engine(ModelOptions(model=str(tiny_model_dir), backend="hf", batch_size=3))
+    assert isinstance(engine, HFEngine) and engine.batch_size == 3
+    out = engine.generate([Request(engine.tokenizer("hi")["input_ids"], 2, 0)], Sampling(max_new_tokens=4))
+    assert len(out[0]) == 2
+    assert all(len(c.token_ids) == 4 if c.finish_reason == "length" else c.token_ids[-1] == EOS for c in out[0])
+
+
+# ---------------------------------------------------------------- vLLM glue, against a fake vllm
+
+
+class FakeLLM:
+    instances: list["FakeLLM"] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.calls = []
+        self.slept = []
+        FakeLLM.instances.append(self)
+
+    def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+        self.calls.append((prompts, params, lora_request))
+        return [types.SimpleNamespace(outputs=[_fake_output(p, k) for k in reversed(range(p.n))]) for p in params]
+
+    def sleep(self, level=1):
+        self.slept.append(("sleep", level))
+
+    def wake_up(self, tags=None):
+        self.slept.append(("wake_up", tags))
+
+
+def _fake_output(params, index: int):
+    """Tokens derived from the child's seed, as vLLM seeds child `index` with seed + index."""
+    tokens = [params.seed + index, 40 + index]
+    return types.SimpleNamespace(
+        index=index, token_ids=tuple(tokens), text=f"t{index}", finish_reason="stop" if index % 2 == 0 else "length",
+        logprobs=[{t: types.SimpleNamespace(logprob=-0.5 * (k + 1), rank=1)} for k, t in enumerate(tokens)]
+        if params.logprobs is not None else None,
+    )
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    def install(with_logprobs_mode: bool = True):
+        vllm = types.ModuleType("vllm")
+        fields = {"model": str, **({"logprobs_mode": str} if with_logprobs_mode else {})}
+        vllm.EngineArgs = dataclasses.make_dataclass("EngineArgs", list(fields.items()))
+        vllm.LLM = FakeLLM
+        vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+        lora, request = types.ModuleType("vllm.lora"), types.ModuleType("vllm.lora.request")
+        request.LoRARequest = lambda **kw: types.SimpleNamespace(**kw)
+        for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
+            monkeypatch.setitem(sys.modules, name, module)
+        FakeLLM.instances.clear()
+        return vllm
+
+    return install
+
+
+def _vllm_engine(char_tokenizer, **kwargs):
+    from pope_cli.engines.vllm import VLLMEngine
+
+    return VLLMEngine("some/model", char_tokenizer, **kwargs)
+
+
+def test_vllm_sampling_params_prompts_and_outputs(fake_vllm, char_tokenizer):
+    fake_vllm()
+    engine = _vllm_engine(char_tokenizer, max_lora_rank=12)
+    llm = FakeLLM.instances[0]
+    assert llm.kwargs["logprobs_mode"] == "processed_logprobs"
+    assert llm.kwargs["enable_lora"] and llm.kwargs["max_lora_rank"] == 16
+    sampling = Sampling(temperature=0.8, top_p=0.9, max_new_tokens=300, logprobs=True)
+    out = engine.generate([Request([5, 6], 3, 10), Request([7], 0, 4), Request([8], 1, 20)], sampling)
+    prompts, params, lora = llm.calls[0]
+    assert prompts == [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [8]}]
+    assert [(p.n, p.seed) for p in params] == [(3, 10), (1, 20)]
+    assert all((p.temperature, p.top_p, p.max_tokens, p.logprobs) == (0.8, 0.9, 300, 0) for p in params)
+    assert lora is None
+    assert [len(o) for o in out] == [3, 0, 1]
+    assert [c.token_ids for c in out[0]] == [[10, 40], [11, 41], [12, 42]]
+    assert [c.finish_reason for c in out[0]] == ["stop", "length", "stop"]
+    assert out[0][1].logprobs == [-0.5, -1.0] and out[0][1].text == "t1"
+    plain = engine.generate([Request([5], 1, 0)], Sampling(max_new_tokens=5))
+    assert plain[0][0].logprobs is None and llm.calls[1][1][0].logprobs is None
+
+
+def test_vllm_lora_ids_are_fresh_across_calls_and_engines(fake_vllm, char_tokenizer, tmp_path):
+    fake_vllm()
+    first, second = _vllm_engine(char_tokenizer, max_lora_rank=8), _vllm_engine(char_tokenizer, max_lora_rank=8)
+    seen = []
+    for engine in (first, second, first):
+        engine.set_lora(tmp_path)
+        engine.generate([Request([5], 1, 0)], SAMPLING)
+        request = FakeLLM.instances[0 if engine is first else 1].calls[-1][2]
+        assert request.lora_path == str(tmp_path)
+        seen.append(request.lora_int_id)
+    assert len(set(seen)) == 3 and seen == sorted(seen)
+    first.set_lora(None)
+    assert first.lora_request is None
+
+
+def test_vllm_sleep_and_wake_up_pass_through(fake_vllm, char_tokenizer):
+    fake_vllm()
+    engine = _vllm_engine(char_tokenizer, enable_sleep_mode=True)
+    engine.sleep(level=2)
+    engine.wake_up(tags=["weights"])
+    llm = FakeLLM.instances[0]
+    assert llm.kwargs["enable_sleep_mode"] and "enable_lora" not in llm.kwargs
+    assert llm.slept == [("sleep", 2), ("wake_up", ["weights"])]
+
+
+def test_old_vllm_refuses_temperature_free_logprobs(fake_vllm, char_tokenizer):
+    fake_vllm(with_logprobs_mode=False)
+    engine = _vllm_engine(char_tokenizer)
+    assert "logprobs_mode" not in FakeLLM.instances[0].kwargs
+    with pytest.raises(PopeError, match="temperature"):
+        engine.generate([Request([5], 1, 0)], Sampling(temperature=0.8, logprobs=True))
+    assert engine.generate([Request([5], 1, 0)], Sampling(temperature=1.0, logprobs=True))[0][0].logprobs
+
+
+def test_vllm_missing_is_a_clear_error(monkeypatch, char_tokenizer):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(PopeError, match="vLLM is not installed"):
+        _vllm_engine(char_tokenizer)
+
+
+def test_vllm_from_an_adapter_dir_serves_base_plus_adapter(fake_vllm, char_tokenizer, tiny_model_dir, tmp_path):
+    import json
+
+    fake_vllm()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir), "r": 20}))
+    engine = make_engine(ModelOptions(model=str(adapter), backend="vllm", gpu_memory_utilization=0.5))
+    llm = FakeLLM.instances[0]
+    assert llm.kwargs["model"] == str(tiny_model_dir) and llm.kwargs["max_lora_rank"] == 32
+    assert llm.kwargs["dtype"] == "bfloat16" and llm.kwargs["gpu_memory_utilization"] == 0.5
+    assert llm.kwargs["tokenizer"] == engine.tokenizer.name_or_path == str(tiny_model_dir)
+    assert engine.lora_request.lora_path == str(adapter)

@@ -1,0 +1,135 @@
+"""filter-hard with a scripted engine: early stopping, exact counts, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fakes import BoxScorer, ScriptedEngine
+from pope_cli.config import FieldMap, FilterHardConfig, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.filter_hard import run_filter_hard
+
+TESTS = Path(__file__).parent
+
+
+def answer_every_fifth(prompt: str, stream: int) -> str:
+    """Problems whose text says 'easy' are solved on every fifth stream; others never."""
+    if "easy" in prompt and stream % 5 == 0:
+        return "\\boxed{7}"
+    return "\\boxed{0}" if stream % 2 else "no answer"
+
+
+def make_problems(path: Path, count: int) -> Path:
+    rows = [{"id": f"p{i}", "problem": f"{'easy' if i % 2 == 0 else 'hard'} problem {i}", "answer": "7"} for i in range(count)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(data: Path, out: Path, **overrides) -> FilterHardConfig:
+    values = dict(data=str(data), out=str(out), model=ModelOptions("scripted", batch_size=8), fields=FieldMap(),
+                  prompt=PromptOptions(), sampling=SamplingOptions(max_new_tokens=32), reward=RewardOptions(),
+                  k=32, chunk=4, seed=3)
+    values.update(overrides)
+    return FilterHardConfig(**values)
+
+
+def run(cfg, tokenizer, delay: float = 0.0):
+    engine = ScriptedEngine(tokenizer, answer_every_fifth, delay)
+    return run_filter_hard(cfg, lambda: engine, BoxScorer), engine
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_early_stopping_draws_fewer_on_solvable_and_exactly_k_on_unsolvable(tmp_path, char_tokenizer):
+    data = make_problems(tmp_path / "p.jsonl", 6)
+    summary, _ = run(config(data, tmp_path / "out"), char_tokenizer)
+    stats = {row["id"]: row for row in read_jsonl(tmp_path / "out" / "stats.jsonl")}
+    assert [row["id"] for row in read_jsonl(tmp_path / "out" / "stats.jsonl")] == [f"p{i}" for i in range(6)]
+    for i in range(6):
+        row = stats[f"p{i}"]
+        if i % 2:
+            assert (row["samples"], row["correct"], row["hard"]) == (32, 0, True)
+            assert row["unparseable"] == 16
+        else:
+            assert row["samples"] < 32 and row["samples"] % 4 == 0 and row["correct"] >= 1 and not row["hard"]
+    assert summary["hard"] == 3 and summary["easy"] == 3
+    assert summary["samples"] < summary["naive_samples"] == 6 * 32
+    hard = read_jsonl(tmp_path / "out" / "hard.jsonl")
+    assert [r["id"] for r in hard] == ["p1", "p3", "p5"] and hard[0]["problem"] == "hard problem 1"
+    assert [r["id"] for r in read_jsonl(tmp_path / "out" / "easy.jsonl")] == ["p0", "p2", "p4"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["command"] == "filter-hard" and manifest["counts"]["hard"] == 3
+
+
+def test_exhaustive_draws_k_everywhere_and_counts_exactly(tmp_path, char_tokenizer):
+    data = make_problems(tmp_path / "p.jsonl", 2)
+    run(config(data, tmp_path / "out", exhaustive=True, k=10, chunk=3), char_tokenizer)
+    rows = read_jsonl(tmp_path / "out" / "stats.jsonl")
+    assert [r["samples"] for r in rows] == [10, 10]
+    seed = json.loads((tmp_path / "out" / "config.json").read_text())["seed"]
+    from pope_cli.seeding import derive_seed
+
+    expected = sum(1 for j in range(10) if (derive_seed(seed, "p0") + j) % 5 == 0)
+    assert rows[0]["correct"] == expected and rows[0]["pass_rate"] == expected / 10
+
+
+def test_chunking_does_not_change_results(tmp_path, char_tokenizer):
+    data = make_problems(tmp_path / "p.jsonl", 4)
+    run(config(data, tmp_path / "a", exhaustive=True, chunk=4), char_tokenizer)
+    run(config(data, tmp_path / "b", exhaustive=True, chunk=7, model=ModelOptions("scripted", batch_size=3)), char_tokenizer)
+    assert (tmp_path / "a" / "stats.jsonl").read_text() == (tmp_path / "b" / "stats.jsonl").read_text()
+
+
+def test_rerun_of_a_finished_run_draws_nothing_and_changed_config_is_refused(tmp_path, char_tokenizer):
+    from pope_cli.errors import PopeError
+
+    data = make_problems(tmp_path / "p.jsonl", 3)
+    run(config(data, tmp_path / "out"), char_tokenizer)
+    _, engine = run(config(data, tmp_path / "out"), char_tokenizer)
+    assert engine.calls == []
+    with pytest.raises(PopeError, match=r"different options \(k\)"):
+        run(config(data, tmp_path / "out", k=64), char_tokenizer)
+
+
+KILLABLE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import build_char_tokenizer
+    from test_filter_hard import config, run
+    from pathlib import Path
+    run(config(Path({data!r}), Path({out!r}), save_samples=True, model=__import__("pope_cli.config").config.ModelOptions("scripted", batch_size=4)),
+        build_char_tokenizer(), delay=0.05)
+""")
+
+
+@pytest.mark.parametrize("kill_after_lines", [2, 7])
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, char_tokenizer, kill_after_lines):
+    data = make_problems(tmp_path / "p.jsonl", 12)
+    reference = tmp_path / "reference"
+    run(config(data, reference, save_samples=True, model=ModelOptions("scripted", batch_size=4)), char_tokenizer)
+    out = tmp_path / "killed"
+    script = KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent)
+    stats = out / "stats.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if stats.exists() and stats.read_text().count("\n") >= kill_after_lines:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "hard.jsonl").exists()
+    subprocess.run([sys.executable, "-c", script], cwd=TESTS.parent, check=True)
+    for name in ("stats.jsonl", "samples.jsonl", "hard.jsonl", "easy.jsonl"):
+        assert (out / name).read_text() == (reference / name).read_text(), name

@@ -1,0 +1,346 @@
+"""The trainer on tiny Qwen2 models: masking, skipped groups, learning, LoRA vs full, reloading,
+checkpoints, resume after SIGKILL, config files, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from pope_cli.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions, TrainConfig
+from pope_cli.errors import PopeError
+from pope_cli.rl.batch import DataMix, Sample, collate
+from pope_cli.rl.loss import LossSettings, policy_loss, token_logprobs
+from pope_cli.rl.trainer import Run, run_train, train_step
+from pope_cli.rl.update import UpdateSettings, policy_update, sequence_logprobs
+from train_rewards import starts_lower
+
+torch.set_num_threads(1)
+TESTS = Path(__file__).parent
+TIMING = ("time/", "throughput/")
+
+
+class LowerScorer:
+    def score(self, completions, records):
+        return [starts_lower(c, r) for c, r in zip(completions, records)]
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A prefixes file of 8 hard problems with short templates (char-level prompts stay short)."""
+    (tmp_path / "guided.txt").write_text("Q:{problem} P:{prefix} C:")
+    (tmp_path / "unguided.txt").write_text("Q:{problem} A:")
+    with (tmp_path / "prefixes.jsonl").open("w") as f:
+        for i in range(8):
+            f.write(json.dumps({"id": f"p{i}", "problem": f"{i * 7 % 10}+{i}", "answer": "x", "solution": "abcd",
+                                "prefix": "ab"[: 1 + i % 2], "prefix_fraction": 0.25 * (1 + i % 2), "status": "found", "template": str(tmp_path / "guided.txt")}) + "\n")
+    return tmp_path
+
+
+def make_cfg(data: Path, model_dir, **overrides) -> TrainConfig:
+    fields = dict(prefixes=str(data / "prefixes.jsonl"), out=str(data / "run"),
+                  model=ModelOptions(str(model_dir), backend="hf", device="cpu"),
+                  prompt=PromptOptions(unguided_template=str(data / "unguided.txt")),
+                  sampling=SamplingOptions(temperature=1.0, max_new_tokens=8),
+                  reward=RewardOptions("train_rewards:starts_lower", workers=1),
+                  steps=4, prompts_per_step=4, group_size=8, lora=False, lr=1e-2, warmup_steps=0, save_every=100)
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith(TIMING)} for row in rows]
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+# ---- data mix and tensors ----------------------------------------------------------------
+
+def test_data_mix_proportions_and_resumable_position():
+    hard = [{"id": f"h{i}", "prefix": "x"} for i in range(5)]
+    easy = [{"id": f"e{i}"} for i in range(3)]
+    mix = DataMix(hard, easy, "pope", 1.0, 0.25, 6, seed=1)
+    totals = {"guided": 0, "unguided": 0, "easy": 0}
+    for step in range(8):
+        for kind, count in mix.counts(step).items():
+            totals[kind] += count
+    assert totals == {"guided": 18, "unguided": 18, "easy": 12}  # 48 prompts: 1/4 easy, hard 1:1
+    three_to_one = DataMix(hard, [], "pope", 3.0, 0.0, 4, seed=1)
+    assert [three_to_one.counts(s)["guided"] for s in range(4)] == [3, 3, 3, 3]
+    assert DataMix(hard, [], "grpo", 1.0, 0.0, 4, seed=1).counts(0) == {"guided": 0, "unguided": 4, "easy": 0}
+    first = [[item.record["id"] for item in mix.draw(s)] for s in range(3)]
+    resumed = DataMix(hard, easy, "pope", 1.0, 0.25, 6, seed=1, state=mix.state())
+    again = DataMix(hard, easy, "pope", 1.0, 0.25, 6, seed=1)
+    expected = [[item.record["id"] for item in again.draw(s)] for s in range(6)]
+    assert first == expected[:3]
+    assert [[item.record["id"] for item in resumed.draw(s)] for s in range(3, 6)] == expected[3:]
+    # Each epoch of the guided stream visits every problem once.
+    epoch = [r["id"] for r in DataMix(hard, [], "guided", 1.0, 0.0, 5, seed=2).streams["guided"].take(5)]
+    assert sorted(epoch) == [f"h{i}" for i in range(5)]
+
+
+def test_loss_mask_is_exactly_the_completion_tokens_with_eos():
+    samples = [Sample([5, 6, 7], [8, 1], 1.0), Sample([9], [10, 11, 12, 1], -1.0)]
+    batch = collate(samples, pad_id=0)
+    assert batch.start == 3
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 1, 0, 0], [0, 0, 9, 10, 11, 12, 1]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]]
+    assert batch.loss_mask.int().tolist() == [[0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1]]
+
+
+def test_training_samples_and_rollout_metrics():
+    from pope_cli.engines.base import Completion
+    from pope_cli.rl.advantages import group_advantages
+    from pope_cli.rl.batch import Item, Rollout, rollout_metrics, training_samples
+
+    stop, cut = Completion([3, 1], "a", "stop"), Completion([3, 4, 5], "b", "length")
+    items = [Item("guided", {"id": "h1"}), Item("unguided", {"id": "h1"}), Item("unguided", {"id": "h2"})]
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    result = Rollout(items, [[7], [8], [9]], [[stop, cut], [cut, stop], [stop, stop]], rewards, rewards >= 1)
+    advantages, signal = group_advantages(rewards, "none")
+    kept = training_samples(result, advantages, signal, mask_truncated=True)
+    assert [(s.prompt, s.completion, s.advantage) for s in kept] == [([7], [3, 1], 0.5), ([8], [3, 1], -0.5)]
+    assert len(training_samples(result, advantages, signal, mask_truncated=False)) == 4
+    metrics, solved = rollout_metrics(result, signal)
+    assert solved == {"h1"}  # solved unguided; h1's guided success does not count
+    assert metrics["reward/guided"] == 0.5 and metrics["reward/unguided"] == 0.25 and metrics["reward/easy"] is None
+    assert metrics["signal/unguided"] == 0.5 and metrics["groups_without_signal"] == 1
+    assert metrics["truncation_rate"] == 2 / 6 and metrics["response_length"] == 14 / 6
+
+
+def test_prompt_and_prefix_positions_get_exactly_zero_gradient(data, tiny_model_dir):
+    run = Run(make_cfg(data, tiny_model_dir), None, LowerScorer())
+    record = json.loads((data / "prefixes.jsonl").read_text().splitlines()[1])
+    prompt = run.prompt_ids("guided", record)
+    prefix_ids = run.policy.tokenizer("P:" + record["prefix"], add_special_tokens=False).input_ids
+    assert any(prompt[i:i + len(prefix_ids)] == prefix_ids for i in range(len(prompt)))  # the prefix is in the prompt
+    batch = collate([Sample(prompt, [40, 41, 1], 1.0), Sample(prompt[2:], [42, 1], -0.5)], run.policy.pad_id)
+    model = run.policy.model
+    # Full-sequence log-probs as a leaf: its gradient is the gradient each position receives.
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]  # (B, L-1, V)
+    logp, _ = token_logprobs(logits, batch.input_ids[:, 1:])
+    logp = logp.detach().requires_grad_(True)
+    mask = batch.loss_mask[:, 1:]
+    loss, _ = policy_loss(logp, logp.detach(), batch.advantages, mask, LossSettings(kl_coef=0.1, entropy_coef=0.1),
+                          ref_logp=torch.zeros_like(logp), entropy=torch.ones_like(logp))
+    loss.backward()
+    assert torch.all(logp.grad[~mask] == 0.0)  # prompt, prefix and padding targets
+    assert torch.all(logp.grad[mask] != 0.0)
+    # The trainer's own path builds logits for the completion columns only (plus the one before).
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    sequence_logprobs(model, batch, 1.0)
+    hook.remove()
+    assert seen == [batch.input_ids.shape[1] - batch.start + 1]
+
+
+def test_updates_per_step_one_spends_no_old_logprob_forward(data, tiny_model_dir):
+    run = Run(make_cfg(data, tiny_model_dir), None, LowerScorer())
+    samples = [Sample([5, 6, 7], [40 + i, 1], float(i % 2) - 0.5) for i in range(6)]
+    calls = []
+    hook = run.policy.model.register_forward_hook(lambda *args: calls.append(1))
+    settings = replace(run.settings, micro_batch_size=3)
+    policy_update(run.policy.model, run.optimizer, samples, settings, 0, "cpu", 0)
+    assert len(calls) == 2  # two micro-batches, one forward each
+    calls.clear()
+    policy_update(run.policy.model, run.optimizer, samples, replace(settings, updates_per_step=2), 0, "cpu", 0)
+    assert len(calls) == 2 + 2 * 2  # old log-probs once, then two passes
+    hook.remove()
+
+
+def test_micro_batching_does_not_change_the_gradient(data, tiny_model_dir):
+    grads = []
+    for micro in (1, 4):
+        run = Run(make_cfg(data, tiny_model_dir, loss_agg="seq-mean"), None, LowerScorer())
+        samples = [Sample([5, 6, 7][: 1 + i % 3], [40 + i] * (1 + i) + [1], float(i % 2) - 0.5) for i in range(4)]
+        run.optimizer.step = lambda: None  # keep the gradient for inspection
+        run.optimizer.zero_grad = lambda set_to_none=True: None
+        policy_update(run.policy.model, run.optimizer, samples, replace(run.settings, micro_batch_size=micro), 0, "cpu", 0)
+        grads.append(torch.cat([p.grad.flatten() for p in run.policy.model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+# ---- training behaviour ------------------------------------------------------------------
+
+def test_all_equal_groups_change_no_parameter(data, tiny_model_dir):
+    cfg = make_cfg(data, tiny_model_dir, reward=RewardOptions("train_rewards:always_zero", workers=1), weight_decay=0.1)
+    run = Run(cfg, None, type("Zero", (), {"score": lambda self, c, r: [0.0] * len(c)})())
+    before = snapshot(run.policy.model)
+    rows = [train_step(run, step) for step in range(2)]
+    assert all(torch.equal(before[n], p) for n, p in run.policy.model.named_parameters())
+    assert [r["groups_without_signal"] for r in rows] == [4, 4]
+    assert [r["optimizer_steps"] for r in rows] == [0, 0]
+
+
+def test_mean_reward_rises_on_an_easy_reward(data, tiny_model_dir):
+    cfg = make_cfg(data, tiny_model_dir, steps=24)
+    run = Run(cfg, None, LowerScorer())
+    rewards = [train_step(run, step)["reward/all"] for step in range(cfg.steps)]
+    early, late = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert late >= early + 0.3, rewards
+
+
+def test_lora_changes_only_adapter_weights_and_full_changes_the_model(data, tiny_model_dir):
+    lora = Run(make_cfg(data, tiny_model_dir, lora=True, lora_rank=4, lora_alpha=8, lr=5e-2), None, LowerScorer())
+    before = snapshot(lora.policy.model)
+    for step in range(3):
+        train_step(lora, step)
+    changed = {n for n, p in lora.policy.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_B" in n for n in changed)
+    full = Run(make_cfg(data, tiny_model_dir), None, LowerScorer())
+    before = snapshot(full.policy.model)
+    for step in range(3):
+        train_step(full, step)
+    changed = [n for n, p in full.policy.model.named_parameters() if not torch.equal(before[n], p)]
+    assert len(changed) > len(before) // 2
+
+
+def test_final_reloads_to_identical_outputs(data, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pope_cli.models import load_model
+    from pope_cli.rl.policy import save_final
+
+    run = Run(make_cfg(data, tiny_model_dir, lora=True, lora_rank=4, lora_alpha=8, lr=5e-2), None, LowerScorer())
+    for step in range(3):
+        train_step(run, step)
+    ids = torch.tensor([[7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        expected = run.policy.model.eval()(input_ids=ids).logits
+    save_final(run.policy, data / "run", merge=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, expected)  # training moved it
+        via_peft = PeftModel.from_pretrained(base, data / "run" / "final").eval()
+        via_pope = load_model(ModelOptions(str(data / "run" / "final"), device="cpu"))
+        merged = AutoModelForCausalLM.from_pretrained(data / "run" / "final_merged")
+        assert torch.equal(via_peft(input_ids=ids).logits, expected)
+        assert torch.equal(via_pope(input_ids=ids).logits, expected)
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+    assert (data / "run" / "final" / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_kl_starts_at_zero_and_grows(data, tiny_model_dir, lora):
+    # LoRA: the reference is the base with the adapter off; B starts at 0, so KL(step 1) is 0.
+    cfg = make_cfg(data, tiny_model_dir, lora=lora, lora_rank=4, lora_alpha=8, lr=5e-2 if lora else 1e-2,
+                   kl_coef=0.1, entropy_coef=0.01, grad_checkpointing=lora)
+    run = Run(cfg, None, LowerScorer())
+    rows = [train_step(run, step) for step in range(3)]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[2]["kl"] > 1e-5
+    assert all(row["optimizer_steps"] == 1 and row["entropy"] > 0 for row in rows)
+
+
+def test_lora_run_extended_from_its_checkpoint_matches_a_straight_run(data, tiny_model_dir):
+    with (data / "easy.jsonl").open("w") as f:
+        for i in range(3):
+            f.write(json.dumps({"id": f"e{i}", "problem": f"{i}*{i}", "answer": "y"}) + "\n")
+    common = dict(lora=True, lora_rank=4, lora_alpha=8, lr=5e-2, save_every=2, easy=str(data / "easy.jsonl"),
+                  easy_fraction=0.25)
+    run_train(make_cfg(data, tiny_model_dir, out=str(data / "a"), steps=2, **common))
+    run_train(make_cfg(data, tiny_model_dir, out=str(data / "a"), steps=4, **common))  # resumes after step 2
+    run_train(make_cfg(data, tiny_model_dir, out=str(data / "b"), steps=4, **common))
+    extended, straight = metric_rows(data / "a"), metric_rows(data / "b")
+    assert extended == straight and [r["prompts/easy"] for r in straight] == [1, 1, 1, 1]
+
+
+def test_checkpoints_are_complete_and_only_the_last_are_kept(data, tiny_model_dir):
+    cfg = make_cfg(data, tiny_model_dir, steps=5, save_every=2, keep=2)
+    run_train(cfg)
+    out = Path(cfg.out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000004", "step_000005"]
+    ckpt = out / "checkpoints" / "step_000004"
+    assert {p.name for p in ckpt.iterdir()} >= {"model", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 4 and set(state["data"]) == {"guided", "unguided"}
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-2
+    assert [row["step"] for row in metric_rows(out)] == [1, 2, 3, 4, 5]
+    # A finished run reruns as a no-op; a different config is refused, naming the options.
+    assert run_train(cfg)["trained_this_run"] == 0
+    with pytest.raises(PopeError, match="clip_high, lr"):
+        run_train(replace(cfg, lr=2e-2, clip_high=0.28))
+
+
+def test_non_finite_loss_skips_the_update_and_stops_the_run(data, tiny_model_dir, monkeypatch):
+    import pope_cli.rl.trainer as trainer
+
+    real = trainer.policy_update
+
+    def poisoned(model, optimizer, samples, *args, **kwargs):
+        return real(model, optimizer, [replace(s, advantage=float("nan")) for s in samples], *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "policy_update", poisoned)
+    cfg = make_cfg(data, tiny_model_dir, steps=6, max_nan_steps=2)
+    with pytest.raises(PopeError, match="not finite for 2 steps in a row"):
+        run_train(cfg)
+    rows = metric_rows(Path(cfg.out))
+    assert [r["nan_skipped"] for r in rows] == [1, 1] and [r["optimizer_steps"] for r in rows] == [0, 0]
+
+
+def test_eval_every_logs_avg_and_pass_at_k(data, tiny_model_dir):
+    cfg = make_cfg(data, tiny_model_dir, steps=2, eval_data=str(data / "prefixes.jsonl"), eval_every=2, eval_n=4)
+    run_train(cfg)
+    last = metric_rows(Path(cfg.out))[-1]
+    for mode in ("unguided", "guided"):
+        assert 0 <= last[f"eval/{mode}/avg@n"] <= last[f"eval/{mode}/pass@4"] <= 1
+
+
+# ---- the command: config files, resume after SIGKILL --------------------------------------
+
+def command_line(data: Path, model_dir, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", "import typer; from pope_cli.commands.train import command; typer.run(command)",
+            str(data / "prefixes.jsonl"), "--model", str(model_dir), "--out", str(out),
+            "--unguided-template", str(data / "unguided.txt"), "--reward", "train_rewards:slow_starts_lower",
+            "--reward-workers", "1", "--max-new-tokens", "8", "--temperature", "1.0", "--prompts-per-step", "4",
+            "--group-size", "8", "--full", "--lr", "1e-2", "--warmup-steps", "0", "--backend", "hf", "--device", "cpu",
+            *extra]
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_dir):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    args = ["--steps", "12", "--save-every", "4"]
+    killed = data / "killed"
+    proc = subprocess.Popen(command_line(data, tiny_model_dir, killed, *args), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_000004" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(metric_rows(killed)) < 12  # it really died mid-run
+    resumed = subprocess.run(command_line(data, tiny_model_dir, killed, *args), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after step 4" in resumed.stderr or "resuming after step 8" in resumed.stderr
+    whole = data / "whole"  # the uninterrupted run, in this process (also one torch thread)
+    run_train(make_cfg(data, tiny_model_dir, out=str(whole), steps=12, save_every=4,
+                       reward=RewardOptions("train_rewards:slow_starts_lower", workers=1)))
+    assert metric_rows(killed) == metric_rows(whole)
+
+
+def test_config_file_sits_under_the_command_line(data, tiny_model_dir):
+    (data / "train.toml").write_text('steps = 1\nlr = 0.02\nclip-high = 0.28\nfull = true\nsave_every = 1\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    cmd = command_line(data, tiny_model_dir, data / "cfg", "--config", str(data / "train.toml"))
+    cmd[cmd.index("--lr") + 1] = "3e-3"  # the command line wins over the file's lr
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((data / "cfg" / "config.json").read_text())
+    assert (config["steps"], config["lr"], config["clip_high"], config["lora"]) == (1, 3e-3, 0.28, False)
+    (data / "bad.toml").write_text("stepz = 2\n")
+    bad = subprocess.run(command_line(data, tiny_model_dir, data / "bad", "--config", str(data / "bad.toml")),
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option 'stepz'" in bad.stderr
