@@ -329,3 +329,46 @@ class PrefixConfig:
             raise bad_option("--max-rungs", "must be >= 0")
         if self.max_rungs == 0 and self.split == "tokens":
             raise bad_option("--max-rungs", "0 (one rung per unit) needs --split units; one rung per token is too slow")
+
+
+@dataclass
+class DemoConfig:
+    """`pope demo`: the four stages on the shipped toy model, plain GRPO against POPE."""
+
+    out: str = "pope-demo"
+    model: str | None = None
+    """The starting model; None = the toy model shipped with the package."""
+    seed: int = 0
+    full: bool = False
+    """Add the paper's other two arms: GRPO on easy + hard (interference) and POPE with no-restate."""
+    n_easy: int = 64
+    n_hard: int = 128
+    n_heldout: int = 64
+    k: int = 32
+    """filter-hard samples per problem."""
+    prefix_n: int = 16
+    max_fraction: float = 0.85
+    """Largest prefix as a fraction of the solution's tokens: toy solutions are short, so a
+    prefix that leaves one or two look-ups to the model is most of the solution."""
+    steps: int = 250
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    adv_norm: str = "none"
+    eval_n: int = 32
+    eval_k: list[int] = None
+    parallel: int = 2
+    """Training arms run side by side, one CPU thread each."""
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.eval_k = sorted(set(self.eval_k or [1, 8, 32]))
+        for option, value in (("--steps", self.steps), ("--k", self.k), ("--eval-n", self.eval_n),
+                              ("--parallel", self.parallel), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout)):
+            if value < 1:
+                raise bad_option(option, "must be at least 1")
+        if any(k < 1 or k > self.eval_n for k in self.eval_k):
+            raise bad_option("--eval-k", f"each k must be in [1, eval-n={self.eval_n}]")
+        if not 0 < self.max_fraction <= 1:
+            raise bad_option("--max-fraction", "must be in (0, 1]")

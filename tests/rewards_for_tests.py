@@ -1,7 +1,10 @@
 """Custom `--reward module:function` checkers for tests, as a user would write them."""
 
 
-def contains_answer(completion: str, record: dict) -> float:
-    """1.0 when the gold answer appears anywhere in the completion: easy for a random tiny model
-    on one-character answers, impossible on long ones."""
-    return float(record["answer"] in completion)
+def shares_a_character(completion: str, record: dict) -> float:
+    """1.0 when the completion contains any character of the gold answer.
+
+    With a random tiny model this makes a long answer of common characters near-certain and an
+    answer of characters outside the tokenizer's vocabulary impossible.
+    """
+    return float(any(ch in completion for ch in record["answer"]))

@@ -64,12 +64,13 @@ def test_user_errors_are_one_line_without_traceback_and_write_nothing(tmp_path, 
 
 
 def test_filter_hard_make_prefixes_eval_chain_on_a_tiny_model(tmp_path, tiny_model_dir):
-    rows = [{"id": f"e{i}", "problem": f"Say {i}.", "answer": str(i), "solution": f"I say {i}.\nSo {i}.\n\\boxed{{{i}}}"}
+    common_chars = "0123456789abcdefghijklmnopqrstuvwxyz"
+    rows = [{"id": f"e{i}", "problem": f"Say {i}.", "answer": common_chars, "solution": f"I say {i}.\nSo {i}.\n\\boxed{{{i}}}"}
             for i in range(3)]
-    rows += [{"id": f"h{i}", "problem": f"Say the word {i}.", "answer": f"qQzZ{i}",
+    rows += [{"id": f"h{i}", "problem": f"Say the word {i}.", "answer": "\u00e9\u00e8",
               "solution": f"The word.\nIt is qQ\nthen zZ{i}.\n\\boxed{{qQzZ{i}}}"} for i in range(3)]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = ["--model", str(tiny_model_dir), "--reward", "rewards_for_tests:contains_answer", "--max-new-tokens", "12",
+    common = ["--model", str(tiny_model_dir), "--reward", "rewards_for_tests:shares_a_character", "--max-new-tokens", "12",
               "--batch-size", "16", "--reward-workers", "1"]
     pope("filter-hard", "p.jsonl", "--k", "16", "--chunk", "8", "--out", "filter", *common, cwd=tmp_path, check=True)
     stats = [json.loads(line) for line in (tmp_path / "filter" / "stats.jsonl").read_text().splitlines()]

@@ -1,0 +1,177 @@
+"""`pope demo`: the whole pipeline on the shipped toy model, plain GRPO against POPE.
+
+Every stage runs as its ordinary command in a subprocess (the commands are recorded in
+`results.json`), so each arm's outputs are the usual files of that stage and the user can
+reopen them with the other commands. The training arms run side by side, one CPU thread each.
+A rerun resumes: every stage picks up its own outputs.
+
+The demo's question is the paper's: on problems the start model never solves, does plain GRPO
+get any signal, and does POPE's guidance transfer to held-out problems asked unguided?
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from pope_cli.config import DemoConfig
+from pope_cli.errors import PopeError
+from pope_cli.outputs import atomic_write_json
+
+REWARD = "pope_cli.toy.reward:score"
+GENERATION = ["--backend", "hf", "--device", "cpu", "--max-new-tokens", "48", "--reward", REWARD,
+              "--reward-workers", "1"]
+
+
+def templates() -> dict[str, str]:
+    from pope_cli.toy.pretrain import TEMPLATES_DIR
+
+    return {name: str(TEMPLATES_DIR / f"{name}.txt") for name in ("unguided", "guided", "guided-no-restate")}
+
+
+def start_model(cfg: DemoConfig) -> str:
+    from pope_cli.toy.model import SHIPPED_MODEL_DIR
+
+    return cfg.model or str(SHIPPED_MODEL_DIR)
+
+
+def arms(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
+    """Training arms: the same start, seed, budget and hyperparameters; only the data differ."""
+    chosen = {"grpo": ["--mode", "grpo"], "pope": ["--mode", "pope"]}
+    if cfg.full:
+        chosen["grpo-easy"] = ["--mode", "grpo", "--easy", str(out / "filter" / "easy.jsonl"), "--easy-fraction", "0.5"]
+        chosen["pope-no-restate"] = ["--mode", "pope", "--template", templates()["guided-no-restate"]]
+    return chosen
+
+
+def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
+    """The demo as phases of `pope` argument lists; the commands of one phase run side by side."""
+    model, tpl, seed = start_model(cfg), templates(), str(cfg.seed)
+    prompts = ["--unguided-template", tpl["unguided"]]
+    prefix_args = ["--model", model, "--template", tpl["guided"], "--n", str(cfg.prefix_n), "--max-fraction",
+                   str(cfg.max_fraction), "--seed", seed, *GENERATION]
+    train_common = ["--model", model, "--steps", str(cfg.steps), "--prompts-per-step", str(cfg.prompts_per_step),
+                    "--group-size", str(cfg.group_size), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
+                    "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full", *prompts, *GENERATION]
+    runs = arms(cfg, out)
+    evaluated = ["--model", model] + [a for name in runs for a in ("--model", str(out / "runs" / name / "final"))]
+    return {
+        "data": [["toy", "make-data", "--out", str(out / "data"), "--seed", seed, "--n-easy", str(cfg.n_easy),
+                  "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout)]],
+        "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--model", model, "--k", str(cfg.k), "--chunk", "16",
+                    "--out", str(out / "filter"), "--seed", seed, *prompts, *GENERATION]],
+        "prefixes": [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"), *prefix_args],
+                     ["make-prefixes", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_prefixes.jsonl"),
+                      *prefix_args]],
+        "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), *extra, *train_common]
+                  for name, extra in runs.items()],
+        "eval": [["eval", str(out / "data" / "heldout.jsonl"), "--prefixes", str(out / "heldout_prefixes.jsonl"),
+                  "--mode", "unguided,guided", "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)),
+                  "--out", str(out / "eval"), "--seed", seed, "--batch-size", "256", *evaluated, *prompts, *GENERATION]],
+    }
+
+
+def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int) -> None:
+    """Run a phase's commands, `parallel` at a time, each logging to its own file."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    queue = list(enumerate(commands))
+    while queue:
+        batch, queue = queue[:parallel], queue[parallel:]
+        procs = []
+        for index, argv in batch:
+            log = logs / f"{name}-{index}.log"
+            with log.open("w") as handle:
+                procs.append((argv, log, subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *argv], stdout=handle,
+                                                          stderr=subprocess.STDOUT, env=env)))
+        for argv, log, proc in procs:
+            if proc.wait() != 0:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise PopeError(f"demo: `pope {argv[0]}` failed ({tail[0]}); full log: {log}")
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
+    """Run every phase (resuming finished ones), then gather results.json and curves.png."""
+    started = time.time()
+    out = Path(cfg.out)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    phases = stage_commands(cfg, out)
+    timings = {}
+    for name, commands in phases.items():
+        say(f"[{time.time() - started:6.0f}s] {name}: " + " | ".join(f"pope {shlex.join(c[:2])} …" for c in commands))
+        phase_started = time.time()
+        parallel = cfg.parallel if name == "train" else 1
+        run_phase(name, commands, out / "logs", parallel, threads=1 if parallel > 1 else 2)
+        timings[name] = round(time.time() - phase_started, 1)
+    results = collect_results(cfg, out, phases, timings, started)
+    atomic_write_json(out / "results.json", results)
+    plot_curves(out, list(arms(cfg, out)), out / "curves.png")
+    return results
+
+
+def collect_results(cfg: DemoConfig, out: Path, phases: dict, timings: dict, started: float) -> dict:
+    """arm → mode → metric → value, plus training facts, the commands and timings."""
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    names = {start_model(cfg): "start", **{str(out / "runs" / arm / "final"): arm for arm in arms(cfg, out)}}
+    results: dict = {"arms": {}, "training": {}}
+    for model, modes in summary["models"].items():
+        results["arms"][names.get(model, model)] = {mode: {k: v for k, v in metrics.items() if k != "ci95"}
+                                                    for mode, metrics in modes.items()}
+    for arm in arms(cfg, out):
+        rows = [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+        results["training"][arm] = {
+            "steps": len(rows),
+            "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
+            "steps_with_unguided_signal": sum(1 for r in rows if (r.get("reward/unguided") or 0) > 0),
+        }
+    filter_stats = json.loads((out / "filter" / "manifest.json").read_text())["counts"]
+    results["filter"] = {k: filter_stats[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
+    results["commands"] = ["pope " + shlex.join(c) for commands in phases.values() for c in commands]
+    results["seconds"] = {**timings, "total": round(time.time() - started, 1)}
+    results["config"] = {k: v for k, v in vars(cfg).items()}
+    return results
+
+
+def plot_curves(out: Path, arm_names: list[str], path: Path) -> None:
+    """Training reward (unguided, guided) and hard problems ever solved unguided, per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (reward_ax, solved_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in arm_names:
+        rows = [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows]
+        for kind, style in (("unguided", "-"), ("guided", "--")):
+            values = [r.get(f"reward/{kind}") for r in rows]
+            if any(v is not None for v in values):
+                reward_ax.plot(steps, smooth(values), style, label=f"{arm} {kind}")
+        solved_ax.plot(steps, [r["solved_unguided/ever"] for r in rows], label=arm)
+    reward_ax.set(title="training reward (moving average of 10 steps)", xlabel="step", ylabel="mean reward")
+    solved_ax.set(title="hard problems ever solved unguided", xlabel="step", ylabel="problems")
+    reward_ax.legend(fontsize=8)
+    solved_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def smooth(values: list, window: int = 10) -> list[float]:
+    """Trailing mean over the last `window` defined values (None = no prompt of that kind)."""
+    result, seen = [], []
+    for value in values:
+        if value is not None:
+            seen.append(value)
+        recent = seen[-window:]
+        result.append(sum(recent) / len(recent) if recent else float("nan"))
+    return result
