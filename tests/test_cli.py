@@ -88,3 +88,31 @@ def test_filter_hard_make_prefixes_eval_chain_on_a_tiny_model(tmp_path, tiny_mod
     assert metrics["unguided"]["problems"] == 3 and metrics["guided"]["problems"] == 3
     assert metrics["unguided"]["pass@4"] == 0.0
     assert "pass@4" in proc.stdout
+
+
+def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
+    import signal
+
+    rows = [{"id": f"p{i}", "problem": f"problem {i}", "answer": "7"} for i in range(50)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from fakes import BoxScorer, ScriptedEngine\n"
+        "from conftest import build_char_tokenizer\n"
+        "import pope_cli.runtime as runtime\n"
+        "engine = ScriptedEngine(build_char_tokenizer(), lambda prompt, stream: 'x', delay=0.2)\n"
+        "runtime.engine_factory = lambda opts: (lambda: engine)\n"
+        "runtime.scorer_factory = lambda opts: BoxScorer\n"
+        "from pope_cli.cli import app\n"
+        "app(['filter-hard', 'p.jsonl', '--model', 'm/x', '--out', 'o', '--k', '4', '--batch-size', '4'])\n"
+    ) % str(TESTS)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    stats = tmp_path / "o" / "stats.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
+    assert stats.read_text().count("\n") >= 2

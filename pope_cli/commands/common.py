@@ -53,11 +53,18 @@ def fail(error: PopeError) -> typer.Exit:
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn a PopeError raised inside the block into one stderr line and its exit code."""
+    """Turn a PopeError into one stderr line and its exit code, and Ctrl-C into a resume hint.
+
+    Every stage writes each finished record before taking the next, so an interrupted run has
+    lost at most the work in flight and the same command picks up where it stopped.
+    """
     try:
         yield
     except PopeError as error:
         raise fail(error) from None
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
+        raise typer.Exit(code=130) from None
 
 
 def print_table(title: str, rows: list[tuple[str, object]]) -> None:
