@@ -363,7 +363,7 @@ class DemoConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        self.eval_k = sorted(set(self.eval_k or [1, 8, 32]))
+        self.eval_k = sorted(set(self.eval_k or [1, min(8, self.eval_n), self.eval_n]))
         for option, value in (("--steps", self.steps), ("--k", self.k), ("--eval-n", self.eval_n),
                               ("--parallel", self.parallel), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout)):
             if value < 1:

@@ -146,8 +146,10 @@ def generate(shipped, records, n, sample):
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
     torch.manual_seed(0)
     with torch.inference_mode():
+        # top_k=0: plain temperature-1 sampling (generate would otherwise default to top-50).
+        options = {"do_sample": True, "top_k": 0} if sample else {"do_sample": False}
         out = model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
-                             do_sample=sample, top_k=0, num_return_sequences=n, max_new_tokens=64)
+                             num_return_sequences=n, max_new_tokens=64, **options)
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return [texts[i * n:(i + 1) * n] for i in range(len(records))]
 
@@ -159,6 +161,9 @@ def test_shipped_model_solves_easy_problems(shipped):
 
 
 def test_shipped_model_fails_hard_problems_unguided(shipped):
-    _, heldout = hard_problems(0, 0, 4)
-    outputs = generate(shipped, heldout, 32, sample=True)
-    assert sum(score(t, r) for r, texts in zip(heldout, outputs) for t in texts) <= 2
+    # Unfiltered hard problems: a few are made of table entries the model happens to know, so
+    # the bar is "almost never", not "never" (filter-hard keeps only the 0-of-k ones).
+    _, heldout = hard_problems(0, 0, 8)
+    outputs = generate(shipped, heldout, 16, sample=True)
+    solved = [sum(score(t, r) for t in texts) for r, texts in zip(heldout, outputs)]
+    assert sum(solved) <= 4 and sum(s == 0 for s in solved) >= 6

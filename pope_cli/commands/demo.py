@@ -18,9 +18,11 @@ def command(
     prompts_per_step: Annotated[int, typer.Option(help="Prompts per RL step.")] = 16,
     group_size: Annotated[int, typer.Option(help="Completions per prompt.")] = 8,
     lr: Annotated[float, typer.Option(help="Learning rate (full fine-tuning of the toy model).")] = 3e-4,
+    n_easy: Annotated[int, typer.Option(help="Easy problems mixed into the filter-hard input.")] = 64,
     n_hard: Annotated[int, typer.Option(help="Hard problems in the training pool before filtering.")] = 128,
     n_heldout: Annotated[int, typer.Option(help="Held-out hard problems for evaluation.")] = 64,
     k: Annotated[int, typer.Option(help="filter-hard samples per problem.")] = 32,
+    prefix_n: Annotated[int, typer.Option(help="make-prefixes samples per rung.")] = 16,
     eval_n: Annotated[int, typer.Option(help="Evaluation samples per problem and mode.")] = 32,
     parallel: Annotated[int, typer.Option(help="Training arms run at once (one CPU thread each).")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again instead of resuming an earlier demo in --out.")] = False,
@@ -31,7 +33,7 @@ def command(
         from pope_cli.demo import run_demo
 
         cfg = DemoConfig(out=out, model=model, seed=seed, full=full, steps=steps, prompts_per_step=prompts_per_step,
-                         group_size=group_size, lr=lr, n_hard=n_hard, n_heldout=n_heldout, k=k, eval_n=eval_n,
+                         group_size=group_size, lr=lr, n_easy=n_easy, n_hard=n_hard, prefix_n=prefix_n, n_heldout=n_heldout, k=k, eval_n=eval_n,
                          parallel=parallel, overwrite=overwrite)
         results = run_demo(cfg)
         print_results(results, cfg)

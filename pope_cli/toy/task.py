@@ -1,0 +1,162 @@
+"""The toy reasoning task: chain arithmetic mod 10, where the hard skill is the rare `*` step.
+
+A problem is a start digit and a chain of steps, read left to right, every result taken mod 10:
+`7*9-5*9*7+9*4` means ((((7*9)-5)*9)*7 ... The oracle solution works it one step per line
+and ends in the boxed answer:
+
+    7*9=3
+    3-5=8
+    ...
+    \\boxed{2}
+
+`+` and `-` take an operand 1-9, `*` an operand 2-9.
+
+Tiers, and why POPE's mechanism can occur here:
+- *easy*: 2-6 steps of `+`/`-`; a share of them (`STAR_RATE`) carry one `*` step, almost
+  always by 2 or 3. Pretraining sees these, so the model reads, writes and copies `*` lines as
+  well as any other, but knows the `*` table by 4-9 (the hard skill) only from the rare easy
+  `*` step that uses one (`RARE_RATE`): partly. Easy problems never hold two `*` steps, so RL
+  on easy problems barely exercises that table.
+- *hard*: 6 steps (no longer than the longest easy problem, so length is not the obstacle),
+  exactly 4 of them `*` by 4-9, each with an input 2-9 and a nonzero result (41 table
+  entries), so no `*` is trivial and the chain never collapses to 0. Solving one unguided
+  needs 4 uncertain look-ups in a row: pass@32 is about 0. A guided twin hands over the first
+  lines, so its continuation needs only the last one or two look-ups: solvable. They are the
+  same table the unguided problems need, which is what lets guided learning transfer.
+- *held-out*: more hard problems, disjoint from the training pool, for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+STAR_RATE = 0.3
+"""Share of easy problems that carry one `*` step (the rest are pure `+`/`-`)."""
+RARE_RATE = 0.03
+"""Share of easy `*` steps by a hard multiplier (4-9) rather than 2 or 3."""
+EASY_MULTIPLIERS = (2, 3)
+HARD_MULTIPLIERS = (4, 5, 6, 7, 8, 9)
+EASY_STEPS = (2, 6)
+HARD_STEPS = 6
+HARD_STARS = 4
+
+
+def apply(value: int, op: str, operand: int) -> int:
+    """One step of the chain, mod 10."""
+    if op == "+":
+        return (value + operand) % 10
+    if op == "-":
+        return (value - operand) % 10
+    return (value * operand) % 10
+
+
+def solution_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
+    """The oracle derivation, one `a<op>b=c` line per step (no answer line)."""
+    lines, value = [], start
+    for op, operand in steps:
+        result = apply(value, op, operand)
+        lines.append(f"{value}{op}{operand}={result}")
+        value = result
+    return lines
+
+
+def make_record(pid: str, source: str, start: int, steps: list[tuple[str, int]]) -> dict:
+    """A pipeline record: the problem text, its gold answer and the worked solution."""
+    lines = solution_lines(start, steps)
+    answer = lines[-1].split("=")[1]
+    problem = str(start) + "".join(f"{op}{operand}" for op, operand in steps)
+    solution = "\n".join(lines + [f"\\boxed{{{answer}}}"])
+    return {"id": pid, "problem": problem, "answer": answer, "solution": solution, "source": source}
+
+
+def sample_easy(rng: random.Random, star_rate: float = STAR_RATE,
+                rare_rate: float = RARE_RATE) -> tuple[int, list[tuple[str, int]]]:
+    """An easy problem: 2-6 `+`/`-` steps, one of them turned into a `*` step in a `star_rate`
+    share of problems; that `*` is by 2 or 3, or by 4-9 in a `rare_rate` share of them."""
+    n = rng.randint(*EASY_STEPS)
+    steps = [(rng.choice("+-"), rng.randint(1, 9)) for _ in range(n)]
+    if rng.random() < star_rate:
+        multipliers = HARD_MULTIPLIERS if rng.random() < rare_rate else EASY_MULTIPLIERS
+        steps[rng.randrange(n)] = ("*", rng.choice(multipliers))
+    return rng.randint(1, 9), steps
+
+
+def sample_hard(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
+    """A hard problem: 6 steps, 4 of them `*` by 4-9 with input 2-9 and a nonzero result.
+
+    Drawn by rejection: a `+`/`-` step that leaves 0 or 1 before a `*`, or a `*` that lands on
+    0, would make a look-up trivial.
+    """
+    while True:
+        stars = set(rng.sample(range(HARD_STEPS), HARD_STARS))
+        steps = [("*", rng.choice(HARD_MULTIPLIERS)) if i in stars else (rng.choice("+-"), rng.randint(1, 9))
+                 for i in range(HARD_STEPS)]
+        start = rng.randint(2, 9)
+        if hard_ok(start, steps):
+            return start, steps
+
+
+def hard_ok(start: int, steps: list[tuple[str, int]]) -> bool:
+    value = start
+    for op, operand in steps:
+        if op == "*" and value < 2:
+            return False
+        value = apply(value, op, operand)
+        if op == "*" and value == 0:
+            return False
+    return True
+
+
+def hard_problems(seed: int, n_pool: int, n_heldout: int) -> tuple[list[dict], list[dict]]:
+    """Distinct hard problems: the first `n_pool` form the training pool, the next the held-out set."""
+    rng = random.Random(f"toy-hard-{seed}")
+    seen: set[str] = set()
+    records: list[dict] = []
+    while len(records) < n_pool + n_heldout:
+        start, steps = sample_hard(rng)
+        pool = len(records) < n_pool
+        pid = f"hard-{len(records):05d}" if pool else f"heldout-{len(records) - n_pool:05d}"
+        record = make_record(pid, "toy-hard", start, steps)
+        if record["problem"] not in seen:
+            seen.add(record["problem"])
+            records.append(record)
+    return records[:n_pool], records[n_pool:]
+
+
+def easy_problems(seed: int, n: int) -> list[dict]:
+    """Distinct easy problems drawn like the pretraining data (a different stream)."""
+    rng = random.Random(f"toy-easy-{seed}")
+    seen: set[str] = set()
+    records: list[dict] = []
+    while len(records) < n:
+        record = make_record(f"easy-{len(records):05d}", "toy-easy", *sample_easy(rng))
+        if record["problem"] not in seen:
+            seen.add(record["problem"])
+            records.append(record)
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with path.open("w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
+def write_problem_sets(out_dir: str | Path, seed: int = 0, n_easy: int = 64, n_hard: int = 256,
+                       n_heldout: int = 64) -> dict[str, int]:
+    """Write easy.jsonl, hard_pool.jsonl, heldout.jsonl and mix.jsonl (easy + hard pool, shuffled).
+
+    Returns the row count of each file. The same seed always gives the same files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    easy = easy_problems(seed, n_easy)
+    pool, heldout = hard_problems(seed, n_hard, n_heldout)
+    mix = easy + pool
+    random.Random(f"toy-mix-{seed}").shuffle(mix)
+    files = {"easy.jsonl": easy, "hard_pool.jsonl": pool, "heldout.jsonl": heldout, "mix.jsonl": mix}
+    for name, records in files.items():
+        write_jsonl(out / name, records)
+    return {name: len(records) for name, records in files.items()}
