@@ -1,0 +1,27 @@
+"""A fast smoke test of `pope demo`: every stage runs for real on the shipped toy model, tiny budgets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_runs_every_stage_and_writes_results_and_curves(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--steps", "2", "--n-easy", "4", "--n-hard", "4", "--n-heldout", "2", "--k", "4",
+            "--prefix-n", "2", "--eval-n", "2", "--prompts-per-step", "2", "--group-size", "2", "--parallel", "2"]
+    proc = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"start", "grpo", "pope"}
+    assert set(results["arms"]["pope"]) == {"unguided", "guided"}
+    assert results["training"]["pope"]["steps"] == 2 and results["filter"]["problems"] == 8
+    assert any(c.startswith("pope train ") and "--mode pope" in c for c in results["commands"])
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/grpo/final/config.json", "eval/summary.json"):
+        assert (out / stage_file).exists(), stage_file
+    assert "held-out hard problems" in proc.stdout
+    rerun = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
