@@ -353,7 +353,7 @@ class DemoConfig:
     steps: int = 250
     prompts_per_step: int = 16
     group_size: int = 8
-    lr: float = 3e-4
+    lr: float = 2e-4
     warmup_steps: int = 20
     adv_norm: str = "none"
     eval_n: int = 32

@@ -26,7 +26,7 @@ from pope_cli.errors import PopeError
 from pope_cli.outputs import atomic_write_json
 
 REWARD = "pope_cli.toy.reward:score"
-GENERATION = ["--backend", "hf", "--device", "cpu", "--max-new-tokens", "48", "--reward", REWARD,
+GENERATION = ["--backend", "hf", "--device", "cpu", "--max-new-tokens", "64", "--reward", REWARD,
               "--reward-workers", "1"]
 
 

@@ -17,7 +17,7 @@ def command(
     steps: Annotated[int, typer.Option(help="RL steps per training arm.")] = 250,
     prompts_per_step: Annotated[int, typer.Option(help="Prompts per RL step.")] = 16,
     group_size: Annotated[int, typer.Option(help="Completions per prompt.")] = 8,
-    lr: Annotated[float, typer.Option(help="Learning rate (full fine-tuning of the toy model).")] = 3e-4,
+    lr: Annotated[float, typer.Option(help="Learning rate (full fine-tuning of the toy model).")] = 2e-4,
     n_easy: Annotated[int, typer.Option(help="Easy problems mixed into the filter-hard input.")] = 64,
     n_hard: Annotated[int, typer.Option(help="Hard problems in the training pool before filtering.")] = 128,
     n_heldout: Annotated[int, typer.Option(help="Held-out hard problems for evaluation.")] = 64,
