@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import types
 
@@ -259,6 +260,12 @@ class FakeLLM:
     def wake_up(self, tags=None):
         self.slept.append(("wake_up", tags))
 
+    def apply_model(self, func):
+        return [func(self.served_model)]
+
+    def reset_prefix_cache(self):
+        self.slept.append(("reset_prefix_cache", None))
+
 
 def _fake_output(params, index: int):
     """Tokens derived from the child's seed, as vLLM seeds child `index` with seed + index."""
@@ -338,6 +345,35 @@ def test_vllm_sleep_and_wake_up_pass_through(fake_vllm, char_tokenizer):
     llm = FakeLLM.instances[0]
     assert llm.kwargs["enable_sleep_mode"] and "enable_lora" not in llm.kwargs
     assert llm.slept == [("sleep", 2), ("wake_up", ["weights"])]
+
+
+def test_vllm_full_weight_sync_loads_into_the_served_model_in_process(fake_vllm, char_tokenizer, monkeypatch):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    fake_vllm()
+    engine = _vllm_engine(char_tokenizer, in_process=True)
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    llm = FakeLLM.instances[0]
+    received = []
+    llm.served_model = types.SimpleNamespace(load_weights=lambda weights: received.extend(weights))
+    weights = [("model.embed_tokens.weight", torch.ones(2)), ("model.norm.weight", torch.zeros(3))]
+    engine.load_weights(iter(weights))
+    assert [name for name, _ in received] == ["model.embed_tokens.weight", "model.norm.weight"]
+    assert received[0][1] is weights[0][1]
+    assert llm.slept == [("reset_prefix_cache", None)]
+
+
+def test_engine_sync_pushes_every_full_weight_around_a_sleeping_update(tmp_path):
+    from pope_cli.rl.policy import EngineSync
+
+    model = build_tiny_model(vocab_size=16)
+    calls = []
+    engine = types.SimpleNamespace(sleep=lambda: calls.append("sleep"), wake_up=lambda: calls.append("wake_up"),
+                                   load_weights=lambda weights: calls.append([name for name, _ in weights]))
+    sync = EngineSync(engine, types.SimpleNamespace(model=model), tmp_path, lora=False, vllm=True)
+    sync.before_update()
+    sync.after_update()
+    assert calls[:2] == ["sleep", "wake_up"]
+    assert calls[2] == [name for name, _ in model.named_parameters()]
 
 
 def test_old_vllm_refuses_temperature_free_logprobs(fake_vllm, char_tokenizer):

@@ -22,13 +22,16 @@ def choose_backend(backend: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
 
 
-def make_engine(opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False) -> Engine:
+def make_engine(opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
+                full_weight_sync: bool = False) -> Engine:
     """The engine for a `ModelOptions`. The keyword options only concern vLLM: a LoRA rank to
-    serve trained adapters with, and sleep mode to free the GPU between rollouts."""
+    serve trained adapters with, sleep mode to free the GPU between rollouts, and full-weight
+    updates from a trainer in this process."""
     if choose_backend(opts.backend) == "vllm":
         from pope_cli.engines.vllm import VLLMEngine
 
-        return VLLMEngine.from_options(opts, max_lora_rank=max_lora_rank, enable_sleep_mode=enable_sleep_mode)
+        return VLLMEngine.from_options(opts, max_lora_rank=max_lora_rank, enable_sleep_mode=enable_sleep_mode,
+                                       in_process=full_weight_sync)
     from pope_cli.engines.hf import HFEngine
 
     return HFEngine.from_options(opts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from pathlib import Path
 
 from pope_cli.engines.base import Completion, Request, Sampling
@@ -45,9 +46,14 @@ class VLLMEngine:
     def __init__(self, model: str, tokenizer, *, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  max_lora_rank: int | None = None, enable_sleep_mode: bool = False, seed: int = 0,
-                 **llm_kwargs):
+                 in_process: bool = False, **llm_kwargs):
         """`tokenizer` is a transformers tokenizer (the stages build prompts with it); vLLM loads
-        its own copy from `tokenizer.name_or_path`. A `max_lora_rank` enables LoRA."""
+        its own copy from `tokenizer.name_or_path`. A `max_lora_rank` enables LoRA. `in_process`
+        keeps vLLM's engine core in this process, which `load_weights` needs."""
+        if in_process:
+            # Read by vLLM when the engine is built: without it the model lives in a child
+            # process and every weight update would be pickled through a pipe.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         vllm = _import_vllm()
         self.vllm = vllm
         self.tokenizer = tokenizer
@@ -65,8 +71,8 @@ class VLLMEngine:
         self.lora_request = None
 
     @classmethod
-    def from_options(cls, opts, *, max_lora_rank: int | None = None,
-                     enable_sleep_mode: bool = False) -> "VLLMEngine":
+    def from_options(cls, opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
+                     in_process: bool = False) -> "VLLMEngine":
         """An engine for a `ModelOptions`; a PEFT adapter dir serves its base model plus the adapter."""
         from pope_cli.models import adapter_base, adapter_rank, check_model_ref, load_tokenizer
 
@@ -79,7 +85,7 @@ class VLLMEngine:
             dtype="bfloat16" if opts.dtype == "auto" else opts.dtype,
             gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
             trust_remote_code=opts.trust_remote_code, max_lora_rank=max_lora_rank,
-            enable_sleep_mode=enable_sleep_mode,
+            enable_sleep_mode=enable_sleep_mode, in_process=in_process,
         )
         if base is not None:
             engine.set_lora(opts.model)
@@ -99,6 +105,14 @@ class VLLMEngine:
         lora_id = next(_lora_ids)
         self.lora_request = LoRARequest(lora_name=f"pope-{lora_id}", lora_int_id=lora_id,
                                         lora_path=str(adapter_dir))
+
+    def load_weights(self, weights) -> None:
+        """Copy (name, tensor) pairs in the Hugging Face naming into the served model, for full
+        fine-tuning. The model's own `load_weights` maps the names (fused qkv, tied embeddings).
+        Cached prefixes were computed with the old weights, so the prefix cache is dropped."""
+        named = list(weights)
+        self.llm.apply_model(lambda model: model.load_weights(named))
+        self.llm.reset_prefix_cache()
 
     def sleep(self, level: int = 1) -> None:
         """Free GPU memory for training (level 2 also drops the weights, which must then be reloaded)."""

@@ -105,7 +105,7 @@ class Run:
         from pope_cli.engines import make_engine
 
         return make_engine(self.cfg.model, max_lora_rank=self.cfg.lora_rank if self.cfg.lora else None,
-                           enable_sleep_mode=True)
+                           enable_sleep_mode=True, full_weight_sync=not self.cfg.lora)
 
     def prompt_ids(self, kind: str, record: dict) -> list[int]:
         key = (kind, record["id"])
