@@ -21,6 +21,10 @@ from pope_cli.errors import PopeError, where
 
 PREFIX_FIELDS = ("prefix", "prefix_fraction")
 
+# Far beyond any model's context (about 250k tokens): a longer field is a scraping accident, and
+# tokenizing it would stall the stage for minutes before failing anyway.
+MAX_TEXT_CHARS = 1_000_000
+
 
 @dataclass
 class Problem:
@@ -80,11 +84,13 @@ def _text(value: Any, loc: str, name: str, *, chat_ok: bool = False) -> str | No
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, str):
+        if len(value) > MAX_TEXT_CHARS:
+            raise PopeError(f"{loc}: field '{name}' is {len(value):,} characters long; the limit is {MAX_TEXT_CHARS:,}")
         return value
     if chat_ok and isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
         users = [m["content"] for m in value if m.get("role", "user") == "user"]
         if users and isinstance(users[-1], str):
-            return users[-1]
+            return _text(users[-1], loc, name)
     raise PopeError(f"{loc}: field '{name}' is a {type(value).__name__}, expected text")
 
 
@@ -230,13 +236,14 @@ def read_prefix_records(path: str) -> list[dict]:
     records, seen = [], set()
     for loc, record in iter_raw_records(path):
         if not isinstance(record, dict):
-            raise PopeError(f"{loc}: expected a JSON object")
+            raise PopeError(f"{loc}: expected a JSON object, got {type(record).__name__}")
         for name in ("id", "problem", "answer", "prefix"):
-            if name not in record:
+            if record.get(name) is None:
                 hint = " (not a prefixes file: run `pope make-prefixes` first)" if name == "prefix" else ""
                 raise PopeError(f"{loc}: missing field '{name}'{hint}")
-        if not isinstance(record["prefix"], str) or not isinstance(record["problem"], str):
-            raise PopeError(f"{loc}: fields 'problem' and 'prefix' must be text")
+            record[name] = _text(record[name], loc, name)
+        if not record["problem"].strip():
+            raise PopeError(f"{loc}: field 'problem' is empty")
         if record["id"] in seen:
             raise PopeError(f"{loc}: field 'id': duplicate id {record['id']!r}")
         seen.add(record["id"])

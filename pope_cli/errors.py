@@ -23,3 +23,11 @@ def where(path: object, line: int | None = None, field: str | None = None) -> st
     if field is not None:
         text += f": field '{field}'"
     return text
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C with a stage's own word on what was kept and how to go on."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint

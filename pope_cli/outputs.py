@@ -25,7 +25,14 @@ from pope_cli.errors import PopeError
 
 def dumps(obj: Any) -> str:
     """One JSON line; values JSON can't hold (numpy scalars, dates) become text."""
-    return json.dumps(obj, ensure_ascii=False, default=str)
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a custom decoder's broken UTF-8) cannot be written as UTF-8; \u
+        # escapes keep the line valid and read back to the same string.
+        text = json.dumps(obj, default=str)
+    return text
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -109,6 +116,22 @@ def config_diff(old: dict, new: dict, ignored: Iterable[str] = ()) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
+# Config keys whose command-line flag is not the key's last part with dashes.
+_FLAGS = {"model.model": "--model", "models": "--model", "reward.spec": "--reward", "reward.timeout": "--reward-timeout",
+          "reward.workers": "--reward-workers", "ks": "--k", "modes": "--mode", "data": "DATA", "prefixes": "--prefixes",
+          "model.trust_remote_code": "--trust-remote-code", "prompt.chat_template": "--chat-template"}
+
+
+def option_flag(key: str) -> str:
+    """The command-line flag of a flattened config key: "sampling.top_p" → "--top-p"."""
+    if key in _FLAGS:
+        return _FLAGS[key]
+    group, _, name = key.rpartition(".")
+    if group == "fields":
+        return f"--{name}-field"
+    return "--" + name.replace("_", "-")
+
+
 def flatten(config: dict, prefix: str = "") -> dict:
     """{"model": {"model": "x"}} → {"model.model": "x"}, so diffs name one option each."""
     flat = {}
@@ -140,7 +163,8 @@ def prepare_output(config_path: Path, config: dict, outputs: list[Path], overwri
         old = json.loads(config_path.read_text(encoding="utf-8"))
         changed = config_diff(flatten(old), flatten(config), ignored)
         if changed:
-            raise PopeError(f"{config_path}: an earlier run used different options ({', '.join(changed)}); "
+            flags = ", ".join(dict.fromkeys(option_flag(key) for key in changed))
+            raise PopeError(f"{config_path}: an earlier run used different options ({flags}); "
                             "use the same options to resume, another output, or --overwrite", exit_code=2)
         resuming = True
     elif existing:

@@ -97,7 +97,7 @@ def test_rerun_of_a_finished_run_draws_nothing_and_changed_config_is_refused(tmp
     run(config(data, tmp_path / "out"), char_tokenizer)
     _, engine = run(config(data, tmp_path / "out"), char_tokenizer)
     assert engine.calls == []
-    with pytest.raises(PopeError, match=r"different options \(k\)"):
+    with pytest.raises(PopeError, match=r"different options \(--k\)"):
         run(config(data, tmp_path / "out", k=64), char_tokenizer)
 
 

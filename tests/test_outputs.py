@@ -37,7 +37,7 @@ def test_prepare_output_resumes_refuses_and_overwrites(tmp_path):
     faster = {"k": 8, "model": {"model": "m", "batch_size": 64}}
     assert prepare_output(out / "config.json", faster, [out / "stats.jsonl"], False, ["model.batch_size"]) is True
     changed = {"k": 16, "model": {"model": "other", "batch_size": 4}}
-    with pytest.raises(PopeError, match=r"different options \(k, model.model\)") as info:
+    with pytest.raises(PopeError, match=r"different options \(--k, --model\)") as info:
         prepare_output(out / "config.json", changed, [out / "stats.jsonl"], overwrite=False)
     assert info.value.exit_code == 2
     assert prepare_output(out / "config.json", changed, [out / "stats.jsonl"], overwrite=True) is False

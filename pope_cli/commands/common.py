@@ -62,8 +62,9 @@ def user_errors():
         yield
     except PopeError as error:
         raise fail(error) from None
-    except KeyboardInterrupt:
-        print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        hint = getattr(interrupt, "hint", "finished work is saved; rerun the same command to resume")
+        print(f"interrupted: {hint}", file=sys.stderr)
         raise typer.Exit(code=130) from None
 
 
