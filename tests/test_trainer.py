@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,6 +55,12 @@ def make_cfg(data: Path, model_dir, **overrides) -> TrainConfig:
                   steps=4, prompts_per_step=4, group_size=8, lora=False, lr=1e-2, warmup_steps=0, save_every=100)
     fields.update(overrides)
     return TrainConfig(**fields)
+
+
+def finished_steps(run_dir: Path) -> int:
+    """Whole lines in metrics.jsonl so far (0 before it exists), for polling a live run."""
+    path = run_dir / "metrics.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
@@ -270,8 +277,45 @@ def test_checkpoints_are_complete_and_only_the_last_are_kept(data, tiny_model_di
     assert [row["step"] for row in metric_rows(out)] == [1, 2, 3, 4, 5]
     # A finished run reruns as a no-op; a different config is refused, naming the options.
     assert run_train(cfg)["trained_this_run"] == 0
-    with pytest.raises(PopeError, match="clip_high, lr"):
+    with pytest.raises(PopeError, match="--clip-high, --lr"):
         run_train(replace(cfg, lr=2e-2, clip_high=0.28))
+
+
+def test_a_torn_checkpoint_is_passed_over_for_the_last_complete_one(data, tiny_model_dir):
+    import shutil
+
+    cfg = make_cfg(data, tiny_model_dir, steps=4, save_every=2)
+    run_train(cfg)
+    checkpoints = Path(cfg.out) / "checkpoints"
+    shutil.copytree(checkpoints / "step_000004", checkpoints / ".tmp_step_000006")  # died while writing
+    shutil.copytree(checkpoints / "step_000004", checkpoints / "step_000006")
+    (checkpoints / "step_000006" / "state.json").unlink()  # a checkpoint missing its last file
+    (checkpoints / "step_000006" / "optimizer.pt").write_bytes(b"torn")
+    summary = run_train(replace(cfg, steps=6))
+    assert summary["resumed_from"] == 4 and summary["trained_this_run"] == 2
+    run_train(replace(cfg, out=str(data / "straight"), steps=6, save_every=2))
+    assert metric_rows(Path(cfg.out)) == metric_rows(data / "straight")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_000004", "step_000006"]
+
+
+def test_all_zero_reward_steps_run_and_log(data, tiny_model_dir):
+    cfg = make_cfg(data, tiny_model_dir, steps=3, reward=RewardOptions("train_rewards:always_zero", workers=1))
+    summary = run_train(cfg)
+    rows = metric_rows(Path(cfg.out))
+    assert [r["step"] for r in rows] == [1, 2, 3] and summary["trained_this_run"] == 3
+    assert all(r["reward/all"] == 0.0 and r["groups_without_signal"] == 4 and r["optimizer_steps"] == 0 for r in rows)
+    assert (Path(cfg.out) / "final").is_dir()
+
+
+def test_groups_emptied_by_masking_truncated_completions_train_nothing(data, tiny_model_dir):
+    cfg = make_cfg(data, tiny_model_dir, steps=2, mask_truncated=True, sampling=SamplingOptions(temperature=1.0,
+                                                                                                max_new_tokens=1))
+    run = Run(cfg, None, LowerScorer())
+    before = snapshot(run.policy.model)
+    rows = [train_step(run, step) for step in range(cfg.steps)]
+    assert all(r["truncation_rate"] == 1.0 and r["trained_sequences"] == 0 and r["optimizer_steps"] == 0 for r in rows)
+    assert any(r["groups_without_signal"] < 4 for r in rows)  # there was signal, but nothing left to train on
+    assert all(torch.equal(before[n], p) for n, p in run.policy.model.named_parameters())
 
 
 def test_non_finite_loss_skips_the_update_and_stops_the_run(data, tiny_model_dir, monkeypatch):
@@ -309,26 +353,44 @@ def command_line(data: Path, model_dir, out: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_dir):
+@pytest.mark.parametrize("kill_after_rows", [5, 10])
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_dir, kill_after_rows):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     args = ["--steps", "12", "--save-every", "4"]
     killed = data / "killed"
     proc = subprocess.Popen(command_line(data, tiny_model_dir, killed, *args), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step_000004" / "state.json").exists():
+    while finished_steps(killed) < kill_after_rows:
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
-        time.sleep(0.02)
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(metric_rows(killed)) < 12  # it really died mid-run
     resumed = subprocess.run(command_line(data, tiny_model_dir, killed, *args), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming after step 4" in resumed.stderr or "resuming after step 8" in resumed.stderr
+    assert f"resuming after step {4 * ((kill_after_rows - 1) // 4)}" in resumed.stderr
     whole = data / "whole"  # the uninterrupted run, in this process (also one torch thread)
     run_train(make_cfg(data, tiny_model_dir, out=str(whole), steps=12, save_every=4,
                        reward=RewardOptions("train_rewards:slow_starts_lower", workers=1)))
     assert metric_rows(killed) == metric_rows(whole)
+
+
+def test_ctrl_c_ends_training_with_the_checkpoint_to_resume_from(data, tiny_model_dir):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    out = data / "interrupted"
+    proc = subprocess.Popen(command_line(data, tiny_model_dir, out, "--steps", "50", "--save-every", "2"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while finished_steps(out) < 3:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert re.search(r"interrupted: stopped in step \d+; the last checkpoint is step \d+; rerun the same command", stderr)
+    saved = int(re.search(r"last checkpoint is step (\d+)", stderr).group(1))
+    assert saved >= 2 and (out / "checkpoints" / f"step_{saved:06d}" / "state.json").exists()
 
 
 def test_config_file_sits_under_the_command_line(data, tiny_model_dir):

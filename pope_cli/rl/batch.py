@@ -119,13 +119,14 @@ class Rollout:
 
 
 def rollout(items: list[Item], prompts: list[list[int]], engine: Engine, scorer, sampling: Sampling,
-            group_size: int, seed: int, step: int) -> tuple[Rollout, dict]:
+            group_size: int, seed: int, step: int, first: int = 0) -> tuple[Rollout, dict]:
     """Sample `group_size` completions per prompt and score them; returns (rollout, timings).
 
-    Request seeds are a function of (seed, step, prompt index) only, so a resumed run samples
-    the same streams. A reward of None (unparseable) counts as 0.
+    Request seeds are a function of (seed, step, prompt index in the step) only, so a resumed
+    run samples the same streams, and so do N ranks each given the prompts from index `first`
+    on. A reward of None (unparseable) counts as 0.
     """
-    requests = [Request(p, group_size, derive_seed(seed, "rollout", step, i)) for i, p in enumerate(prompts)]
+    requests = [Request(p, group_size, derive_seed(seed, "rollout", step, first + i)) for i, p in enumerate(prompts)]
     started = time.perf_counter()
     groups = engine.generate(requests, sampling)
     generated = time.perf_counter()
@@ -138,6 +139,13 @@ def rollout(items: list[Item], prompts: list[list[int]], engine: Engine, scorer,
     shape = (len(items), group_size)
     result = Rollout(items, prompts, groups, flat.view(shape), hits.view(shape))
     return result, {"generate": generated - started, "score": scored - generated}
+
+
+def joined(parts: list[Rollout]) -> Rollout:
+    """The rollouts of consecutive blocks of a step's prompts as one."""
+    return Rollout([item for part in parts for item in part.items], [p for part in parts for p in part.prompts],
+                   [group for part in parts for group in part.completions],
+                   torch.cat([part.rewards for part in parts]), torch.cat([part.correct for part in parts]))
 
 
 @dataclass

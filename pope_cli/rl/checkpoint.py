@@ -7,6 +7,11 @@ and `state.json` (the step, the data streams' positions, the hard problems ever 
 run of non-finite steps). It is written into a hidden temporary directory and renamed into
 place, so a run killed mid-save leaves either the previous checkpoints or the new one, never
 half of one; leftovers of an interrupted save are removed on the next save.
+
+On N ranks every rank calls `save_checkpoint` (a sharded model's weights and optimizer state
+are gathered to rank 0), rank 0 alone writes, and each rank's RNG state is kept
+(`rng.pt` is rank 0's, `rng_rank<R>.pt` the others'). The weights and optimizer state are in
+the one-process format, so any number of ranks resumes from any checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pope_cli.distributed import SOLO, Ranks
 from pope_cli.outputs import atomic_write_json
+from pope_cli.rl.parallel import full_weights, load_optimizer_state, optimizer_state
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -46,26 +53,40 @@ def restore_rng(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict, keep: int,
+                    ranks: Ranks = SOLO) -> Path:
     """Write checkpoint `step` atomically, then drop all but the newest `keep`."""
-    root = checkpoint_root(run_dir)
+    weights, optimizer_dict, rngs = full_weights(model), optimizer_state(model, optimizer), ranks.gather(rng_states())
+    final = checkpoint_root(run_dir) / f"step_{step:06d}"
+    if ranks.main:
+        _write_checkpoint(final, model, weights, tokenizer, optimizer_dict, scheduler, rngs, state, step)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+    ranks.barrier()
+    return final
+
+
+def _write_checkpoint(final: Path, model, weights: dict | None, tokenizer, optimizer_dict: dict, scheduler,
+                      rngs: list[dict], state: dict, step: int) -> None:
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     for leftover in root.glob(".tmp_step_*"):
         shutil.rmtree(leftover)
-    final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
-    model.save_pretrained(tmp / "model")
+    model.save_pretrained(tmp / "model", state_dict=weights)
     tokenizer.save_pretrained(tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_dict, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_states(), tmp / "rng.pt")
+    for rank, rng in enumerate(rngs):
+        torch.save(rng, tmp / _rng_file(rank))
     atomic_write_json(tmp / "state.json", {**state, "step": step})
     if final.exists():  # a rerun from an earlier checkpoint reached this step again
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old)
-    return final
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt" if rank else "rng.pt"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -82,12 +103,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_training_state(checkpoint: Path, optimizer, scheduler) -> dict:
+def load_training_state(checkpoint: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
     """Restore optimizer, scheduler and RNG states from `checkpoint`; returns its state.json.
 
-    The weights are not loaded here: the policy is built from `checkpoint/model` directly.
+    The weights are not loaded here: the policy is built from `checkpoint/model` directly. A
+    rank the saving run did not have takes rank 0's RNG state.
     """
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False))
+    load_optimizer_state(model, optimizer, torch.load(checkpoint / "optimizer.pt", map_location="cpu",
+                                                      weights_only=False))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
-    restore_rng(torch.load(checkpoint / "rng.pt", weights_only=False))
+    rng = checkpoint / _rng_file(rank)
+    restore_rng(torch.load(rng if rng.exists() else checkpoint / "rng.pt", weights_only=False))
     return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))

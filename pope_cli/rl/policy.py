@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from pope_cli.config import TrainConfig
+from pope_cli.distributed import SOLO, Ranks
 from pope_cli.errors import PopeError
+from pope_cli.rl.parallel import full_weights
 
 
 @dataclass
@@ -150,21 +152,25 @@ class EngineSync:
             self.engine.load_weights((name, p.detach()) for name, p in self.policy.model.named_parameters())
 
 
-def save_final(policy: Policy, run_dir: Path, merge: bool) -> list[Path]:
+def save_final(policy: Policy, run_dir: Path, merge: bool, ranks: Ranks = SOLO) -> list[Path]:
     """Write RUN/final (adapter or full model + tokenizer) atomically; `merge` also writes
-    RUN/final_merged with the adapter folded into the base weights. Returns what was written."""
-    written = [_save_atomic(policy.model, policy.tokenizer, Path(run_dir) / "final")]
-    if merge:
-        merged = policy.model.merge_and_unload()
-        written.append(_save_atomic(merged, policy.tokenizer, Path(run_dir) / "final_merged"))
+    RUN/final_merged with the adapter folded into the base weights. Returns what was written.
+    On N ranks every rank calls it and rank 0 writes."""
+    weights = full_weights(policy.model)
+    written = [Path(run_dir) / "final"] + ([Path(run_dir) / "final_merged"] if merge else [])
+    if ranks.main:
+        _save_atomic(policy.model, policy.tokenizer, written[0], weights)
+        if merge:
+            _save_atomic(policy.model.merge_and_unload(), policy.tokenizer, written[1])
+    ranks.barrier()
     return written
 
 
-def _save_atomic(model, tokenizer, target: Path) -> Path:
+def _save_atomic(model, tokenizer, target: Path, weights: dict | None = None) -> Path:
     tmp = target.with_name(f".tmp_{target.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     if target.exists():
         shutil.rmtree(target)

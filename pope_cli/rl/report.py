@@ -26,13 +26,15 @@ def step_line(row: dict, total: int) -> str:
 
 
 class StepReporter:
-    """A live progress line on a terminal; plain lines otherwise."""
+    """A live progress line on a terminal; plain lines otherwise; nothing when `silent` (the
+    ranks of a torchrun launch other than rank 0)."""
 
-    def __init__(self, total: int, done: int, stream=None):
+    def __init__(self, total: int, done: int, stream=None, silent: bool = False):
         self.total = total
         self.stream = stream or sys.stderr
+        self.silent = silent
         self.progress = None
-        if self.stream.isatty():
+        if self.stream.isatty() and not silent:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -43,12 +45,16 @@ class StepReporter:
             self.progress.start()
 
     def message(self, text: str) -> None:
+        if self.silent:
+            return
         if self.progress is not None:
             self.progress.console.print(text)
         else:
             print(text, file=self.stream, flush=True)
 
     def step(self, row: dict) -> None:
+        if self.silent:
+            return
         line = step_line(row, self.total)
         if self.progress is not None:
             self.progress.update(self.task, completed=row["step"], description=line.split(" | ", 1)[1])

@@ -21,12 +21,22 @@ The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value m
   mini-batches make the ratio and the clip matter; old log-probs are then computed once.
 Why on-policy with one update: that is the paper's setup, and any other choice would make a
 comparison with it say something about off-policy correction instead of about guidance.
+
+Data parallel (`torchrun --nproc-per-node N -m pope_cli.cli train ...`): every rank draws the
+same step, generates and scores its contiguous block of the prompts (whole groups, with the
+sample seeds a single process would use), and the ranks exchange their rollouts, so each holds
+the whole step's rewards, advantages and metrics. Each rank trains on every N-th sequence of
+each mini-batch with the whole mini-batch's loss denominators, and DDP (LoRA; any run on CPU)
+or FSDP2 (full fine-tuning on GPU) averages the gradients: a step on N ranks is the step one
+process takes on the same batch. Rank 0 alone logs and writes; see rl/parallel.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import time
 import warnings
 from dataclasses import asdict
@@ -35,20 +45,22 @@ from pathlib import Path
 import torch
 
 from pope_cli.config import TrainConfig
-from pope_cli.errors import PopeError
+from pope_cli.distributed import SOLO, Ranks, launched
+from pope_cli.errors import Interrupted, PopeError
 from pope_cli.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest,
                               prepare_output)
 from pope_cli.rl.advantages import group_advantages
-from pope_cli.rl.batch import DataMix, rollout, rollout_metrics, training_samples
+from pope_cli.rl.batch import DataMix, joined, rollout, rollout_metrics, training_samples
 from pope_cli.rl.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from pope_cli.rl.loss import LossSettings
+from pope_cli.rl.parallel import choose, generating, wrap
 from pope_cli.rl.policy import EngineSync, build_policy, make_optimizer, save_final
 from pope_cli.rl.report import StepReporter
 from pope_cli.rl.update import UpdateSettings, policy_update, reference_scorer
 from pope_cli.seeding import derive_seed
 
 # Options a rerun may change without changing what the finished steps computed.
-RESUME_IGNORED = ("overwrite", "steps", "save_every", "keep", "merge", "model.batch_size",
+RESUME_IGNORED = ("overwrite", "steps", "save_every", "keep", "merge", "data_parallel", "model.batch_size",
                   "model.gpu_memory_utilization", "reward.workers")
 
 _NO_UPDATE = {"loss": None, "grad_norm": None, "optimizer_steps": 0, "nan_skipped": 0, "entropy": None, "kl": None,
@@ -59,22 +71,25 @@ _NO_UPDATE = {"loss": None, "grad_norm": None, "optimizer_steps": 0, "nan_skippe
 class Run:
     """Everything a step needs: the config, the policy and its optimizer, engine, scorer, data."""
 
-    def __init__(self, cfg: TrainConfig, checkpoint: Path | None, scorer):
+    def __init__(self, cfg: TrainConfig, checkpoint: Path | None, scorer,
+                 data: tuple[list[dict], list[dict]] | None = None, ranks: Ranks = SOLO):
         from transformers.utils import logging as hf_logging
 
-        from pope_cli.data import read_prefix_records, read_problems
         from pope_cli.engines import choose_backend
         from pope_cli.engines.base import Sampling
         from pope_cli.runtime import PromptBuilder
 
         hf_logging.disable_progress_bar()  # checkpoint saves would draw a bar each
-        self.cfg, self.out, self.scorer = cfg, Path(cfg.out), scorer
-        hard = read_prefix_records(cfg.prefixes)
-        easy = [p.fields() for p in read_problems(cfg.easy)] if cfg.easy else []
+        self.cfg, self.out, self.scorer, self.ranks = cfg, Path(cfg.out), scorer, ranks
+        hard, easy = data or read_training_data(cfg)
         torch.manual_seed(cfg.seed)
         self.policy = build_policy(cfg, checkpoint)
-        self.optimizer, self.scheduler = make_optimizer(cfg, self.policy.model)
-        state = load_training_state(checkpoint, self.optimizer, self.scheduler) if checkpoint else {}
+        self.strategy = choose(cfg.data_parallel, cfg.lora, self.policy.device)
+        self.train_model = wrap(self.policy.model, ranks, self.strategy, self.policy.device)
+        self.optimizer, self.scheduler = make_optimizer(cfg, self.train_model)
+        state = {}
+        if checkpoint:
+            state = load_training_state(checkpoint, self.policy.model, self.optimizer, self.scheduler, ranks.rank)
         self.solved_ever = set(state.get("solved_ever", []))
         self.nan_streak = state.get("nan_streak", 0)
         self.mix = DataMix(hard, easy, cfg.mode, cfg.guided_ratio, cfg.easy_fraction, cfg.prompts_per_step, cfg.seed,
@@ -82,7 +97,7 @@ class Run:
         self.prompts = PromptBuilder(self.policy.tokenizer, cfg.prompt, cfg.template)
         self._prompt_cache: dict = {}
         self.sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
-        vllm = choose_backend(cfg.model.backend) == "vllm"
+        vllm = ranks.world == 1 and choose_backend(cfg.model.backend) == "vllm"
         self.engine = self._engine(vllm)
         self.sync = EngineSync(self.engine, self.policy, self.out, cfg.lora, vllm)
         if checkpoint is not None:
@@ -121,8 +136,12 @@ def train_step(run: Run, step: int) -> dict:
     """One step (0-based); returns its metrics row."""
     cfg, started = run.cfg, time.perf_counter()
     items = run.mix.draw(step)
-    prompts = [run.prompt_ids(item.kind, item.record) for item in items]
-    result, times = rollout(items, prompts, run.engine, run.scorer, run.sampling, cfg.group_size, cfg.seed, step)
+    mine = run.ranks.block(len(items))
+    prompts = [run.prompt_ids(item.kind, item.record) for item in items[mine]]
+    with generating(run.policy.model):
+        result, times = rollout(items[mine], prompts, run.engine, run.scorer, run.sampling, cfg.group_size, cfg.seed,
+                                step, mine.start)
+    result, times = _whole_step(run.ranks, result, times)
     advantages, has_signal = group_advantages(result.rewards, cfg.adv_norm)  # (P, n), (P,)
     regularised = bool(cfg.kl_coef or cfg.entropy_coef)
     trained = torch.ones_like(has_signal) if regularised else has_signal  # (P,)
@@ -134,11 +153,11 @@ def train_step(run: Run, step: int) -> dict:
     run.sync.before_update()
     update = dict(_NO_UPDATE)
     if samples:
-        update = policy_update(run.policy.model, run.optimizer, samples, run.settings, run.policy.pad_id,
-                               run.policy.device, derive_seed(cfg.seed, "update", step), run.reference)
+        update = policy_update(run.train_model, run.optimizer, samples, run.settings, run.policy.pad_id,
+                               run.policy.device, derive_seed(cfg.seed, "update", step), run.reference, run.ranks)
     with warnings.catch_warnings():
         # The schedule counts training steps, including ones with no optimizer step (no signal).
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
         run.scheduler.step()
     train_s = time.perf_counter() - train_started
     sync_started = time.perf_counter()
@@ -152,11 +171,21 @@ def train_step(run: Run, step: int) -> dict:
            "throughput/train_tokens_per_s": update["train_tokens"] / train_s if update["train_tokens"] else None}
     if run.evaluation and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
         eval_started = time.perf_counter()
-        row.update(run.evaluation())
+        with generating(run.policy.model):
+            if run.ranks.main:  # the others wait at the next collective
+                row.update(run.evaluation())
         row["time/eval_s"] = time.perf_counter() - eval_started
     row["time/step_s"] = time.perf_counter() - started
     # JSON has no NaN: a skipped non-finite update logs its loss as null (and nan_skipped > 0).
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def _whole_step(ranks: Ranks, result, times: dict):
+    """Every rank's block of the rollout joined, on every rank; the slowest rank's timings."""
+    if ranks.world == 1:
+        return result, times
+    parts = ranks.gather((result, times))
+    return joined([part for part, _ in parts]), {key: max(t[key] for _, t in parts) for key in times}
 
 
 def _periodic_eval(cfg: TrainConfig, run: Run):
@@ -185,11 +214,31 @@ def config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
+def read_training_data(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """The hard problems with their prefixes, and the easy problems (if any)."""
+    from pope_cli.data import read_prefix_records, read_problems
+
+    hard = read_prefix_records(cfg.prefixes)
+    easy = [p.fields() for p in read_problems(cfg.easy)] if cfg.easy else []
+    return hard, easy
+
+
 def run_train(cfg: TrainConfig, reporter_stream=None) -> dict:
-    """Train (or resume) the run in `cfg.out`; returns the summary the CLI prints."""
-    from pope_cli.reward import Scorer
+    """Train (or resume) the run in `cfg.out`; returns the summary the CLI prints. Under
+    torchrun every rank runs it, and rank 0 alone writes the run's files."""
+    from pope_cli.models import resolve_device
 
     started = time.time()
+    data = read_training_data(cfg)  # before anything is written: bad data must leave no run behind
+    with launched(resolve_device(cfg.model)) as ranks:
+        if ranks.world > 1 and cfg.model.backend == "vllm":
+            raise PopeError("--backend vllm: not supported under torchrun yet; use --backend hf", exit_code=2)
+        return _train(cfg, data, ranks, started, reporter_stream)
+
+
+def _prepare(cfg: TrainConfig) -> tuple[Path | None, int, list[dict], bool]:
+    """Get RUN ready: the checkpoint to resume from, its step, the metrics rows up to it, and
+    whether the run is already finished."""
     out = Path(cfg.out)
     metrics_path = out / "metrics.jsonl"
     resuming = prepare_output(out / "config.json", config_dict(cfg), [metrics_path, out / "checkpoints", out / "final"],
@@ -200,30 +249,47 @@ def run_train(cfg: TrainConfig, reporter_stream=None) -> dict:
     # Steps after the checkpoint were lost with the process; they will be recomputed.
     rows = [row for row in load_jsonl_repairing(metrics_path) if row["step"] <= done]
     atomic_write_jsonl(metrics_path, rows)
-    if done >= cfg.steps and (out / "final").is_dir():
+    return checkpoint, done, rows, done >= cfg.steps and (out / "final").is_dir()
+
+
+def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream) -> dict:
+    """The run as this rank takes part in it; rank 0 alone prepares RUN, logs and writes."""
+    from pope_cli.reward import Scorer
+
+    out = Path(cfg.out)
+    checkpoint, done, rows, finished = ranks.on_main(lambda: _prepare(cfg))
+    if finished:
         return _summary(cfg, rows, started, resumed_from=done, trained=0)
-    reporter = StepReporter(cfg.steps, done, reporter_stream)
+    reporter = StepReporter(cfg.steps, done, reporter_stream, silent=not ranks.main)
     try:
         with Scorer(cfg.reward.spec, workers=cfg.reward.workers, timeout=cfg.reward.timeout) as scorer:
-            run = Run(cfg, checkpoint, scorer)
+            run = Run(cfg, checkpoint, scorer, data, ranks)
             reporter.message(_banner(cfg, run, done))
-            with JsonlAppender(metrics_path) as metrics_file:
-                for step in range(done, cfg.steps):
-                    row = train_step(run, step)
-                    metrics_file.write([row])
-                    rows.append(row)
-                    reporter.step(row)
-                    _check_nan(run, row, reporter)
-                    if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                        save_checkpoint(out, step + 1, run.policy.model, run.policy.tokenizer, run.optimizer,
-                                        run.scheduler, run.state(), cfg.keep)
-            written = save_final(run.policy, out, cfg.merge)
+            with (JsonlAppender(out / "metrics.jsonl") if ranks.main else contextlib.nullcontext()) as metrics_file:
+                saved = done
+                try:
+                    for step in range(done, cfg.steps):
+                        row = train_step(run, step)
+                        if metrics_file is not None:
+                            metrics_file.write([row])
+                        rows.append(row)
+                        reporter.step(row)
+                        _check_nan(run, row, reporter)
+                        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                            save_checkpoint(out, step + 1, run.policy.model, run.policy.tokenizer, run.optimizer,
+                                            run.scheduler, run.state(), cfg.keep, ranks)
+                            saved = step + 1
+                except KeyboardInterrupt:
+                    raise Interrupted(f"stopped in step {step + 1}; the last checkpoint is step {saved}; rerun the "
+                                      "same command to resume from it") from None
+            written = save_final(run.policy, out, cfg.merge, ranks)
     finally:
         reporter.close()
     summary = _summary(cfg, rows, started, resumed_from=done, trained=cfg.steps - done)
     summary["written"] = [str(p) for p in written]
-    atomic_write_json(out / "manifest.json", manifest("train", config_dict(cfg), started, summary,
-                                                      model=cfg.model.model, seed=cfg.seed))
+    if ranks.main:
+        atomic_write_json(out / "manifest.json", manifest("train", config_dict(cfg), started, summary,
+                                                          model=cfg.model.model, seed=cfg.seed))
     return summary
 
 
@@ -249,8 +315,9 @@ def _banner(cfg: TrainConfig, run: Run, done: int) -> str:
     streams = ", ".join(f"{len(s.records)} {kind}" for kind, s in run.mix.streams.items())
     kind = f"LoRA r{cfg.lora_rank}/a{cfg.lora_alpha}" if cfg.lora else "full"
     where = f"resuming after step {done}" if done else "starting"
+    ranks = f", {run.ranks.world} ranks ({run.strategy})" if run.ranks.world > 1 else ""
     return (f"pope train: {where}; mode {cfg.mode} ({streams} prompts), {cfg.prompts_per_step} prompts x "
-            f"{cfg.group_size} samples per step, {kind}, lr {cfg.lr:g}, device {run.policy.device}")
+            f"{cfg.group_size} samples per step, {kind}, lr {cfg.lr:g}, device {run.policy.device}{ranks}")
 
 
 def _summary(cfg: TrainConfig, rows: list[dict], started: float, resumed_from: int, trained: int) -> dict:

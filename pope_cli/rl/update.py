@@ -9,6 +9,11 @@ Old log-probs: with a single optimizer step per batch the policy that sampled is
 being differentiated, so the ratio is exactly 1 and `old_logp = logp.detach()` costs nothing.
 Only with several optimizer steps per batch (`updates_per_step` > 1 or several mini-batches)
 are the log-probs computed once, before the first update, by a no-grad forward.
+
+On N ranks every rank holds the whole step's samples and walks the same mini-batches; each
+rank takes every N-th sequence of a mini-batch. The loss denominators (tokens, sequences) are
+the whole mini-batch's, and DDP and FSDP2 average gradients over ranks, so each rank's loss is
+multiplied by N: the reduced gradient is then the one-process mini-batch gradient.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Callable
 
 import torch
 
+from pope_cli.distributed import SOLO, Ranks
 from pope_cli.rl.batch import Batch, Sample, collate
 from pope_cli.rl.loss import LossSettings, policy_loss, token_logprobs
+from pope_cli.rl.parallel import accumulating, grad_norm
 from pope_cli.seeding import derive_seed
 
 
@@ -63,20 +70,20 @@ def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
-def _micro_batches(indices: list[int], size: int) -> list[list[int]]:
-    return [indices[i:i + size] for i in range(0, len(indices), size)]
-
-
 @torch.no_grad()
 def frozen_logprobs(score: Callable[[Batch], torch.Tensor], samples: list[Sample], pad_id: int, device,
-                    micro_batch_size: int) -> list[torch.Tensor]:
-    """Per-sample log-probs (one 1-D tensor per completion) under a model that won't change."""
-    out: list[torch.Tensor] = []
-    for chunk in _micro_batches(list(range(len(samples))), micro_batch_size):
-        batch = collate([samples[i] for i in chunk], pad_id).to(device)
-        logp = score(batch)  # (B, C)
-        out.extend(logp[k, :len(samples[i].completion)].float() for k, i in enumerate(chunk))
-    return out
+                    micro_batch_size: int, ranks: Ranks = SOLO) -> list[torch.Tensor]:
+    """Per-sample log-probs (one 1-D tensor per completion) under a model that won't change;
+    each rank scores its share and the ranks exchange them."""
+    mine: dict[int, torch.Tensor] = {}
+    for part in ranks.micro_batches(list(range(len(samples))), micro_batch_size):
+        # An idle rank still scores a sequence: a sharded model's forward is a collective.
+        logp = score(collate([samples[i] for i in part or [0]], pad_id).to(device))  # (B, C)
+        mine.update({i: logp[k, :len(samples[i].completion)].float() for k, i in enumerate(part)})
+    if ranks.world > 1:
+        parts = ranks.gather({i: logp.cpu() for i, logp in mine.items()})
+        mine = {i: logp.to(device) for part in parts for i, logp in part.items()}
+    return [mine[i] for i in range(len(samples))]
 
 
 class Accumulator:
@@ -89,18 +96,25 @@ class Accumulator:
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
 
+    def total(self, ranks: Ranks) -> "Accumulator":
+        """The sums over all ranks."""
+        merged = Accumulator()
+        merged.sums = ranks.sum(self.sums)
+        return merged
+
     def per_token(self, key: str) -> float | None:
         tokens = self.sums.get("tokens", 0.0)
         return self.sums[key] / tokens if tokens and key in self.sums else None
 
 
 def policy_update(model, optimizer, samples: list[Sample], settings: UpdateSettings, pad_id: int, device,
-                  seed: int, reference: Callable[[Batch], torch.Tensor] | None = None) -> dict:
-    """Train on `samples`; returns the step's update metrics.
+                  seed: int, reference: Callable[[Batch], torch.Tensor] | None = None, ranks: Ranks = SOLO) -> dict:
+    """Train on `samples` (the whole step's, on every rank); returns the step's update metrics.
 
     `reference` scores a batch under the starting model (needed when kl_coef > 0). A mini-batch
     whose loss or gradient norm is not finite is skipped (gradients dropped, no optimizer step)
-    and counted in `nan_skipped`.
+    and counted in `nan_skipped`; loss and norm are the whole mini-batch's, so every rank
+    decides alike.
     """
     n = len(samples)
     mini = min(settings.mini_batch_size or n, n)
@@ -110,8 +124,9 @@ def policy_update(model, optimizer, samples: list[Sample], settings: UpdateSetti
         return sequence_logprobs(model, batch, settings.temperature, False, settings.autocast_dtype)[0]
 
     several_steps = epochs * math.ceil(n / mini) > 1
-    old = frozen_logprobs(score, samples, pad_id, device, settings.micro_batch_size) if several_steps else None
-    ref = frozen_logprobs(reference, samples, pad_id, device, settings.micro_batch_size) if settings.loss.kl_coef else None
+    micro = settings.micro_batch_size
+    old = frozen_logprobs(score, samples, pad_id, device, micro, ranks) if several_steps else None
+    ref = frozen_logprobs(reference, samples, pad_id, device, micro, ranks) if settings.loss.kl_coef else None
     acc, losses, norms, skipped, tokens = Accumulator(), [], [], 0, 0
     for epoch in range(epochs):
         order = list(range(n))
@@ -120,17 +135,19 @@ def policy_update(model, optimizer, samples: list[Sample], settings: UpdateSetti
             order = torch.randperm(n, generator=generator).tolist()
         for first in range(0, n, mini):
             chunk = order[first:first + mini]
-            loss, used = _backward(model, samples, chunk, old, ref, settings, pad_id, device, acc)
-            tokens += used
-            norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
-            if not (math.isfinite(loss) and math.isfinite(float(norm))):
+            part = _backward(model, samples, chunk, old, ref, settings, pad_id, device, acc, ranks)
+            whole = ranks.sum(part)
+            loss, tokens = whole["loss"], tokens + int(whole["tokens"])
+            norm = grad_norm(model, settings.max_grad_norm)
+            if not (math.isfinite(loss) and math.isfinite(norm)):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss)
-            norms.append(float(norm))
+            norms.append(norm)
+    acc = acc.total(ranks)
     return {
         "loss": sum(losses) / len(losses) if losses else None,
         "grad_norm": sum(norms) / len(norms) if norms else None,
@@ -148,25 +165,39 @@ def _clip_fraction(acc: Accumulator) -> float | None:
 
 
 def _backward(model, samples: list[Sample], chunk: list[int], old, ref, settings: UpdateSettings, pad_id: int, device,
-              acc: Accumulator) -> tuple[float, int]:
-    """Accumulate the gradient of one mini-batch; returns (its loss, tokens processed)."""
+              acc: Accumulator, ranks: Ranks) -> dict[str, float]:
+    """Accumulate this rank's part of the gradient of one mini-batch (the gradients are reduced
+    over ranks in its last backward); returns this rank's part of the loss and its tokens."""
     num_tokens = sum(len(samples[i].completion) for i in chunk)
     total, processed = 0.0, 0
-    for part in _micro_batches(chunk, settings.micro_batch_size):
-        batch = collate([samples[i] for i in part], pad_id).to(device)
-        logp, entropy = sequence_logprobs(model, batch, settings.temperature, settings.loss.entropy_coef != 0,
-                                          settings.autocast_dtype)  # (B, C), (B, C)
-        width = logp.shape[1]
-        old_logp = _pad_rows([old[i] for i in part], width) if old is not None else logp.detach()  # (B, C)
-        ref_logp = _pad_rows([ref[i] for i in part], width) if ref is not None else None  # (B, C)
-        mask = batch.loss_mask[:, batch.start:]  # (B, C)
-        loss, metrics = policy_loss(logp, old_logp, batch.advantages, mask, settings.loss, ref_logp=ref_logp,
-                                    entropy=entropy, num_seqs=len(chunk), num_tokens=num_tokens)
-        loss.backward()
+    parts = ranks.micro_batches(chunk, settings.micro_batch_size)
+    for k, part in enumerate(parts):
+        with accumulating(model) if k < len(parts) - 1 else contextlib.nullcontext():
+            if not part:
+                _idle_backward(model, samples[chunk[0]], settings, pad_id, device)
+                continue
+            batch = collate([samples[i] for i in part], pad_id).to(device)
+            logp, entropy = sequence_logprobs(model, batch, settings.temperature, settings.loss.entropy_coef != 0,
+                                              settings.autocast_dtype)  # (B, C), (B, C)
+            width = logp.shape[1]
+            old_logp = _pad_rows([old[i] for i in part], width) if old is not None else logp.detach()  # (B, C)
+            ref_logp = _pad_rows([ref[i] for i in part], width) if ref is not None else None  # (B, C)
+            mask = batch.loss_mask[:, batch.start:]  # (B, C)
+            loss, metrics = policy_loss(logp, old_logp, batch.advantages, mask, settings.loss, ref_logp=ref_logp,
+                                        entropy=entropy, num_seqs=len(chunk), num_tokens=num_tokens)
+            (loss * ranks.world).backward()
         acc.add(metrics)
         total += loss.detach().item()
         processed += int(batch.attention_mask.sum())
-    return total, processed
+    return {"loss": total, "tokens": processed}
+
+
+def _idle_backward(model, sample: Sample, settings: UpdateSettings, pad_id: int, device) -> None:
+    """A zero-loss forward/backward for a rank with no sequence in this micro-batch: the
+    gradient reduction needs every rank."""
+    batch = collate([sample], pad_id).to(device)
+    logp, _ = sequence_logprobs(model, batch, settings.temperature, False, settings.autocast_dtype)
+    (logp.sum() * 0.0).backward()
 
 
 def reference_scorer(model, frozen_copy, settings: UpdateSettings) -> Callable[[Batch], torch.Tensor]:
