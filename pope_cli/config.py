@@ -229,6 +229,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     grad_checkpointing: bool = False
+    data_parallel: str = "auto"
+    """Under torchrun: `ddp` (whole model per rank), `fsdp` (FSDP2 shards, --full only) or
+    `auto` (fsdp for full fine-tuning on GPU, else ddp). Ignored by a single process."""
     save_every: int = 50
     keep: int = 2
     merge: bool = False
@@ -275,6 +278,9 @@ class TrainConfig:
             ("--lr", self.lr > 0, "must be > 0"),
             ("--warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
             ("--max-grad-norm", self.max_grad_norm > 0, "must be > 0"),
+            ("--data-parallel", self.data_parallel in ("auto", "ddp", "fsdp"),
+             f"must be auto, ddp or fsdp, not {self.data_parallel!r}"),
+            ("--data-parallel", not (self.lora and self.data_parallel == "fsdp"), "fsdp is for --full runs"),
             ("--save-every", self.save_every >= 1, "must be at least 1"),
             ("--keep", self.keep >= 1, "must be at least 1"),
             ("--merge", self.lora or not self.merge, "only for --lora runs (a --full run's final/ is already full weights)"),
@@ -372,3 +378,52 @@ class DemoConfig:
             raise bad_option("--eval-k", f"each k must be in [1, eval-n={self.eval_n}]")
         if not 0 < self.max_fraction <= 1:
             raise bad_option("--max-fraction", "must be in (0, 1]")
+
+
+@dataclass
+class ExportConfig:
+    """`pope export`: the prompts `pope train` would train on, with its reward and settings, for verl or TRL."""
+
+    train: TrainConfig
+    """The run being exported: its data mix, prompts, reward and GRPO settings (`out` is unused)."""
+    out: str
+    """The directory to write."""
+    format: str = "verl"
+    """`verl` (Parquet + reward module + run_verl.sh) or `trl` (JSONL and Parquet + reward module + trl_config.json)."""
+    val: str | None = None
+    """A problems or prefixes file to export as the validation set (unguided, plus guided for a prefixes file)."""
+    gpus: int = 1
+    """GPUs per node in the verl launch script."""
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.format not in ("verl", "trl"):
+            raise bad_option("--format", f"must be verl or trl, not {self.format!r}")
+        if self.gpus < 1:
+            raise bad_option("--gpus", "must be at least 1")
+
+
+@dataclass
+class DryRunConfig:
+    """`pope train --dry-run`: the hardware a plan is sized for, and the throughputs it assumes."""
+
+    gpus: int = 1
+    gpu_memory_gb: float = 80.0
+    """Memory per GPU (an H100 has 80 GB)."""
+    gen_tokens_per_s: float = 5000.0
+    """Generated tokens per second per GPU: an assumption for vLLM on a ~4B model; replace it with
+    the tokens/s a real run logs in metrics.jsonl."""
+    mfu: float = 0.3
+    """Fraction of the GPU's peak bf16 FLOP/s that the training passes reach."""
+    peak_tflops: float = 989.0
+    """Peak dense bf16 TFLOP/s per GPU (H100 SXM: 989)."""
+    model_config: str | None = None
+    """A config.json (or directory) describing the model, instead of `--model`'s own config."""
+
+    def __post_init__(self):
+        checks = [("--gpus", self.gpus >= 1), ("--gpu-memory-gb", self.gpu_memory_gb > 0),
+                  ("--gen-tokens-per-s", self.gen_tokens_per_s > 0), ("--mfu", 0 < self.mfu <= 1),
+                  ("--peak-tflops", self.peak_tflops > 0)]
+        for option, ok in checks:
+            if not ok:
+                raise bad_option(option, "must be > 0" + (" and at most 1" if option == "--mfu" else ""))

@@ -19,6 +19,7 @@ MIX = "Data mix"
 OBJECTIVE = "Objective"
 OPTIM = "Policy and optimizer"
 OUTPUT = "Checkpoints and evaluation"
+DRY = "Dry run"
 
 
 def command(
@@ -54,6 +55,7 @@ def command(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=OPTIM)] = 0.0,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.", rich_help_panel=OPTIM)] = 1.0,
     grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute activations in the backward pass (less memory, slower).", rich_help_panel=OPTIM)] = False,
+    data_parallel: Annotated[str, typer.Option(help="Under torchrun: ddp (a whole model per rank), fsdp (FSDP2 shards, --full only) or auto (fsdp for --full on GPU, else ddp).", rich_help_panel=OPTIM)] = "auto",
     max_nan_steps: Annotated[int, typer.Option(help="Stop after this many steps in a row whose update was skipped for a non-finite loss.", rich_help_panel=OPTIM)] = 3,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and at the last).", rich_help_panel=OUTPUT)] = 50,
     keep: Annotated[int, typer.Option(help="Checkpoints to keep (the newest).", rich_help_panel=OUTPUT)] = 2,
@@ -80,6 +82,13 @@ def command(
     system_prompt: SystemPromptOpt = None,
     unguided_template: UnguidedTemplateOpt = None,
     overwrite: OverwriteOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Load no weights: check the data and the model config, print prompts, tokens, memory per GPU and time per step, and exit.", rich_help_panel=DRY)] = False,
+    gpus: Annotated[int, typer.Option(help="Dry run: GPUs to plan for (torchrun ranks).", rich_help_panel=DRY)] = 1,
+    gpu_memory_gb: Annotated[float, typer.Option(help="Dry run: memory per GPU in GB (H100: 80).", rich_help_panel=DRY)] = 80.0,
+    gen_tokens_per_s: Annotated[float, typer.Option(help="Dry run: generated tokens/s per GPU (an assumption for vLLM on a ~4B model; use the tokens/s a real run logs).", rich_help_panel=DRY)] = 5000.0,
+    mfu: Annotated[float, typer.Option(help="Dry run: fraction of peak FLOP/s the training passes reach.", rich_help_panel=DRY)] = 0.3,
+    peak_tflops: Annotated[float, typer.Option(help="Dry run: peak dense bf16 TFLOP/s per GPU (H100 SXM: 989).", rich_help_panel=DRY)] = 989.0,
+    model_config: Annotated[Optional[str], typer.Option(help="Dry run: the model's config.json (or a directory), read instead of --model's config (e.g. offline).", rich_help_panel=DRY)] = None,
 ):
     """RL on hard problems with guided (oracle-prefix) and unguided copies: on-policy GRPO, LoRA or full."""
     options = {name: value for name, value in locals().items() if name != "ctx"}
@@ -87,9 +96,18 @@ def command(
         if config is not None:
             options = merge_config_file(ctx, options, config)
         cfg = train_config(options)
+        if dry_run:
+            from pope_cli.config import DryRunConfig
+            from pope_cli.dryrun import dry_run as plan_text
+
+            typer.echo(plan_text(cfg, DryRunConfig(gpus, gpu_memory_gb, gen_tokens_per_s, mfu, peak_tflops, model_config)))
+            return
+        from pope_cli.distributed import main_process
         from pope_cli.rl.trainer import run_train
 
         summary = run_train(cfg)
+        if not main_process():
+            return  # under torchrun, rank 0 reports for all
         print_table("train", [
             ("steps", f"{summary['steps']} ({summary['trained_this_run']} this run, resumed after {summary['resumed_from']})"),
             ("hard problems solved unguided (ever)", summary["solved_unguided_ever"]),
@@ -100,7 +118,7 @@ def command(
 
 
 # Options that are where the config comes from, not part of it.
-_NOT_IN_FILE = ("config",)
+_NOT_IN_FILE = ("config", "dry_run")
 
 
 def _read_config_file(path: str) -> dict:
@@ -174,6 +192,7 @@ def _int_list(text: str | None) -> list[int] | None:
 def train_config(o: dict):
     """The TrainConfig for a dict of option values (command line merged over a config file)."""
     from pope_cli.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions, TrainConfig, bad_option
+    from pope_cli.models import check_model_ref
     from pope_cli.reward import validate_reward_spec
 
     for name in ("prefixes", "model", "out"):
@@ -181,6 +200,7 @@ def train_config(o: dict):
             flag = "PREFIXES" if name == "prefixes" else f"--{name}"
             raise bad_option(flag, "missing (give it on the command line or in --config)")
     validate_reward_spec(o["reward"])
+    check_model_ref(o["model"])
     return TrainConfig(
         prefixes=o["prefixes"], out=o["out"],
         model=ModelOptions(o["model"], o["backend"], o["dtype"], o["device"], o["trust_remote_code"], o["batch_size"],
@@ -195,7 +215,8 @@ def train_config(o: dict):
         updates_per_step=o["updates_per_step"], mini_batch_size=o["mini_batch_size"],
         micro_batch_size=o["micro_batch_size"], lora=o["lora"], lora_rank=o["lora_rank"], lora_alpha=o["lora_alpha"],
         lora_targets=o["lora_targets"], lr=o["lr"], warmup_steps=o["warmup_steps"], weight_decay=o["weight_decay"],
-        max_grad_norm=o["max_grad_norm"], grad_checkpointing=o["grad_checkpointing"], save_every=o["save_every"],
+        max_grad_norm=o["max_grad_norm"], grad_checkpointing=o["grad_checkpointing"],
+        data_parallel=o["data_parallel"], save_every=o["save_every"],
         keep=o["keep"], merge=o["merge"], eval_data=o["eval_data"], eval_every=o["eval_every"], eval_n=o["eval_n"],
         eval_k=_int_list(o["eval_k"]), max_nan_steps=o["max_nan_steps"], seed=o["seed"], overwrite=o["overwrite"],
     )
