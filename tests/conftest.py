@@ -6,6 +6,7 @@ Nothing here touches the network: the tokenizer is built with `tokenizers`, the 
 
 from __future__ import annotations
 
+import signal
 import string
 
 import pytest
@@ -15,6 +16,13 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that must see Ctrl-C: a shell that starts the tests in the
+    background ignores SIGINT, and Python keeps an inherited SIG_IGN instead of raising
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def build_char_tokenizer():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_sigint
+
 TESTS = Path(__file__).parent
 COMMANDS = ["filter-hard", "make-prefixes", "eval", "train", "demo", "toy"]
 
@@ -106,7 +108,8 @@ def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
         "from pope_cli.cli import app\n"
         "app(['filter-hard', 'p.jsonl', '--model', 'm/x', '--out', 'o', '--k', '4', '--batch-size', '4'])\n"
     ) % str(TESTS)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     stats = tmp_path / "o" / "stats.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and not (stats.exists() and stats.read_text().count("\n") >= 2):

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import default_sigint
+
 from pope_cli.cli import app
 
 GOOD_PROBLEM = {"id": "a", "problem": "What is 1+1?", "answer": "2", "solution": "1+1 = 2.\nSo \\boxed{2}."}
@@ -221,7 +223,7 @@ def _start(stage: str, root: Path, delay: float):
     import sys
 
     script = SCRIPTED_STAGE.format(tests=str(TESTS), delay=delay, argv=SCRIPTED[stage][0] + ["--model", "m/x"])
-    return subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.DEVNULL, preexec_fn=default_sigint,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

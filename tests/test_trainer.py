@@ -22,6 +22,7 @@ from pope_cli.rl.batch import DataMix, Sample, collate
 from pope_cli.rl.loss import LossSettings, policy_loss, token_logprobs
 from pope_cli.rl.trainer import Run, run_train, train_step
 from pope_cli.rl.update import UpdateSettings, policy_update, sequence_logprobs
+from conftest import default_sigint
 from train_rewards import starts_lower
 
 torch.set_num_threads(1)
@@ -380,7 +381,7 @@ def test_ctrl_c_ends_training_with_the_checkpoint_to_resume_from(data, tiny_mode
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     out = data / "interrupted"
     proc = subprocess.Popen(command_line(data, tiny_model_dir, out, "--steps", "50", "--save-every", "2"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 120
     while finished_steps(out) < 3:
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
