@@ -6,12 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from pope_cli.commands.common import (PROMPT_PANEL, MaxNewTokensOpt, OverwriteOpt, RewardOpt, RewardTimeoutOpt,
-                                      RewardWorkersOpt, SeedOpt, SystemPromptOpt, TemperatureOpt, TopPOpt,
-                                      UnguidedTemplateOpt, print_table, user_errors)
-
-MIX = "Data mix (as pope train)"
-GRPO = "GRPO settings (as pope train)"
+from pope_cli.commands.common import (MaxNewTokensOpt, OverwriteOpt, RewardOpt, RewardTimeoutOpt, RewardWorkersOpt,
+                                      SeedOpt, SystemPromptOpt, TemperatureOpt, TopPOpt, UnguidedTemplateOpt,
+                                      print_table, user_errors)
+from pope_cli.commands.rl_options import (MIX_PANEL, AdvNormOpt, ClipHighOpt, ClipLowOpt, EasyFractionOpt, EasyOpt,
+                                          GroupSizeOpt, GuidedRatioOpt, GuidedTemplateOpt, KlCoefOpt, LoraAlphaOpt,
+                                          LoraOpt, LoraRankOpt, LossAggOpt, LrOpt, ModeOpt, PromptsPerStepOpt,
+                                          WarmupStepsOpt)
 
 
 def command(
@@ -21,24 +22,24 @@ def command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Starting model written into run_verl.sh (else it reads $MODEL).", show_default=False)] = None,
     val: Annotated[Optional[str], typer.Option(help="Problems or prefixes file to export as val data (a prefixes file adds guided copies).", show_default=False)] = None,
     gpus: Annotated[int, typer.Option(help="GPUs per node in run_verl.sh.")] = 1,
-    mode: Annotated[str, typer.Option(help="pope: guided + unguided copies; grpo: unguided only; guided: guided only.", rich_help_panel=MIX)] = "pope",
-    guided_ratio: Annotated[float, typer.Option(help="pope mode: guided prompts per unguided prompt (1.0 = the paper's 1:1).", rich_help_panel=MIX)] = 1.0,
-    template: Annotated[Optional[str], typer.Option(help="Guided template (pope, no-restate or a file) overriding the one each prefix record names.", rich_help_panel=PROMPT_PANEL)] = None,
-    easy: Annotated[Optional[str], typer.Option(help="Problem file of easy problems to mix in, unguided.", rich_help_panel=MIX)] = None,
-    easy_fraction: Annotated[float, typer.Option(help="Fraction of each step's prompts taken from --easy.", rich_help_panel=MIX)] = 0.0,
-    steps: Annotated[int, typer.Option(help="Training steps: the data holds steps x prompts-per-step rows, in train's order.", rich_help_panel=MIX)] = 200,
-    prompts_per_step: Annotated[int, typer.Option(help="Prompts per step (verl's data.train_batch_size).", rich_help_panel=MIX)] = 32,
-    group_size: Annotated[int, typer.Option(help="Completions per prompt (verl's rollout.n, TRL's num_generations).", rich_help_panel=GRPO)] = 8,
-    adv_norm: Annotated[str, typer.Option(help="std (GRPO) or none (Dr. GRPO): divide advantages by the group std or not.", rich_help_panel=GRPO)] = "std",
-    clip_low: Annotated[float, typer.Option(help="Lower clip of the importance ratio: 1 - clip_low.", rich_help_panel=GRPO)] = 0.2,
-    clip_high: Annotated[float, typer.Option(help="Upper clip of the importance ratio: 1 + clip_high.", rich_help_panel=GRPO)] = 0.2,
-    loss_agg: Annotated[str, typer.Option(help="token-mean, seq-mean or dr-grpo, mapped to verl's loss_agg_mode and TRL's loss_type.", rich_help_panel=GRPO)] = "token-mean",
-    kl_coef: Annotated[float, typer.Option(help="k3 KL weight to the starting model (0 = off, as in the paper).", rich_help_panel=GRPO)] = 0.0,
-    lora: Annotated[bool, typer.Option("--lora/--full", help="Train a LoRA adapter or every weight.", rich_help_panel=GRPO)] = True,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=GRPO)] = 64,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.", rich_help_panel=GRPO)] = 128,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-5 with LoRA, 1e-6 full, as pope train).", rich_help_panel=GRPO, show_default=False)] = None,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps, then constant.", rich_help_panel=GRPO)] = 10,
+    mode: ModeOpt = "pope",
+    guided_ratio: GuidedRatioOpt = 1.0,
+    template: GuidedTemplateOpt = None,
+    easy: EasyOpt = None,
+    easy_fraction: EasyFractionOpt = 0.0,
+    steps: Annotated[int, typer.Option(help="Training steps: the data holds steps x prompts-per-step rows, in train's order.", rich_help_panel=MIX_PANEL)] = 200,
+    prompts_per_step: PromptsPerStepOpt = 32,
+    group_size: GroupSizeOpt = 8,
+    adv_norm: AdvNormOpt = "std",
+    clip_low: ClipLowOpt = 0.2,
+    clip_high: ClipHighOpt = 0.2,
+    loss_agg: LossAggOpt = "token-mean",
+    kl_coef: KlCoefOpt = 0.0,
+    lora: LoraOpt = True,
+    lora_rank: LoraRankOpt = 64,
+    lora_alpha: LoraAlphaOpt = 128,
+    lr: LrOpt = None,
+    warmup_steps: WarmupStepsOpt = 10,
     max_new_tokens: MaxNewTokensOpt = 4096,
     temperature: TemperatureOpt = 0.8,
     top_p: TopPOpt = 1.0,
