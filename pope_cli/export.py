@@ -168,18 +168,18 @@ def run_export(cfg: ExportConfig) -> dict:
     """Write the export directory; returns counts for the CLI summary."""
     from collections import Counter
 
-    from pope_cli.outputs import manifest
+    from pope_cli.outputs import check_writable, manifest
     from pope_cli.runtime import PromptBuilder
 
     started = time.time()
-    _check_out(cfg)
     builder = PromptBuilder(None, cfg.train.prompt, cfg.train.template)
     train_rows = [_row(cfg, builder, item, i, "train") for i, item in enumerate(draw_train_items(cfg))]
     val_rows = [_row(cfg, builder, item, i, "val") for i, item in enumerate(val_items(cfg.val))] if cfg.val else []
     mode_of = (lambda row: row["mode"]) if cfg.format == "trl" else (lambda row: row["extra_info"]["mode"])
     counts = {"train": dict(Counter(map(mode_of, train_rows))), "val": dict(Counter(map(mode_of, val_rows)))}
+    _check_out(cfg)  # after the data: a bad input file is reported as such, whatever lies in --out
+    check_writable(Path(cfg.out).parent)
     out = Path(cfg.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
     try:
         files = _write_files(cfg, staging, train_rows, val_rows)

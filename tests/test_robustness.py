@@ -56,6 +56,7 @@ STAGES = {
     "train": (["train", "{input}", "--out", "out", "--steps", "1"], GOOD_PREFIX),
     "train --easy": (["train", "good_prefixes.jsonl", "--easy", "{input}", "--easy-fraction", "0.5", "--out", "out",
                       "--steps", "1"], GOOD_PROBLEM),
+    "export": (["export", "{input}", "--out", "out", "--steps", "1"], GOOD_PREFIX),
 }
 OUTPUT = {"make-prefixes": "out.jsonl"}
 
@@ -216,6 +217,7 @@ def _scripted_workspace(root: Path) -> None:
     rows = [{"id": f"p{i}", "problem": f"Problem number {i}.", "answer": str(i % 10),
              "solution": "".join(f"Step {s} of {i}.\n" for s in range(4)) + f"\\boxed{{{i % 10}}}"} for i in range(12)]
     (root / "problems.jsonl").write_bytes(_lines(*rows))
+    (root / "prefixes.jsonl").write_bytes(_lines(*({**row, "prefix": row["solution"].split("\n")[0]} for row in rows)))
 
 
 def _start(stage: str, root: Path, delay: float):
@@ -379,6 +381,8 @@ UNWRITABLE_OUT = {  # stage → argv whose output lies under `blocker`, a regula
     "filter-hard": ["filter-hard", "problems.jsonl", "--out", "blocker/out", "--k", "2"],
     "make-prefixes": ["make-prefixes", "problems.jsonl", "--out", "blocker/out.jsonl", "--n", "2"],
     "eval": ["eval", "problems.jsonl", "--out", "blocker/out", "--n", "2", "--k", "1"],
+    "train": ["train", "prefixes.jsonl", "--out", "blocker/out", "--steps", "1"],
+    "export": ["export", "prefixes.jsonl", "--out", "blocker/out", "--steps", "1"],
 }
 
 
