@@ -17,7 +17,8 @@ The numbers are estimates for sizing hardware and catching a run that cannot fit
   (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models");
   with --grad-checkpointing each layer keeps only its input (2 B per token and hidden unit), plus
   one layer's full set while it is recomputed.
-- vLLM (backend vllm or auto): its own bf16 weights and a KV cache of 2 x layers x KV heads x
+- vLLM (backend vllm or auto, one GPU; under torchrun generation uses the hf engine, whose KV
+  cache holds --batch-size sequences at once): its own bf16 weights and a KV cache of 2 x layers x KV heads x
   head dim x 2 B per token, inside --gpu-memory-utilization of the GPU. It sleeps while the
   policy trains, so the two phases peak separately; the policy's weights and optimizer stay.
 - Time: generation at --gen-tokens-per-s per GPU; training FLOPs per token = 2 x params forward
@@ -186,7 +187,7 @@ def pass_memory(cfg: TrainConfig, shape: Shape, seq_len: int, micro_batch: int) 
 def engine_memory(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples_per_gpu: float, seq_len: int) -> dict:
     """The generation phase: vLLM's share of the GPU, or the hf engine's KV cache for one batch."""
     per_sequence = seq_len * shape.kv_bytes_per_token
-    if cfg.model.backend == "hf":
+    if cfg.model.backend == "hf" or dry.gpus > 1:  # under torchrun, auto means hf
         return {"engine": "hf", "kv": cfg.model.batch_size * per_sequence, "total": cfg.model.batch_size * per_sequence}
     total = cfg.model.gpu_memory_utilization * dry.gpu_memory_gb * GB
     kv = total - 2 * shape.params
@@ -210,6 +211,8 @@ def step_time(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples: int, m
 
 def plan(cfg: TrainConfig, dry: DryRunConfig) -> dict:
     """Everything the dry run prints, as numbers (bytes, tokens, seconds)."""
+    if dry.gpus > 1 and cfg.model.backend == "vllm":  # what the run itself would say under torchrun
+        raise PopeError("--backend vllm: not supported under torchrun (--gpus > 1) yet; use --backend hf", exit_code=2)
     data = data_plan(cfg)
     config = load_model_config(cfg.model.model, dry.model_config, cfg.model.trust_remote_code)
     shape = model_shape(config, cfg.lora, cfg.lora_rank, cfg.lora_targets)

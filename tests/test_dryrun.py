@@ -94,7 +94,11 @@ def test_dry_run_plans_from_config_and_tokenizer_without_weights(tmp_path, tiny_
     params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
     assert f"{params:,} parameters" in out and "GPUs     2 x 80 GB, ddp" in out
     assert "total" in out and "time per step" in out
+    assert "hf" in out.split("memory per GPU, generation phase")[1]  # torchrun generates with hf
     assert not (tmp_path / "run").exists()
+    refused = pope("train", "prefixes.jsonl", "--model", str(model), "--out", "run", "--dry-run", "--gpus", "2",
+                   "--backend", "vllm", cwd=tmp_path)
+    assert refused.returncode == 2 and "not supported under torchrun" in refused.stderr
 
 
 def test_dry_run_reads_a_config_file_and_reports_a_bad_one_in_one_line(tmp_path):
