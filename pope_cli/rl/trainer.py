@@ -9,7 +9,9 @@ The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value m
 - Advantage: reward − the group's mean reward, divided by the group's sample std (GRPO) or not
   (`adv_norm=none`, Dr. GRPO). A group whose rewards are all equal has no signal: it is left
   out of the backward pass, which would cost a full forward/backward for zero gradient (it
-  stays in when a KL or entropy term is on, since those do move it).
+  stays in when a KL or entropy term is on, since those do move it). The loss is then averaged
+  over the trained groups' tokens (as after DAPO's dynamic sampling), so a step where few groups
+  have signal is not scaled down; TRL divides by every token of the batch instead.
 - Loss: the PPO-clipped surrogate over completion tokens only, EOS included; the prompt, the
   oracle prefix inside it and the padding are never a target, so the model is never trained to
   imitate oracle tokens, only on its own continuations. Aggregation `token-mean` by default.
