@@ -79,20 +79,24 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
 
 
 def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int) -> None:
-    """Run a phase's commands, `parallel` at a time, each logging to its own file."""
+    """Run a phase's commands, up to `parallel` at a time (the next starts as soon as one ends),
+    each logging to its own file."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    queue = list(enumerate(commands))
-    while queue:
-        batch, queue = queue[:parallel], queue[parallel:]
-        procs = []
-        for index, argv in batch:
+    queue, running = list(enumerate(commands)), []
+    while queue or running:
+        while queue and len(running) < parallel:
+            index, argv = queue.pop(0)
             log = logs / f"{name}-{index}.log"
             with log.open("w") as handle:
-                procs.append((argv, log, subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *argv], stdout=handle,
-                                                          stderr=subprocess.STDOUT, env=env)))
-        for argv, log, proc in procs:
-            if proc.wait() != 0:
+                running.append((argv, log, subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *argv],
+                                                            stdout=handle, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(0.2)
+        for argv, log, proc in [job for job in running if job[2].poll() is not None]:
+            running.remove((argv, log, proc))
+            if proc.returncode != 0:
+                for _, _, other in running:
+                    other.terminate()
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
                 raise PopeError(f"demo: `pope {argv[0]}` failed ({tail[0]}); full log: {log}")
 

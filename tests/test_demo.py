@@ -1,10 +1,13 @@
-"""A fast smoke test of `pope demo`: every stage runs for real on the shipped toy model, tiny budgets."""
+"""A fast smoke test of `pope demo` (every stage runs for real on the shipped toy model, tiny budgets)
+and of its phase runner."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 
 def test_demo_runs_every_stage_and_writes_results_and_curves(tmp_path):
@@ -25,3 +28,13 @@ def test_demo_runs_every_stage_and_writes_results_and_curves(tmp_path):
     rerun = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
+
+
+def test_phase_runs_commands_in_a_pool_and_reports_a_failure(tmp_path):
+    from pope_cli.demo import run_phase
+    from pope_cli.errors import PopeError
+
+    run_phase("ok", [["--help"], ["eval", "--help"], ["train", "--help"]], tmp_path, parallel=2, threads=1)
+    assert all("Usage" in (tmp_path / f"ok-{i}.log").read_text() for i in range(3))
+    with pytest.raises(PopeError, match=r"`pope no-such-command` failed .* full log: .*bad-1.log"):
+        run_phase("bad", [["--help"], ["no-such-command"], ["--help"]], tmp_path, parallel=2, threads=1)
