@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pope_cli.config import DryRunConfig, TrainConfig
+from pope_cli.distributed import check_backend
 from pope_cli.errors import PopeError
 
 GB = 1e9
@@ -211,8 +212,7 @@ def step_time(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples: int, m
 
 def plan(cfg: TrainConfig, dry: DryRunConfig) -> dict:
     """Everything the dry run prints, as numbers (bytes, tokens, seconds)."""
-    if dry.gpus > 1 and cfg.model.backend == "vllm":  # what the run itself would say under torchrun
-        raise PopeError("--backend vllm: not supported under torchrun (--gpus > 1) yet; use --backend hf", exit_code=2)
+    check_backend(cfg.model.backend, dry.gpus)  # what the run itself would say under torchrun
     data = data_plan(cfg)
     config = load_model_config(cfg.model.model, dry.model_config, cfg.model.trust_remote_code)
     shape = model_shape(config, cfg.lora, cfg.lora_rank, cfg.lora_targets)

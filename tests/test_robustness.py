@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,13 +222,15 @@ def _scripted_workspace(root: Path) -> None:
     (root / "prefixes.jsonl").write_bytes(_lines(*({**row, "prefix": row["solution"].split("\n")[0]} for row in rows)))
 
 
-def _start(stage: str, root: Path, delay: float):
-    import subprocess
-    import sys
+def _scripted(argv: list[str], delay: float = 0.0) -> list[str]:
+    """The command line that runs `pope argv` against the scripted engine and scorer."""
+    return [sys.executable, "-c", SCRIPTED_STAGE.format(tests=str(TESTS), delay=delay, argv=argv + ["--model", "m/x"])]
 
-    script = SCRIPTED_STAGE.format(tests=str(TESTS), delay=delay, argv=SCRIPTED[stage][0] + ["--model", "m/x"])
-    return subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.DEVNULL, preexec_fn=default_sigint,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+def _start(stage: str, root: Path, delay: float):
+    return subprocess.Popen(_scripted(SCRIPTED[stage][0], delay), cwd=root, stdout=subprocess.DEVNULL,
+                            preexec_fn=default_sigint, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _wait_for_lines(proc, path: Path, lines: int) -> None:
@@ -390,11 +394,7 @@ UNWRITABLE_OUT = {  # stage → argv whose output lies under `blocker`, a regula
 def test_an_output_that_cannot_be_written_is_one_clear_line(tmp_path, stage):
     _scripted_workspace(tmp_path / "w")
     (tmp_path / "w" / "blocker").write_text("a file, not a directory\n")
-    script = SCRIPTED_STAGE.format(tests=str(TESTS), delay=0.0, argv=UNWRITABLE_OUT[stage] + ["--model", "m/x"])
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "w", capture_output=True, text=True)
+    proc = subprocess.run(_scripted(UNWRITABLE_OUT[stage]), cwd=tmp_path / "w", capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert re.search(r"error: blocker(/out(\.jsonl)?)?: cannot write here \(.+\)", proc.stderr), proc.stderr
@@ -402,17 +402,13 @@ def test_an_output_that_cannot_be_written_is_one_clear_line(tmp_path, stage):
 
 @pytest.mark.parametrize("stage", list(SCRIPTED))
 def test_a_rerun_with_changed_options_is_refused_naming_them(tmp_path, stage):
-    import subprocess
-    import sys
-
     root = tmp_path / "w"
     _scripted_workspace(root)
     done = _start(stage, root, delay=0.0)
     assert done.wait(timeout=120) == 0, done.stderr.read()
     before = snapshot(root)
-    argv = SCRIPTED[stage][0] + ["--model", "m/x", "--seed", "5", "--temperature", "0.7"]
-    script = SCRIPTED_STAGE.format(tests=str(TESTS), delay=0.0, argv=argv)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(_scripted(SCRIPTED[stage][0] + ["--seed", "5", "--temperature", "0.7"]), cwd=root,
+                          capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert re.search(r"an earlier run used different options \(--temperature, --seed\)", proc.stderr), proc.stderr
     assert snapshot(root) == before

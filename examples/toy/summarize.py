@@ -15,6 +15,8 @@ import json
 import statistics
 from pathlib import Path
 
+from pope_cli.demo import smooth
+
 ARMS = ["start", "grpo", "grpo-easy", "pope", "pope-no-restate"]
 METRICS = [("unguided", "avg@n"), ("unguided", "pass@32"), ("guided", "avg@n"), ("guided", "pass@32")]
 
@@ -66,9 +68,9 @@ def plot(runs: list[dict], path: Path) -> None:
         series = [[row.get("reward/unguided") or 0.0 for row in r["curves"][arm]] for r in runs]
         solved = [[row["solved_unguided/ever"] for row in r["curves"][arm]] for r in runs]
         for values, counts in zip(series, solved):
-            reward_ax.plot(moving(values), color=color, alpha=0.25, linewidth=0.8)
+            reward_ax.plot(smooth(values), color=color, alpha=0.25, linewidth=0.8)
             solved_ax.plot(counts, color=color, alpha=0.25, linewidth=0.8)
-        reward_ax.plot(moving([statistics.mean(v) for v in zip(*series)]), color=color, linewidth=2, label=arm)
+        reward_ax.plot(smooth([statistics.mean(v) for v in zip(*series)]), color=color, linewidth=2, label=arm)
         solved_ax.plot([statistics.mean(v) for v in zip(*solved)], color=color, linewidth=2, label=arm)
     reward_ax.set(title="unguided training reward (moving average of 10 steps)", xlabel="step", ylabel="mean reward")
     solved_ax.set(title="hard problems ever solved unguided in training", xlabel="step", ylabel="problems")
@@ -77,10 +79,6 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def moving(values: list[float], window: int = 10) -> list[float]:
-    return [statistics.mean(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
 
 
 def main() -> None:

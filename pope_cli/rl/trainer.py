@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from pope_cli.config import TrainConfig
-from pope_cli.distributed import SOLO, Ranks, launched
+from pope_cli.distributed import SOLO, Ranks, check_backend, launched
 from pope_cli.errors import Interrupted, PopeError
 from pope_cli.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest,
                               prepare_output)
@@ -233,8 +233,7 @@ def run_train(cfg: TrainConfig, reporter_stream=None) -> dict:
     started = time.time()
     data = read_training_data(cfg)  # before anything is written: bad data must leave no run behind
     with launched(resolve_device(cfg.model)) as ranks:
-        if ranks.world > 1 and cfg.model.backend == "vllm":
-            raise PopeError("--backend vllm: not supported under torchrun yet; use --backend hf", exit_code=2)
+        check_backend(cfg.model.backend, ranks.world)
         return _train(cfg, data, ranks, started, reporter_stream)
 
 
