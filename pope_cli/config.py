@@ -348,10 +348,11 @@ class DemoConfig:
     full: bool = False
     """Add the paper's other two arms: GRPO on easy + hard (interference) and POPE with no-restate."""
     n_easy: int = 64
-    n_hard: int = 128
-    n_heldout: int = 64
-    k: int = 32
-    """filter-hard samples per problem."""
+    n_hard: int = 192
+    n_heldout: int = 128
+    """Held-out candidates: filter-hard keeps those the start model never solves."""
+    k: int = 128
+    """filter-hard samples per problem, for the training pool and the held-out set (the paper: 0 of 128)."""
     prefix_n: int = 16
     max_fraction: float = 0.85
     """Largest prefix as a fraction of the solution's tokens: toy solutions are short, so a

@@ -51,31 +51,50 @@ def arms(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
     return chosen
 
 
+def evaluated_models(cfg: DemoConfig, out: Path) -> dict[str, str]:
+    """Arm name → the model directory it evaluates: the start model and each arm's final weights."""
+    return {"start": start_model(cfg), **{name: str(out / "runs" / name / "final") for name in arms(cfg, out)}}
+
+
 def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
-    """The demo as phases of `pope` argument lists; the commands of one phase run side by side."""
+    """The demo as phases of `pope` argument lists; the commands of one phase run side by side.
+
+    The held-out set goes through filter-hard like the training pool, so both hold only problems
+    the start model never solved in `k` samples: the paper's definition of hard (0 of 128).
+    """
     model, tpl, seed = start_model(cfg), templates(), str(cfg.seed)
     prompts = ["--unguided-template", tpl["unguided"]]
+    filter_args = ["--model", model, "--k", str(cfg.k), "--chunk", "32", "--seed", seed, *prompts, *GENERATION]
     prefix_args = ["--model", model, "--template", tpl["guided"], "--n", str(cfg.prefix_n), "--max-fraction",
                    str(cfg.max_fraction), "--seed", seed, *GENERATION]
     train_common = ["--model", model, "--steps", str(cfg.steps), "--prompts-per-step", str(cfg.prompts_per_step),
                     "--group-size", str(cfg.group_size), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
                     "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full", *prompts, *GENERATION]
-    runs = arms(cfg, out)
-    evaluated = ["--model", model] + [a for name in runs for a in ("--model", str(out / "runs" / name / "final"))]
+    heldout = out / "heldout_filter" / "hard.jsonl"
+    eval_args = [str(heldout), "--prefixes", str(out / "heldout_prefixes.jsonl"), "--mode", "unguided,guided",
+                 "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)), "--seed", seed, "--batch-size", "256",
+                 *prompts, *GENERATION]
     return {
         "data": [["toy", "make-data", "--out", str(out / "data"), "--seed", seed, "--n-easy", str(cfg.n_easy),
                   "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout)]],
-        "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--model", model, "--k", str(cfg.k), "--chunk", "16",
-                    "--out", str(out / "filter"), "--seed", seed, *prompts, *GENERATION]],
+        "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args],
+                   ["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"), *filter_args]],
         "prefixes": [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"), *prefix_args],
-                     ["make-prefixes", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_prefixes.jsonl"),
-                      *prefix_args]],
+                     ["make-prefixes", str(heldout), "--out", str(out / "heldout_prefixes.jsonl"), *prefix_args]],
         "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), *extra, *train_common]
-                  for name, extra in runs.items()],
-        "eval": [["eval", str(out / "data" / "heldout.jsonl"), "--prefixes", str(out / "heldout_prefixes.jsonl"),
-                  "--mode", "unguided,guided", "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)),
-                  "--out", str(out / "eval"), "--seed", seed, "--batch-size", "256", *evaluated, *prompts, *GENERATION]],
+                  for name, extra in arms(cfg, out).items()],
+        "eval": [["eval", *eval_args, "--model", path, "--out", str(out / "eval" / name)]
+                 for name, path in evaluated_models(cfg, out).items()],
     }
+
+
+def require_hard_problems(out: Path) -> None:
+    """After filtering: both sets must keep a hard problem, or nothing downstream has data."""
+    for name, what in (("filter", "training pool"), ("heldout_filter", "held-out set")):
+        hard = out / name / "hard.jsonl"
+        if not hard.read_text().strip():
+            raise PopeError(f"demo: the start model solved every problem of the {what} at least once ({hard} is "
+                            "empty); use more problems (--n-hard, --n-heldout) or a larger --k")
 
 
 def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int) -> None:
@@ -116,6 +135,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         # One thread per command: the toy model's matrices are too small for a second thread to
         # pay, and a second thread on a busy core slows generation many times over.
         run_phase(name, commands, out / "logs", cfg.parallel, threads=1)
+        if name == "filter":
+            require_hard_problems(out)
         timings[name] = round(time.time() - phase_started, 1)
     results = collect_results(cfg, out, phases, timings, started)
     atomic_write_json(out / "results.json", results)
@@ -125,12 +146,11 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
 def collect_results(cfg: DemoConfig, out: Path, phases: dict, timings: dict, started: float) -> dict:
     """arm → mode → metric → value, plus training facts, the commands and timings."""
-    summary = json.loads((out / "eval" / "summary.json").read_text())
-    names = {start_model(cfg): "start", **{str(out / "runs" / arm / "final"): arm for arm in arms(cfg, out)}}
     results: dict = {"arms": {}, "training": {}}
-    for model, modes in summary["models"].items():
-        results["arms"][names.get(model, model)] = {mode: {k: v for k, v in metrics.items() if k != "ci95"}
-                                                    for mode, metrics in modes.items()}
+    for arm in evaluated_models(cfg, out):
+        summary = json.loads((out / "eval" / arm / "summary.json").read_text())
+        (modes,) = summary["models"].values()
+        results["arms"][arm] = {mode: {k: v for k, v in metrics.items() if k != "ci95"} for mode, metrics in modes.items()}
     for arm in arms(cfg, out):
         rows = [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
         results["training"][arm] = {
@@ -138,8 +158,9 @@ def collect_results(cfg: DemoConfig, out: Path, phases: dict, timings: dict, sta
             "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
             "steps_with_unguided_signal": sum(1 for r in rows if (r.get("reward/unguided") or 0) > 0),
         }
-    filter_stats = json.loads((out / "filter" / "manifest.json").read_text())["counts"]
-    results["filter"] = {k: filter_stats[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
+    for key, name in (("filter", "filter"), ("heldout_filter", "heldout_filter")):
+        counts = json.loads((out / name / "manifest.json").read_text())["counts"]
+        results[key] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
     results["commands"] = ["pope " + shlex.join(c) for commands in phases.values() for c in commands]
     results["seconds"] = {**timings, "total": round(time.time() - started, 1)}
     results["config"] = {k: v for k, v in vars(cfg).items()}

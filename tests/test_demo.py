@@ -20,9 +20,13 @@ def test_demo_runs_every_stage_and_writes_results_and_curves(tmp_path):
     assert set(results["arms"]) == {"start", "grpo", "pope"}
     assert set(results["arms"]["pope"]) == {"unguided", "guided"}
     assert results["training"]["pope"]["steps"] == 2 and results["filter"]["problems"] == 8
+    assert results["heldout_filter"]["problems"] == 2 and results["heldout_filter"]["hard"] >= 1
+    heldout_ids = {json.loads(line)["id"] for line in (out / "heldout_filter" / "hard.jsonl").read_text().splitlines()}
+    evaluated_ids = {json.loads(line)["id"] for line in (out / "eval" / "pope" / "samples.jsonl").read_text().splitlines()}
+    assert evaluated_ids == heldout_ids
     assert any(c.startswith("pope train ") and "--mode pope" in c for c in results["commands"])
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/grpo/final/config.json", "eval/summary.json"):
+    for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/grpo/final/config.json", "eval/start/summary.json"):
         assert (out / stage_file).exists(), stage_file
     assert "held-out hard problems" in proc.stdout
     rerun = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
@@ -38,3 +42,16 @@ def test_phase_runs_commands_in_a_pool_and_reports_a_failure(tmp_path):
     assert all("Usage" in (tmp_path / f"ok-{i}.log").read_text() for i in range(3))
     with pytest.raises(PopeError, match=r"`pope no-such-command` failed .* full log: .*bad-1.log"):
         run_phase("bad", [["--help"], ["no-such-command"], ["--help"]], tmp_path, parallel=2, threads=1)
+
+
+def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp_path):
+    from pope_cli.demo import require_hard_problems
+    from pope_cli.errors import PopeError
+
+    for name in ("filter", "heldout_filter"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "hard.jsonl").write_text('{"id": "a"}\n')
+    require_hard_problems(tmp_path)
+    (tmp_path / "heldout_filter" / "hard.jsonl").write_text("")
+    with pytest.raises(PopeError, match=r"solved every problem of the held-out set .* --n-heldout"):
+        require_hard_problems(tmp_path)

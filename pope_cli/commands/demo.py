@@ -19,9 +19,9 @@ def command(
     group_size: Annotated[int, typer.Option(help="Completions per prompt.")] = 8,
     lr: Annotated[float, typer.Option(help="Learning rate (full fine-tuning of the toy model).")] = 2e-4,
     n_easy: Annotated[int, typer.Option(help="Easy problems mixed into the filter-hard input.")] = 64,
-    n_hard: Annotated[int, typer.Option(help="Hard problems in the training pool before filtering.")] = 128,
-    n_heldout: Annotated[int, typer.Option(help="Held-out hard problems for evaluation.")] = 64,
-    k: Annotated[int, typer.Option(help="filter-hard samples per problem.")] = 32,
+    n_hard: Annotated[int, typer.Option(help="Hard problems in the training pool before filtering.")] = 192,
+    n_heldout: Annotated[int, typer.Option(help="Held-out candidates; filter-hard keeps those the start model never solves.")] = 128,
+    k: Annotated[int, typer.Option(help="filter-hard samples per problem, for the pool and the held-out set.")] = 128,
     prefix_n: Annotated[int, typer.Option(help="make-prefixes samples per rung.")] = 16,
     eval_n: Annotated[int, typer.Option(help="Evaluation samples per problem and mode.")] = 32,
     parallel: Annotated[int, typer.Option(help="Training arms run at once (one CPU thread each).")] = 2,
@@ -44,7 +44,9 @@ def print_results(results: dict, cfg) -> None:
     from rich.table import Table
 
     ks = [k for k in cfg.eval_k if k != 1]
-    table = Table(title=f"held-out hard problems ({cfg.n_heldout}), n={cfg.eval_n} samples each, % correct")
+    hard = results["heldout_filter"]["hard"]
+    table = Table(title=f"held-out hard problems ({hard} of {cfg.n_heldout} never solved by the start model in "
+                        f"{cfg.k} samples), n={cfg.eval_n} samples each, % correct")
     table.add_column("arm", style="bold")
     for mode in ("unguided", "guided"):
         table.add_column(f"{mode}\navg@{cfg.eval_n}", justify="right")
