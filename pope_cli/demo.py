@@ -46,7 +46,10 @@ def arms(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
     """Training arms: the same start, seed, budget and hyperparameters; only the data differ."""
     chosen = {"grpo": ["--mode", "grpo"], "pope": ["--mode", "pope"]}
     if cfg.full:
-        chosen["grpo-easy"] = ["--mode", "grpo", "--easy", str(out / "filter" / "easy.jsonl"), "--easy-fraction", "0.5"]
+        # The toy's easy tier, which the start model solves (the paper's easy set: problems the
+        # base model already solves). filter-hard's easy.jsonl would also hold the pool's hard
+        # problems solved once in k samples: near-hard problems that train the hard skill directly.
+        chosen["grpo-easy"] = ["--mode", "grpo", "--easy", str(out / "data" / "easy.jsonl"), "--easy-fraction", "0.5"]
         chosen["pope-no-restate"] = ["--mode", "pope", "--template", templates()["guided-no-restate"]]
     return chosen
 

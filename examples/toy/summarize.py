@@ -33,24 +33,27 @@ def load(run: Path) -> dict:
 def table(runs: list[dict]) -> str:
     arms = [a for a in ARMS if all(a in r["arms"] for r in runs)]
     head = "| arm | " + " | ".join(f"{mode} {name.replace('avg@n', 'avg@32')}" for mode, name in METRICS)
-    lines = [head + " | hard solved unguided in training (ever) |", "|---" * (len(METRICS) + 2) + "|"]
+    lines = [head + " | hard solved unguided in training (ever) | steps with an unguided reward |",
+             "|---" * (len(METRICS) + 3) + "|"]
     for arm in arms:
         cells = []
         for mode, name in METRICS:
             values = [100 * r["arms"][arm][mode][name] for r in runs]
             cells.append(f"{statistics.mean(values):.1f} ({' / '.join(f'{v:.1f}' for v in values)})")
-        ever = [r["training"][arm]["hard_solved_unguided_ever"] for r in runs if arm in r["training"]]
-        cells.append(" / ".join(map(str, ever)) if ever else "-")
+        for fact in ("hard_solved_unguided_ever", "steps_with_unguided_signal"):
+            values = [r["training"][arm][fact] for r in runs if arm in r["training"]]
+            cells.append(" / ".join(map(str, values)) if values else "-")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def facts(runs: list[dict], names: list[str]) -> str:
-    lines = ["| seed | hard after filter-hard | samples drawn (of naive) | wall time (s): filter / prefixes / train / eval / total |",
-             "|---|---|---|---|"]
+    lines = ["| seed | pool: hard after filter-hard | held-out: hard after filter-hard | samples drawn (of naive) | "
+             "wall time (s): filter / prefixes / train / eval / total |", "|---|---|---|---|---|"]
     for name, r in zip(names, runs):
-        f, s = r["filter"], r["seconds"]
-        lines.append(f"| {name} | {f['hard']} of {f['problems']} | {f['samples']} ({f['naive_samples']}) | "
+        f, h, s = r["filter"], r["heldout_filter"], r["seconds"]
+        lines.append(f"| {name} | {f['hard']} of {f['problems']} | {h['hard']} of {h['problems']} | "
+                     f"{f['samples'] + h['samples']} ({f['naive_samples'] + h['naive_samples']}) | "
                      f"{s['filter']:.0f} / {s['prefixes']:.0f} / {s['train']:.0f} / {s['eval']:.0f} / {s['total']:.0f} |")
     return "\n".join(lines)
 
@@ -88,7 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = [load(run) for run in args.runs]
     names = [str(r["config"]["seed"]) for r in runs]
-    print("Held-out hard problems (64), n = 32 samples each, % correct: mean over seeds (seeds "
+    heldout = " / ".join(str(r["heldout_filter"]["hard"]) for r in runs)
+    print(f"Held-out hard problems ({heldout}), n = 32 samples each, % correct: mean over seeds (seeds "
           + ", ".join(names) + ")\n")
     print(table(runs) + "\n")
     print(facts(runs, names))
