@@ -366,7 +366,7 @@ class DemoConfig:
     eval_n: int = 32
     eval_k: list[int] = None
     parallel: int = 2
-    """Training arms run side by side, one CPU thread each."""
+    """Commands of one phase (filters, arms, evaluations) run side by side, one CPU thread each."""
     overwrite: bool = False
 
     def __post_init__(self):

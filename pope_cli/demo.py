@@ -2,8 +2,9 @@
 
 Every stage runs as its ordinary command in a subprocess (the commands are recorded in
 `results.json`), so each arm's outputs are the usual files of that stage and the user can
-reopen them with the other commands. The training arms run side by side, one CPU thread each.
-A rerun resumes: every stage picks up its own outputs.
+reopen them with the other commands. The commands of a phase (the two filter-hard and the two
+make-prefixes runs, the training arms, one evaluation per model) run side by side, one CPU
+thread each. A rerun resumes: every stage picks up its own outputs.
 
 The demo's question is the paper's: on problems the start model never solves, does plain GRPO
 get any signal, and does POPE's guidance transfer to held-out problems asked unguided?

@@ -55,3 +55,20 @@ def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp
     (tmp_path / "heldout_filter" / "hard.jsonl").write_text("")
     with pytest.raises(PopeError, match=r"solved every problem of the held-out set .* --n-heldout"):
         require_hard_problems(tmp_path)
+
+
+def test_full_demo_plans_the_papers_arms_on_filtered_sets(tmp_path):
+    from pope_cli.config import DemoConfig
+    from pope_cli.demo import stage_commands
+
+    phases = stage_commands(DemoConfig(out=str(tmp_path), full=True), tmp_path)
+    filters = phases["filter"]
+    assert [c[1] for c in filters] == [str(tmp_path / "data" / "mix.jsonl"), str(tmp_path / "data" / "heldout.jsonl")]
+    assert all(c[c.index("--k") + 1] == "128" for c in filters)
+    train = {c[c.index("--out") + 1]: c for c in phases["train"]}
+    easy_arm = train[str(tmp_path / "runs" / "grpo-easy")]
+    assert easy_arm[easy_arm.index("--easy") + 1] == str(tmp_path / "data" / "easy.jsonl")
+    assert "--template" in train[str(tmp_path / "runs" / "pope-no-restate")]
+    evals = phases["eval"]
+    assert {c[c.index("--out") + 1].rsplit("/", 1)[1] for c in evals} == {"start", "grpo", "pope", "grpo-easy", "pope-no-restate"}
+    assert all(c[1] == str(tmp_path / "heldout_filter" / "hard.jsonl") for c in evals)

@@ -24,7 +24,7 @@ def command(
     k: Annotated[int, typer.Option(help="filter-hard samples per problem, for the pool and the held-out set.")] = 128,
     prefix_n: Annotated[int, typer.Option(help="make-prefixes samples per rung.")] = 16,
     eval_n: Annotated[int, typer.Option(help="Evaluation samples per problem and mode.")] = 32,
-    parallel: Annotated[int, typer.Option(help="Training arms run at once (one CPU thread each).")] = 2,
+    parallel: Annotated[int, typer.Option(help="Commands of one phase (filters, training arms, evaluations) run at once, one CPU thread each.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again instead of resuming an earlier demo in --out.")] = False,
 ):
     """Run the four stages on the embedded toy model: plain GRPO vs POPE, evaluated on held-out hard problems."""
