@@ -101,3 +101,20 @@ def test_full_fsdp_steps_between_one_process_steps_match_one_process(data, tiny_
     run_train(make_cfg(data, tiny_model_dir, out=str(data / "one"), steps=3, **full))
     assert_same_weights(data / "two" / "final", data / "one" / "final", ATOL)
     assert_same_metrics(data / "two", data / "one")
+
+
+def test_two_ranks_resume_their_own_checkpoint_and_a_rank_with_no_prompt_joins_in(data, tiny_model_dir):
+    from pope_cli.rl.trainer import run_train
+
+    # One prompt per step: rank 1's block is empty, so it only joins the collectives.
+    options = ["--lora", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-2", "--prompts-per-step", "1",
+               "--save-every", "1"]
+    train_on_two_ranks(data, tiny_model_dir, data / "two", "--steps", "1", *options)
+    first = data / "two" / "checkpoints" / "step_000001" / "state.json"
+    written = first.stat().st_mtime_ns
+    train_on_two_ranks(data, tiny_model_dir, data / "two", "--steps", "2", *options)
+    assert first.stat().st_mtime_ns == written  # resumed from step 1, not trained again from the start
+    run_train(make_cfg(data, tiny_model_dir, out=str(data / "one"), steps=2, prompts_per_step=1, lora=True,
+                       lora_rank=4, lora_alpha=8, lr=1e-2, save_every=1))
+    assert_same_weights(data / "two" / "final", data / "one" / "final", ATOL)
+    assert_same_metrics(data / "two", data / "one")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -47,21 +48,24 @@ def print_results(results: dict, cfg) -> None:
     hard = results["heldout_filter"]["hard"]
     table = Table(title=f"held-out hard problems ({hard} of {cfg.n_heldout} never solved by the start model in "
                         f"{cfg.k} samples), n={cfg.eval_n} samples each, % correct")
-    table.add_column("arm", style="bold")
+    table.add_column("arm", style="bold", no_wrap=True)
     for mode in ("unguided", "guided"):
         table.add_column(f"{mode}\navg@{cfg.eval_n}", justify="right")
         for k in ks:
             table.add_column(f"{mode}\npass@{k}", justify="right")
     table.add_column("train: hard solved\nunguided (ever)", justify="right")
+    table.add_column("train: steps with\nunguided reward", justify="right")
     for arm, modes in results["arms"].items():
         cells = []
         for mode in ("unguided", "guided"):
             metrics = modes.get(mode, {})
             cells += [_pct(metrics.get("avg@n"))] + [_pct(metrics.get(f"pass@{k}")) for k in ks]
-        trained = results["training"].get(arm, {}).get("hard_solved_unguided_ever")
-        cells.append("-" if trained is None else str(trained))
+        training = results["training"].get(arm, {})
+        for fact in ("hard_solved_unguided_ever", "steps_with_unguided_signal"):
+            cells.append(str(training[fact]) if fact in training else "-")
         table.add_row(arm, *cells)
-    console = Console()
+    # A log file gets rich's 80 columns, too narrow for the arm names and eight metrics.
+    console = Console() if sys.stdout.isatty() else Console(width=130)
     console.print(table)
     console.print(f"wrote {cfg.out}/results.json and {cfg.out}/curves.png in {results['seconds']['total']:.0f} s")
 
