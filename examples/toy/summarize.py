@@ -48,7 +48,7 @@ def table(runs: list[dict]) -> str:
 
 
 def facts(runs: list[dict], names: list[str]) -> str:
-    lines = ["| seed | pool: hard after filter-hard | held-out: hard after filter-hard | samples drawn (of naive) | "
+    lines = ["| seed | easy + pool: hard after filter-hard | held-out: hard after filter-hard | samples drawn (of naive) | "
              "wall time (s): filter / prefixes / train / eval / total |", "|---|---|---|---|---|"]
     for name, r in zip(names, runs):
         f, h, s = r["filter"], r["heldout_filter"], r["seconds"]
