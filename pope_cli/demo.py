@@ -68,6 +68,7 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
     """
     model, tpl, seed = start_model(cfg), templates(), str(cfg.seed)
     prompts = ["--unguided-template", tpl["unguided"]]
+    # Chunks of 32: most hard problems need all k samples, and bigger batches generate faster.
     filter_args = ["--model", model, "--k", str(cfg.k), "--chunk", "32", "--seed", seed, *prompts, *GENERATION]
     prefix_args = ["--model", model, "--template", tpl["guided"], "--n", str(cfg.prefix_n), "--max-fraction",
                    str(cfg.max_fraction), "--seed", seed, *GENERATION]
@@ -162,9 +163,9 @@ def collect_results(cfg: DemoConfig, out: Path, phases: dict, timings: dict, sta
             "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
             "steps_with_unguided_signal": sum(1 for r in rows if (r.get("reward/unguided") or 0) > 0),
         }
-    for key, name in (("filter", "filter"), ("heldout_filter", "heldout_filter")):
+    for name in ("filter", "heldout_filter"):
         counts = json.loads((out / name / "manifest.json").read_text())["counts"]
-        results[key] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
+        results[name] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
     results["commands"] = ["pope " + shlex.join(c) for commands in phases.values() for c in commands]
     results["seconds"] = {**timings, "total": round(time.time() - started, 1)}
     results["config"] = {k: v for k, v in vars(cfg).items()}

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks: every stage of pope on CUDA with the shipped toy model, training under torchrun
-# with NCCL (DDP for LoRA, FSDP2 for --full), and the ~0.5B hardware benchmark. Prints one table.
+# The GPU checks: every stage of pope on CUDA with the shipped toy model, training launched by
+# torchrun, and the ~0.5B hardware benchmark. Prints one table.
 #
 #   bash scripts/gpu_check.sh [WORKDIR]
 #
 # Run from the repository root on a CUDA machine, with pope and its dependencies importable
 # (`pip install -e .`, or PYTHONPATH=. with the packages present). vLLM is not exercised here:
-# the checks run pope's hf engine. Each check logs to WORKDIR/<check>.log; the table gives its
-# exit status, wall seconds and the figure it is for.
+# the checks run pope's hf engine. On one GPU torchrun starts one rank, and pope runs a world of
+# one as a single process (no process group, no DDP/FSDP2 wrapping): those checks cover the
+# launch, not NCCL. Each check logs to WORKDIR/<check>.log; the table gives its exit status, wall
+# seconds and a figure read from its outputs. Every stage resumes its outputs, so timings need a
+# fresh WORKDIR.
 set -u
 WORK=${1:-$(mktemp -d)}
 mkdir -p "$WORK"
@@ -26,24 +29,31 @@ check() {  # check NAME FIGURE-COMMAND -- COMMAND...
     if "$@" >"$WORK/$name.log" 2>&1; then status=ok; else status="FAIL($?)"; fi
     local seconds
     seconds=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
-    ROWS+=("$name|$status|$seconds|$(eval "$figure" 2>/dev/null | tr '\n' ' ')")
+    local reading=""
+    [ "$status" = ok ] && reading=$(eval "$figure" 2>/dev/null | tr '\n' ' ')
+    ROWS+=("$name|$status|$seconds|$reading")
     echo "== $name: $status in ${seconds}s"
     [ "$status" = ok ] || tail -5 "$WORK/$name.log"
 }
 
 pope() { python3 -m pope_cli.cli "$@"; }
-hard_count() { python3 -c "import json; c=json.load(open('$1/manifest.json'))['counts']; print(f\"hard {c['hard']}/{c['problems']}, {c['samples']} samples\")"; }
+hard_count() { python3 -c "import json, sys; c=json.load(open(sys.argv[1] + '/manifest.json'))['counts']; print(f\"hard {c['hard']}/{c['problems']}, {c['samples']} samples\")" "$1"; }
 last_metrics() { python3 -c "
-import json; rows=[json.loads(l) for l in open('$1/metrics.jsonl')]
-t=[x['time/step_s'] for x in rows[1:]] or [0]; print(f\"{len(rows)} steps, reward/all {sum(x['reward/all'] for x in rows[-5:])/5:.3f} (last 5), {sum(t)/len(t):.2f} s/step\")"; }
+import json, sys; rows=[json.loads(l) for l in open(sys.argv[1] + '/metrics.jsonl')]; last=rows[-5:]
+t=[x['time/step_s'] for x in rows[1:]] or [0]; print(f\"{len(rows)} steps, reward/all {rows[0]['reward/all']:.3f} -> {sum(x['reward/all'] for x in last)/len(last):.3f} (last 5), {sum(t)/len(t):.2f} s/step\")" "$1"; }
 weights_moved() { python3 -c "
 from safetensors.torch import load_file; import glob
-a=load_file('$TOY_MODEL/model.safetensors'); b=load_file(glob.glob('$1/final/*.safetensors')[0])
-print('max |dw|', max((a[k].float()-b[k].float()).abs().max().item() for k in a if k in b))"; }
+import sys; a=load_file(sys.argv[1] + '/model.safetensors'); b=load_file(glob.glob(sys.argv[2] + '/final/*.safetensors')[0])
+print('max |dw|', max((a[k].float()-b[k].float()).abs().max().item() for k in a if k in b))" "$TOY_MODEL" "$1"; }
 accuracy() { python3 -c "
-import json; s=json.load(open('$1/summary.json'))['models']
+import json, sys; s=json.load(open(sys.argv[1] + '/summary.json'))['models']
 for m, modes in s.items():
-    print(' '.join(f\"{mode} avg {v['avg@n']:.3f} pass@8 {v.get('pass@8', float('nan')):.3f}\" for mode, v in modes.items()), end='; ')"; }
+    print(' '.join(f\"{mode} avg {v['avg@n']:.3f} pass@8 {v.get('pass@8', float('nan')):.3f}\" for mode, v in modes.items()), end='; ')" "$1"; }
+prefix_count() { python3 -c "
+import json, sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(len(r), 'problems', sum(x['status'] == 'found' for x in r), 'found')" "$1"; }
+bench_figure() { python3 -c "
+import json; r=json.load(open('benchmarks/results/bench_hardware_gpu.json'))
+print(', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in r.items() if k != 'date'))"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 - <<'EOF'
@@ -52,33 +62,33 @@ print("torch", torch.__version__, "transformers", transformers.__version__,
       "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
 EOF
 
-[ -n "${SKIP_FILTER:-}" ] || pope toy make-data --out "$WORK/data" --n-easy 16 --n-hard 48 --n-heldout 32 >/dev/null
-check filter-gpu-bf16 "hard_count $WORK/filter-bf16" -- pope filter-hard "$WORK/data/mix.jsonl" --out "$WORK/filter-bf16" \
+pope toy make-data --out "$WORK/data" --n-easy 16 --n-hard 48 --n-heldout 32 >/dev/null
+check filter-gpu-bf16 'hard_count "$WORK/filter-bf16"' -- pope filter-hard "$WORK/data/mix.jsonl" --out "$WORK/filter-bf16" \
     --k 32 --dtype bfloat16 "${GPU[@]}" "${COMMON[@]}"
-check filter-gpu-fp32 "hard_count $WORK/filter-fp32" -- pope filter-hard "$WORK/data/mix.jsonl" --out "$WORK/filter-fp32" \
+check filter-gpu-fp32 'hard_count "$WORK/filter-fp32"' -- pope filter-hard "$WORK/data/mix.jsonl" --out "$WORK/filter-fp32" \
     --k 32 --dtype float32 "${GPU[@]}" "${COMMON[@]}"
-check filter-cpu-fp32 "hard_count $WORK/filter-cpu" -- pope filter-hard "$WORK/data/mix.jsonl" --out "$WORK/filter-cpu" \
+check filter-cpu-fp32 'hard_count "$WORK/filter-cpu"' -- pope filter-hard "$WORK/data/mix.jsonl" --out "$WORK/filter-cpu" \
     --k 32 --device cpu --batch-size 256 "${COMMON[@]}"
 head -n 24 "$WORK/filter-fp32/hard.jsonl" > "$WORK/hard24.jsonl"
-check make-prefixes "python3 -c \"import json; r=[json.loads(l) for l in open('$WORK/prefixes.jsonl')]; print(len(r), 'problems', sum(x['status'] == 'found' for x in r), 'found')\"" -- \
+check make-prefixes 'prefix_count "$WORK/prefixes.jsonl"' -- \
     pope make-prefixes "$WORK/hard24.jsonl" --out "$WORK/prefixes.jsonl" --template "$TOY/guided.txt" --n 16 \
     --max-fraction 0.85 "${GPU[@]}" "${MODEL[@]}"
 TRAIN=(--steps 30 --prompts-per-step 16 --group-size 8 --warmup-steps 5 --adv-norm none --save-every 10 "${GPU[@]}")
-check train-full-bf16 "last_metrics $WORK/run-full; weights_moved $WORK/run-full" -- \
+check train-full-bf16 'last_metrics "$WORK/run-full"; weights_moved "$WORK/run-full"' -- \
     pope train "$WORK/prefixes.jsonl" --out "$WORK/run-full" --mode pope --full --lr 2e-4 "${TRAIN[@]}" "${COMMON[@]}"
-check train-lora-bf16 "last_metrics $WORK/run-lora" -- \
+check train-lora-bf16 'last_metrics "$WORK/run-lora"' -- \
     pope train "$WORK/prefixes.jsonl" --out "$WORK/run-lora" --mode pope --lora --lora-rank 16 --lr 2e-4 "${TRAIN[@]}" "${COMMON[@]}"
-check torchrun-fsdp2-full "last_metrics $WORK/run-fsdp" -- \
-    python3 -m torch.distributed.run --nproc-per-node 1 -m pope_cli.cli train "$WORK/prefixes.jsonl" --out "$WORK/run-fsdp" \
-    --mode pope --full --data-parallel fsdp --steps 6 --prompts-per-step 16 --group-size 8 --lr 2e-4 --save-every 3 \
+check torchrun-1rank-full 'last_metrics "$WORK/run-torchrun-full"' -- \
+    python3 -m torch.distributed.run --nproc-per-node 1 -m pope_cli.cli train "$WORK/prefixes.jsonl" --out "$WORK/run-torchrun-full" \
+    --mode pope --full --steps 6 --prompts-per-step 16 --group-size 8 --lr 2e-4 --save-every 3 \
     "${COMMON[@]}"
-check torchrun-ddp-lora "last_metrics $WORK/run-ddp" -- \
-    python3 -m torch.distributed.run --nproc-per-node 1 -m pope_cli.cli train "$WORK/prefixes.jsonl" --out "$WORK/run-ddp" \
-    --mode pope --lora --data-parallel ddp --steps 6 --prompts-per-step 16 --group-size 8 --lr 2e-4 --save-every 3 \
+check torchrun-1rank-lora 'last_metrics "$WORK/run-torchrun-lora"' -- \
+    python3 -m torch.distributed.run --nproc-per-node 1 -m pope_cli.cli train "$WORK/prefixes.jsonl" --out "$WORK/run-torchrun-lora" \
+    --mode pope --lora --steps 6 --prompts-per-step 16 --group-size 8 --lr 2e-4 --save-every 3 \
     "${COMMON[@]}"
-check eval-gpu "accuracy $WORK/eval" -- pope eval "$WORK/data/heldout.jsonl" --out "$WORK/eval" --n 16 --k 1,8 \
+check eval-gpu 'accuracy "$WORK/eval"' -- pope eval "$WORK/data/heldout.jsonl" --out "$WORK/eval" --n 16 --k 1,8 \
     --mode unguided "${GPU[@]}" "${COMMON[@]}" --model "$WORK/run-full/final"
-check bench-hardware-0.5B "python3 -c \"import json; r=json.load(open('benchmarks/results/bench_hardware_gpu.json')); print(', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in r.items() if k != 'date'))\"" -- \
+check bench-hardware-0.5B bench_figure -- \
     python3 benchmarks/bench_hardware.py --gpu
 
 echo

@@ -52,9 +52,10 @@ def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp
         (tmp_path / name).mkdir()
         (tmp_path / name / "hard.jsonl").write_text('{"id": "a"}\n')
     require_hard_problems(tmp_path)
-    (tmp_path / "heldout_filter" / "hard.jsonl").write_text("")
-    with pytest.raises(PopeError, match=r"solved every problem of the held-out set .* --n-heldout"):
-        require_hard_problems(tmp_path)
+    for name, what in (("heldout_filter", "held-out set"), ("filter", "training pool")):
+        (tmp_path / name / "hard.jsonl").write_text("")
+        with pytest.raises(PopeError, match=rf"solved every problem of the {what} .* --n-heldout"):
+            require_hard_problems(tmp_path)
 
 
 def test_full_demo_plans_the_papers_arms_on_filtered_sets(tmp_path):
@@ -72,3 +73,13 @@ def test_full_demo_plans_the_papers_arms_on_filtered_sets(tmp_path):
     evals = phases["eval"]
     assert {c[c.index("--out") + 1].rsplit("/", 1)[1] for c in evals} == {"start", "grpo", "pope", "grpo-easy", "pope-no-restate"}
     assert all(c[1] == str(tmp_path / "heldout_filter" / "hard.jsonl") for c in evals)
+
+
+def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):
+    from pope_cli.config import DemoConfig
+    from pope_cli.demo import stage_commands
+
+    default = stage_commands(DemoConfig(out=str(tmp_path)), tmp_path)
+    full = stage_commands(DemoConfig(out=str(tmp_path), full=True), tmp_path)
+    for phase, commands in default.items():
+        assert all(command in full[phase] for command in commands), phase

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -64,8 +65,8 @@ def print_results(results: dict, cfg) -> None:
         for fact in ("hard_solved_unguided_ever", "steps_with_unguided_signal"):
             cells.append(str(training[fact]) if fact in training else "-")
         table.add_row(arm, *cells)
-    # A log file gets rich's 80 columns, too narrow for the arm names and eight metrics.
-    console = Console() if sys.stdout.isatty() else Console(width=130)
+    # A log file gets rich's 80 columns, too narrow for the arm names and nine columns of numbers.
+    console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=130)
     console.print(table)
     console.print(f"wrote {cfg.out}/results.json and {cfg.out}/curves.png in {results['seconds']['total']:.0f} s")
 
