@@ -143,21 +143,28 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         if name == "filter":
             require_hard_problems(out)
         timings[name] = round(time.time() - phase_started, 1)
-    results = collect_results(cfg, out, phases, timings, started)
+    curves = {arm: training_rows(out, arm) for arm in arms(cfg, out)}
+    results = collect_results(cfg, out, curves, phases, timings, started)
     atomic_write_json(out / "results.json", results)
-    plot_curves(out, list(arms(cfg, out)), out / "curves.png")
+    plot_curves(curves, out / "curves.png")
     return results
 
 
-def collect_results(cfg: DemoConfig, out: Path, phases: dict, timings: dict, started: float) -> dict:
-    """arm → mode → metric → value, plus training facts, the commands and timings."""
+def training_rows(out: Path, arm: str) -> list[dict]:
+    """An arm's metrics.jsonl, one dict per step."""
+    return [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+
+
+def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], phases: dict, timings: dict,
+                    started: float) -> dict:
+    """arm → mode → metric → value, plus training facts (from each arm's metric rows in
+    `curves`), the commands and timings."""
     results: dict = {"arms": {}, "training": {}}
     for arm in evaluated_models(cfg, out):
         summary = json.loads((out / "eval" / arm / "summary.json").read_text())
         (modes,) = summary["models"].values()
         results["arms"][arm] = {mode: {k: v for k, v in metrics.items() if k != "ci95"} for mode, metrics in modes.items()}
-    for arm in arms(cfg, out):
-        rows = [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+    for arm, rows in curves.items():
         results["training"][arm] = {
             "steps": len(rows),
             "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
@@ -172,16 +179,16 @@ def collect_results(cfg: DemoConfig, out: Path, phases: dict, timings: dict, sta
     return results
 
 
-def plot_curves(out: Path, arm_names: list[str], path: Path) -> None:
-    """Training reward (unguided, guided) and hard problems ever solved unguided, per arm."""
+def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """Training reward (unguided, guided) and hard problems ever solved unguided, per arm
+    (arm → its metric rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (reward_ax, solved_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for arm in arm_names:
-        rows = [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+    for arm, rows in curves.items():
         steps = [r["step"] for r in rows]
         for kind, style in (("unguided", "-"), ("guided", "--")):
             values = [r.get(f"reward/{kind}") for r in rows]
