@@ -48,15 +48,14 @@ MAX_NEW, BATCH, SEED = 64, 64, 0
 
 def write_mix(path: Path, n_easy: int, n_hard: int) -> dict[str, str]:
     """The mixed set; returns id -> tier."""
+    from pope_cli.outputs import atomic_write_jsonl
     from pope_cli.toy.task import easy_problems, hard_problems
 
     easy = easy_problems(SEED, n_easy)
     hard, _ = hard_problems(SEED, n_hard, 0)
     mix = easy + hard
     random.Random("bench-filter-hard").shuffle(mix)
-    with path.open("w") as f:
-        for record in mix:
-            f.write(json.dumps(record) + "\n")
+    atomic_write_jsonl(path, mix)
     return {r["id"]: r["source"] for r in mix}
 
 

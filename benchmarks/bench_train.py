@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pope_cli.outputs import atomic_write_jsonl
 from pope_cli.toy.pretrain import TEMPLATES_DIR
 
 SIZES = {"1M": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
@@ -51,11 +52,12 @@ def write_prefixes(path: Path) -> None:
     from pope_cli.toy.task import hard_problems
 
     pool, _ = hard_problems(seed=0, n_pool=64, n_heldout=0)
-    with path.open("w") as f:
-        for record in pool:
-            lines = record["solution"].splitlines()
-            f.write(json.dumps({**record, "prefix": "\n".join(lines[:2]), "prefix_fraction": 2 / len(lines),
-                                "status": "found", "template": str(TEMPLATES_DIR / "guided.txt")}) + "\n")
+    rows = []
+    for record in pool:
+        lines = record["solution"].splitlines()
+        rows.append({**record, "prefix": "\n".join(lines[:2]), "prefix_fraction": 2 / len(lines),
+                     "status": "found", "template": str(TEMPLATES_DIR / "guided.txt")})
+    atomic_write_jsonl(path, rows)
 
 
 def measure(work: Path, size: str, lora: bool, steps: int) -> dict:

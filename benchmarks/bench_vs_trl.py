@@ -100,9 +100,9 @@ def prepare(work: Path, size: str) -> tuple[Path, str, int]:
 def write_prefixes(path: Path, records: list[dict]) -> None:
     """A prefixes file for `--mode grpo`, which reads the problems from it and asks them unguided
     only: the prefix is never shown, so it is left empty."""
-    with path.open("w") as f:
-        for record in records:
-            f.write(json.dumps({**record, "prefix": "", "prefix_fraction": 0.0, "status": "none"}) + "\n")
+    from pope_cli.outputs import atomic_write_jsonl
+
+    atomic_write_jsonl(path, ({**record, "prefix": "", "prefix_fraction": 0.0, "status": "none"} for record in records))
 
 
 def pope_order(records: list[dict], steps: int, seed: int) -> list[dict]:
