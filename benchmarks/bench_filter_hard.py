@@ -48,7 +48,7 @@ MAX_NEW, BATCH, SEED = 64, 64, 0
 
 def write_mix(path: Path, n_easy: int, n_hard: int) -> dict[str, str]:
     """The mixed set; returns id -> tier."""
-    from pope_cli.outputs import atomic_write_jsonl
+    from pope_cli.shared.outputs import atomic_write_jsonl
     from pope_cli.toy.task import easy_problems, hard_problems
 
     easy = easy_problems(SEED, n_easy)
@@ -62,7 +62,7 @@ def write_mix(path: Path, n_easy: int, n_hard: int) -> dict[str, str]:
 def generation_args() -> list[str]:
     from pope_cli.toy.pretrain import TEMPLATES_DIR
 
-    # As pope_cli/demo.py passes them to filter-hard.
+    # As pope_cli/stages/demo.py passes them to filter-hard.
     return ["--unguided-template", str(TEMPLATES_DIR / "unguided.txt"), "--backend", "hf", "--device", "cpu",
             "--max-new-tokens", str(MAX_NEW), "--reward", REWARD, "--reward-workers", "1",
             "--batch-size", str(BATCH), "--seed", str(SEED)]
@@ -84,7 +84,7 @@ class BandJob:
         self.asked, self.correct, self.tokens = False, 0, 0
 
     def next_request(self):
-        from pope_cli.engines.base import Request
+        from pope_cli.shared.engines.base import Request
 
         if self.asked:
             return None
@@ -98,14 +98,14 @@ class BandJob:
 
 def band_child(spec: dict) -> None:
     """Runs in its own process: the pass-rate band filter on pope's engine; writes its verdicts."""
-    from pope_cli.config import ModelOptions, PromptOptions
-    from pope_cli.data import read_problems
-    from pope_cli.engines import make_engine
-    from pope_cli.engines.base import Sampling
-    from pope_cli.reward import Scorer
-    from pope_cli.rounds import run_rounds
-    from pope_cli.runtime import PromptBuilder
-    from pope_cli.seeding import derive_seed
+    from pope_cli.shared.config import ModelOptions, PromptOptions
+    from pope_cli.shared.data import read_problems
+    from pope_cli.shared.engines import make_engine
+    from pope_cli.shared.engines.base import Sampling
+    from pope_cli.shared.reward.checker import Scorer
+    from pope_cli.shared.rounds import run_rounds
+    from pope_cli.shared.runtime import PromptBuilder
+    from pope_cli.shared.seeding import derive_seed
     from pope_cli.toy.model import SHIPPED_MODEL_DIR
     from pope_cli.toy.pretrain import TEMPLATES_DIR
 

@@ -68,10 +68,10 @@ def matmul_peak(n: int, threads: int, repeats: int = 8, device: str = "cpu", dty
 
 def generation_flops(model_dir: Path, records: list[dict], threads: int, repeats: int = 3) -> dict:
     """pope's hf engine on one step's worth of prompts: tokens/s and GFLOP/s (2 x params a token)."""
-    from pope_cli.config import ModelOptions, PromptOptions
-    from pope_cli.engines.base import Request, Sampling
-    from pope_cli.engines.hf import HFEngine
-    from pope_cli.runtime import PromptBuilder
+    from pope_cli.shared.config import ModelOptions, PromptOptions
+    from pope_cli.shared.engines.base import Request, Sampling
+    from pope_cli.shared.engines.hf import HFEngine
+    from pope_cli.shared.runtime import PromptBuilder
     from pope_cli.toy.pretrain import TEMPLATES_DIR
 
     from bench_vs_trl import GROUP, MAX_NEW, PROMPTS, TEMPERATURE
@@ -96,8 +96,8 @@ def generation_flops(model_dir: Path, records: list[dict], threads: int, repeats
 
 def training_flops(model_dir: Path, reward: str, records: list[dict], params: int, threads: int, steps: int) -> dict:
     """A short `pope train` run; GFLOP/s from its metrics (6 x params a token)."""
-    from pope_cli.config import PromptOptions
-    from pope_cli.runtime import PromptBuilder
+    from pope_cli.shared.config import PromptOptions
+    from pope_cli.shared.runtime import PromptBuilder
     from pope_cli.toy.pretrain import TEMPLATES_DIR
     from transformers import AutoTokenizer
 
@@ -165,9 +165,9 @@ def cpu_part(args) -> None:
 def gpu_part(args) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pope_cli.rl.batch import Sample
-    from pope_cli.rl.loss import LossSettings
-    from pope_cli.rl.update import UpdateSettings, policy_update
+    from pope_cli.stages.train.batch import Sample
+    from pope_cli.stages.train.loss import LossSettings
+    from pope_cli.stages.train.update import UpdateSettings, policy_update
 
     peak = args.gpu_peak_tflops * 1e12
     measured = matmul_peak(8192, 1, device="cuda", dtype=torch.bfloat16) * 1e9

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=2.0, help="the per-check deadline (seconds)")
     parser.add_argument("--out", default="benchmarks/results/reward.json")
     args = parser.parse_args()
-    from pope_cli.reward import Scorer
+    from pope_cli.shared.reward.checker import Scorer
 
     rng = random.Random(0)
     rows = []

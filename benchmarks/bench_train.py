@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pope_cli.outputs import atomic_write_jsonl
+from pope_cli.shared.outputs import atomic_write_jsonl
 from pope_cli.toy.pretrain import TEMPLATES_DIR
 
 SIZES = {"1M": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
@@ -61,9 +61,10 @@ def write_prefixes(path: Path) -> None:
 
 
 def measure(work: Path, size: str, lora: bool, steps: int) -> dict:
-    from pope_cli.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions, TrainConfig
-    from pope_cli.reward import Scorer
-    from pope_cli.rl.trainer import Run, train_step
+    from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+    from pope_cli.stages.train.config import TrainConfig
+    from pope_cli.shared.reward.checker import Scorer
+    from pope_cli.stages.train.trainer import Run, train_step
 
     cfg = TrainConfig(prefixes=str(work / "prefixes.jsonl"), out=str(work / "run"),
                       model=ModelOptions(str(work / size), backend="hf", device="cpu"),

@@ -100,14 +100,14 @@ def prepare(work: Path, size: str) -> tuple[Path, str, int]:
 def write_prefixes(path: Path, records: list[dict]) -> None:
     """A prefixes file for `--mode grpo`, which reads the problems from it and asks them unguided
     only: the prefix is never shown, so it is left empty."""
-    from pope_cli.outputs import atomic_write_jsonl
+    from pope_cli.shared.outputs import atomic_write_jsonl
 
     atomic_write_jsonl(path, ({**record, "prefix": "", "prefix_fraction": 0.0, "status": "none"} for record in records))
 
 
 def pope_order(records: list[dict], steps: int, seed: int) -> list[dict]:
     """The records pope draws at steps 0..steps-1 with this seed, in order: TRL's dataset."""
-    from pope_cli.rl.batch import DataMix
+    from pope_cli.stages.train.batch import DataMix
 
     mix = DataMix(records, [], "grpo", 1.0, 0.0, PROMPTS, seed)
     return [item.record for step in range(steps) for item in mix.draw(step)]
@@ -115,7 +115,7 @@ def pope_order(records: list[dict], steps: int, seed: int) -> list[dict]:
 
 def user_text(problem: str) -> str:
     """The unguided user message pope builds (the toy template), for TRL's conversational prompt."""
-    from pope_cli.prompts import load_unguided_template, unguided_text
+    from pope_cli.shared.prompts import load_unguided_template, unguided_text
     from pope_cli.toy.pretrain import TEMPLATES_DIR
 
     return unguided_text(load_unguided_template(str(TEMPLATES_DIR / "unguided.txt")), problem)
@@ -126,8 +126,8 @@ def check_same_prompts(model_dir: Path, records: list[dict]) -> None:
     the two would not be training on the same inputs."""
     from transformers import AutoTokenizer
 
-    from pope_cli.config import PromptOptions
-    from pope_cli.runtime import PromptBuilder
+    from pope_cli.shared.config import PromptOptions
+    from pope_cli.shared.runtime import PromptBuilder
     from pope_cli.toy.pretrain import TEMPLATES_DIR
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -292,7 +292,7 @@ PROFILE_PARTS = {
     "startup: imports": ["_find_and_load ("],
     "model load": ["from_pretrained ("],
     "generate (all)": ["GenerationMixin.generate ("],
-    "  sampling (logits processors)": ["(pope_cli/engines/noise.py", "(transformers/generation/logits_process.py"],
+    "  sampling (logits processors)": ["(pope_cli/shared/engines/noise.py", "(transformers/generation/logits_process.py"],
     "reward": ["Scorer.score (pope_cli", "_calculate_rewards ("],
     "update (all)": ["policy_update (pope_cli", "GRPOTrainer.compute_loss (", "Accelerator.backward (",
                      "step (torch/optim/adam", "clip_grad_norm_ ("],

@@ -33,7 +33,7 @@ def _version(value: bool):
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""),
 ):
     """POPE: RL for LLM reasoning on hard problems, guided by oracle-solution prefixes."""
 

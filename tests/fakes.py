@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from pope_cli.engines.base import Completion, Request, Sampling
+from pope_cli.shared.engines.base import Completion, Request, Sampling
 
 
 class ScriptedEngine:

@@ -101,7 +101,7 @@ def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
         "import sys, time; sys.path.insert(0, %r)\n"
         "from fakes import BoxScorer, ScriptedEngine\n"
         "from conftest import build_char_tokenizer\n"
-        "import pope_cli.runtime as runtime\n"
+        "import pope_cli.shared.runtime as runtime\n"
         "engine = ScriptedEngine(build_char_tokenizer(), lambda prompt, stream: 'x', delay=0.2)\n"
         "runtime.engine_factory = lambda opts: (lambda: engine)\n"
         "runtime.scorer_factory = lambda opts: BoxScorer\n"

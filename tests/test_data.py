@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pope_cli.config import FieldMap
-from pope_cli.data import last_boxed, read_prefix_records, read_problems, stable_id
-from pope_cli.errors import PopeError
+from pope_cli.shared.config import FieldMap
+from pope_cli.shared.data import last_boxed, read_prefix_records, read_problems, stable_id
+from pope_cli.shared.errors import PopeError
 
 ROWS = [
     {"id": "a", "problem": "What is 1+1?", "answer": "2", "solution": "1+1=2, so \\boxed{2}", "source": "s"},

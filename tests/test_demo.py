@@ -35,8 +35,8 @@ def test_demo_runs_every_stage_and_writes_results_and_curves(tmp_path):
 
 
 def test_phase_runs_commands_in_a_pool_and_reports_a_failure(tmp_path):
-    from pope_cli.demo import run_phase
-    from pope_cli.errors import PopeError
+    from pope_cli.stages.demo import run_phase
+    from pope_cli.shared.errors import PopeError
 
     run_phase("ok", [["--help"], ["eval", "--help"], ["train", "--help"]], tmp_path, parallel=2, threads=1)
     assert all("Usage" in (tmp_path / f"ok-{i}.log").read_text() for i in range(3))
@@ -45,8 +45,8 @@ def test_phase_runs_commands_in_a_pool_and_reports_a_failure(tmp_path):
 
 
 def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp_path):
-    from pope_cli.demo import require_hard_problems
-    from pope_cli.errors import PopeError
+    from pope_cli.stages.demo import require_hard_problems
+    from pope_cli.shared.errors import PopeError
 
     for name in ("filter", "heldout_filter"):
         (tmp_path / name).mkdir()
@@ -59,8 +59,8 @@ def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp
 
 
 def test_full_demo_plans_the_papers_arms_on_filtered_sets(tmp_path):
-    from pope_cli.config import DemoConfig
-    from pope_cli.demo import stage_commands
+    from pope_cli.stages.demo import DemoConfig
+    from pope_cli.stages.demo import stage_commands
 
     phases = stage_commands(DemoConfig(out=str(tmp_path), full=True), tmp_path)
     filters = phases["filter"]
@@ -76,8 +76,8 @@ def test_full_demo_plans_the_papers_arms_on_filtered_sets(tmp_path):
 
 
 def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):
-    from pope_cli.config import DemoConfig
-    from pope_cli.demo import stage_commands
+    from pope_cli.stages.demo import DemoConfig
+    from pope_cli.stages.demo import stage_commands
 
     default = stage_commands(DemoConfig(out=str(tmp_path)), tmp_path)
     full = stage_commands(DemoConfig(out=str(tmp_path), full=True), tmp_path)

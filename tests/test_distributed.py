@@ -13,14 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pope_cli.distributed import Ranks
+from pope_cli.shared.distributed import Ranks
 from test_trainer import data, make_cfg, metric_rows  # noqa: F401  (data is a fixture)
 
 TESTS = Path(__file__).parent
 # Ranks add the same terms in another order, so gradients agree to float32 noise; Adam divides
 # each entry by its own running magnitude, which turns that noise in entries near its eps (1e-8)
-# into an update difference of up to a small fraction of the learning rate.
-ATOL = 1e-5
+# into an update difference of up to a small fraction of the learning rate (1e-2 in these runs):
+# three FSDP2 steps differed by 1.3e-5 under transformers 5.24 (below 1e-5 under earlier ones).
+ATOL = 3e-5
 
 
 def test_ranks_split_prompts_in_blocks_and_sequences_in_equal_micro_batch_counts():
@@ -76,7 +77,7 @@ def test_lora_on_two_ranks_matches_one_process(data, tiny_model_dir):
     train_on_two_ranks(data, tiny_model_dir, data / "two", "--steps", "2", "--lora", "--lora-rank", "4",
                        "--lora-alpha", "8", "--lr", "1e-2", "--kl-coef", "0.1", "--micro-batch-size", "3",
                        "--save-every", "1")
-    from pope_cli.rl.trainer import run_train
+    from pope_cli.stages.train.trainer import run_train
 
     run_train(make_cfg(data, tiny_model_dir, out=str(data / "one"), steps=2, **lora))
     step_one = Path("checkpoints") / "step_000001" / "model"
@@ -86,7 +87,7 @@ def test_lora_on_two_ranks_matches_one_process(data, tiny_model_dir):
 
 
 def test_full_fsdp_steps_between_one_process_steps_match_one_process(data, tiny_model_dir):
-    from pope_cli.rl.trainer import run_train
+    from pope_cli.stages.train.trainer import run_train
 
     # Several mini-batches, two passes and uneven shares: old log-probs, idle micro-batches.
     full = dict(mini_batch_size=5, micro_batch_size=2, updates_per_step=2, save_every=1)
@@ -104,7 +105,7 @@ def test_full_fsdp_steps_between_one_process_steps_match_one_process(data, tiny_
 
 
 def test_two_ranks_resume_their_own_checkpoint_and_a_rank_with_no_prompt_joins_in(data, tiny_model_dir):
-    from pope_cli.rl.trainer import run_train
+    from pope_cli.stages.train.trainer import run_train
 
     # One prompt per step: rank 1's block is empty, so it only joins the collectives.
     options = ["--lora", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-2", "--prompts-per-step", "1",

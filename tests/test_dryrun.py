@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import build_tiny_model
-from pope_cli.config import DryRunConfig, ModelOptions, PromptOptions, RewardOptions, SamplingOptions, TrainConfig
-from pope_cli.dryrun import Shape, engine_memory, model_shape, pass_memory, policy_memory
+from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.stages.train.config import DryRunConfig, TrainConfig
+from pope_cli.stages.train.dryrun import Shape, engine_memory, model_shape, pass_memory, policy_memory
 
 GB = 1e9
 

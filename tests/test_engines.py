@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
-from pope_cli.config import ModelOptions
-from pope_cli.engines import choose_backend, make_engine
-from pope_cli.engines.base import Request, Sampling
-from pope_cli.engines.hf import HFEngine
-from pope_cli.engines.noise import (
+from pope_cli.shared.config import ModelOptions
+from pope_cli.shared.engines import choose_backend, make_engine
+from pope_cli.shared.engines.base import Request, Sampling
+from pope_cli.shared.engines.hf import HFEngine
+from pope_cli.shared.engines.noise import (
     MASK32, SeededSampler, fmix32, index_hashes, stream_key, top_p_filter, uniforms,
 )
-from pope_cli.errors import PopeError
+from pope_cli.shared.errors import PopeError
 
 EOS, PAD = 1, 0
 
@@ -296,7 +296,7 @@ def fake_vllm(monkeypatch):
 
 
 def _vllm_engine(char_tokenizer, **kwargs):
-    from pope_cli.engines.vllm import VLLMEngine
+    from pope_cli.shared.engines.vllm import VLLMEngine
 
     return VLLMEngine("some/model", char_tokenizer, **kwargs)
 
@@ -363,7 +363,7 @@ def test_vllm_full_weight_sync_loads_into_the_served_model_in_process(fake_vllm,
 
 
 def test_engine_sync_pushes_every_full_weight_around_a_sleeping_update(tmp_path):
-    from pope_cli.rl.policy import EngineSync
+    from pope_cli.stages.train.policy import EngineSync
 
     model = build_tiny_model(vocab_size=16)
     calls = []

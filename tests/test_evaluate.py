@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from fakes import BoxScorer, ScriptedEngine
-from pope_cli.config import EvalConfig, FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
-from pope_cli.errors import PopeError
-from pope_cli.evaluate import run_eval
-from pope_cli.seeding import derive_seed
+from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.seeding import derive_seed
+from pope_cli.stages.evaluate import EvalConfig
+from pope_cli.stages.evaluate import run_eval
 
 
 def answer(prompt: str, stream: int) -> str:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pope_cli.config import ExportConfig, ModelOptions, PromptOptions, RewardOptions, SamplingOptions, TrainConfig
-from pope_cli.errors import PopeError
-from pope_cli.export import run_export
+from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.shared.errors import PopeError
+from pope_cli.stages.export.config import ExportConfig
+from pope_cli.stages.export.writer import run_export
+from pope_cli.stages.train.config import TrainConfig
 
 TESTS = Path(__file__).parent
 VERL_COLUMNS = {"data_source", "prompt", "ability", "reward_model", "extra_info"}
@@ -57,7 +59,7 @@ def import_file(path: Path):
 
 
 def test_verl_rows_have_verls_schema_and_trains_one_to_one_mix(tmp_path):
-    from pope_cli.rl.batch import DataMix
+    from pope_cli.stages.train.batch import DataMix
 
     cfg = config(tmp_path)
     run_export(cfg)
@@ -87,7 +89,7 @@ def test_mode_and_guided_ratio_mean_what_they_mean_in_train(tmp_path, mode, rati
 
 @pytest.mark.parametrize("template, system", [(None, None), ("no-restate", "Be brief.")])
 def test_prompts_are_the_tokens_pope_train_builds(tmp_path, char_tokenizer, template, system):
-    from pope_cli.runtime import PromptBuilder
+    from pope_cli.shared.runtime import PromptBuilder
 
     cfg = config(tmp_path, template=template, prompt=PromptOptions(system_prompt=system))
     run_export(cfg)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from fakes import BoxScorer, ScriptedEngine
-from pope_cli.config import FieldMap, FilterHardConfig, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
-from pope_cli.filter_hard import run_filter_hard
+from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.stages.filter_hard import FilterHardConfig
+from pope_cli.stages.filter_hard import run_filter_hard
 
 TESTS = Path(__file__).parent
 
@@ -77,7 +78,7 @@ def test_exhaustive_draws_k_everywhere_and_counts_exactly(tmp_path, char_tokeniz
     rows = read_jsonl(tmp_path / "out" / "stats.jsonl")
     assert [r["samples"] for r in rows] == [10, 10]
     seed = json.loads((tmp_path / "out" / "config.json").read_text())["seed"]
-    from pope_cli.seeding import derive_seed
+    from pope_cli.shared.seeding import derive_seed
 
     expected = sum(1 for j in range(10) if (derive_seed(seed, "p0") + j) % 5 == 0)
     assert rows[0]["correct"] == expected and rows[0]["pass_rate"] == expected / 10
@@ -91,7 +92,7 @@ def test_chunking_does_not_change_results(tmp_path, char_tokenizer):
 
 
 def test_rerun_of_a_finished_run_draws_nothing_and_changed_config_is_refused(tmp_path, char_tokenizer):
-    from pope_cli.errors import PopeError
+    from pope_cli.shared.errors import PopeError
 
     data = make_problems(tmp_path / "p.jsonl", 3)
     run(config(data, tmp_path / "out"), char_tokenizer)
@@ -107,7 +108,7 @@ KILLABLE = textwrap.dedent("""
     from conftest import build_char_tokenizer
     from test_filter_hard import config, run
     from pathlib import Path
-    run(config(Path({data!r}), Path({out!r}), save_samples=True, model=__import__("pope_cli.config").config.ModelOptions("scripted", batch_size=4)),
+    run(config(Path({data!r}), Path({out!r}), save_samples=True, model=__import__("pope_cli.shared.config", fromlist=["ModelOptions"]).ModelOptions("scripted", batch_size=4)),
         build_char_tokenizer(), delay=0.05)
 """)
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from pope_cli.metrics import pass_at_k, summarize
+from pope_cli.shared.metrics import pass_at_k, summarize
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pope_cli.config import ModelOptions
-from pope_cli.engines.base import Request, Sampling
-from pope_cli.engines.hf import HFEngine
-from pope_cli.errors import PopeError
-from pope_cli.models import (
+from pope_cli.shared.config import ModelOptions
+from pope_cli.shared.engines.base import Request, Sampling
+from pope_cli.shared.engines.hf import HFEngine
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.models import (
     adapter_base, check_model_ref, load_model, load_tokenizer, resolve_device, resolve_dtype, tokenizer_source,
 )
 
@@ -108,7 +108,7 @@ def test_training_mode_is_restored_on_a_peft_policy(adapter_dir, char_tokenizer)
 
 
 def test_char_tokenizer_next_to_a_qwen2_config_keeps_spaces_and_newlines(tiny_model_dir, char_tokenizer):
-    from pope_cli.models import load_tokenizer
+    from pope_cli.shared.models import load_tokenizer
 
     loaded = load_tokenizer(str(tiny_model_dir))
     text = "a b\nc"

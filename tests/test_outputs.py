@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pope_cli.errors import PopeError
-from pope_cli.outputs import JsonlAppender, config_diff, flatten, load_jsonl_repairing, prepare_output
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.outputs import JsonlAppender, config_diff, flatten, load_jsonl_repairing, prepare_output
 
 
 def test_torn_last_line_is_cut_and_appending_continues(tmp_path):

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from fakes import BoxScorer, ScriptedEngine
-from pope_cli.config import FieldMap, ModelOptions, PrefixConfig, PromptOptions, RewardOptions, SamplingOptions
-from pope_cli.errors import PopeError
-from pope_cli.prefixes import run_make_prefixes, thin_ladder
-from pope_cli.prompts import Rung
+from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.prompts import Rung
+from pope_cli.stages.prefixes import PrefixConfig
+from pope_cli.stages.prefixes import run_make_prefixes, thin_ladder
 
 TESTS = Path(__file__).parent
 # 20 one-line units of 15 characters, then the answer: 313 character tokens, so rungs of 1..5
@@ -69,7 +70,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_ladder_stops_at_the_first_successful_rung(tmp_path, char_tokenizer):
-    from pope_cli.data import read_prefix_records, read_problems
+    from pope_cli.shared.data import read_prefix_records, read_problems
 
     data = make_problems(tmp_path / "hard.jsonl", [3, 1, 99, None, 2, 0])
     out = tmp_path / "prefixes.jsonl"
@@ -208,7 +209,7 @@ KILLABLE = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from conftest import build_char_tokenizer
     from test_prefixes import config, run
-    from pope_cli.config import ModelOptions
+    from pope_cli.shared.config import ModelOptions
     from pathlib import Path
     run(config(Path({data!r}), Path({out!r}), model=ModelOptions("scripted", batch_size=4)), build_char_tokenizer(), delay=0.05)
 """)

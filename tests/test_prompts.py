@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pope_cli.errors import PopeError
-from pope_cli.prompts import (
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.prompts import (
     DEFAULT_UNGUIDED_TEMPLATE,
     Rung,
     Template,

@@ -1,4 +1,4 @@
-"""Tests for pope_cli.reward: the math answer check, its hostile-input guarantees, the worker pool.
+"""Tests for pope_cli.shared.reward.checker: the math answer check, its hostile-input guarantees, the worker pool.
 
 Everything is offline. Pools use a 2 s deadline so hostile inputs cost at most ~2 s each.
 """
@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from pope_cli.errors import PopeError
-from pope_cli.reward import Scorer, is_correct, validate_reward_spec
-from pope_cli.reward_worker import TAIL_CHARS, answer_tail
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.reward.checker import Scorer, is_correct, validate_reward_spec
+from pope_cli.shared.reward.worker import TAIL_CHARS, answer_tail
 
 TIMEOUT = 2.0
 SLACK = 1.5  # kill + replace of a worker, and a loaded 2-core machine

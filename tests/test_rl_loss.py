@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pope_cli.rl.advantages import group_advantages
-from pope_cli.rl.loss import LossSettings, aggregate, k3_kl, policy_loss, token_logprobs
+from pope_cli.stages.train.advantages import group_advantages
+from pope_cli.stages.train.loss import LossSettings, aggregate, k3_kl, policy_loss, token_logprobs
 
 torch.set_num_threads(1)
 

@@ -189,15 +189,15 @@ import hashlib, sys
 sys.path.insert(0, {tests!r})
 from conftest import build_char_tokenizer
 from fakes import BoxScorer, ScriptedEngine
-import pope_cli.engines, pope_cli.runtime
+import pope_cli.shared.engines, pope_cli.shared.runtime
 
 def answer(prompt, stream):
     digest = hashlib.sha256(f"{{prompt}}|{{stream}}".encode()).hexdigest()
     return "\\\\boxed{{%d}}" % (int(digest, 16) % 6)
 
 engine = ScriptedEngine(build_char_tokenizer(), answer, delay={delay})
-pope_cli.engines.make_engine = lambda opts, **kw: engine
-pope_cli.runtime.scorer_factory = lambda opts: BoxScorer
+pope_cli.shared.engines.make_engine = lambda opts, **kw: engine
+pope_cli.shared.runtime.scorer_factory = lambda opts: BoxScorer
 from pope_cli.cli import app
 app({argv!r})
 """
@@ -315,7 +315,7 @@ def hostile_outputs(marker: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def checker():
-    from pope_cli.reward import Scorer
+    from pope_cli.shared.reward.checker import Scorer
 
     with Scorer("math", workers=2, timeout=CHECK_TIMEOUT) as scorer:
         yield scorer
@@ -325,7 +325,7 @@ def checker():
 def test_hostile_output_is_scored_wrong_in_time_and_runs_nothing(tmp_path, checker, name):
     import time
 
-    from pope_cli.reward import is_correct
+    from pope_cli.shared.reward.checker import is_correct
 
     marker = tmp_path / "pwned"
     completion = hostile_outputs(marker)[name]
@@ -345,16 +345,17 @@ class RawTextEngine:
         self.tokenizer, self.answer = tokenizer, answer
 
     def generate(self, requests, sampling):
-        from pope_cli.engines.base import Completion
+        from pope_cli.shared.engines.base import Completion
 
         return [[Completion([5], self.answer(self.tokenizer.decode(r.prompt_ids), r.seed + j), "stop")
                  for j in range(r.n)] for r in requests]
 
 
 def test_a_stage_fed_hostile_output_finishes_with_the_right_counts(tmp_path, char_tokenizer):
-    from pope_cli.config import FieldMap, FilterHardConfig, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
-    from pope_cli.filter_hard import run_filter_hard
-    from pope_cli.reward import Scorer
+    from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+    from pope_cli.stages.filter_hard import FilterHardConfig
+    from pope_cli.stages.filter_hard import run_filter_hard
+    from pope_cli.shared.reward.checker import Scorer
 
     marker = tmp_path / "pwned"
     hostile = list(hostile_outputs(marker).values())

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from pope_cli.commands.toy import app as toy_app
-from pope_cli.reward import is_correct
+from pope_cli.shared.reward.checker import is_correct
 from pope_cli.toy.model import SHIPPED_MODEL_DIR
 from pope_cli.toy.reward import score
 from pope_cli.toy.task import easy_problems, hard_problems, write_problem_sets
@@ -89,7 +89,7 @@ def test_corrupted_derivations_score_zero():
 def test_tokenizer_round_trips_and_survives_autotokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from pope_cli.prompts import encode_prompt
+    from pope_cli.shared.prompts import encode_prompt
     from pope_cli.toy.model import toy_config
     from pope_cli.toy.tokenizer import build_tokenizer
 
@@ -137,7 +137,7 @@ def shipped():
 
 def generate(shipped, records, n, sample):
     """Completions (n per record) for the unguided prompts of `records`, left-padded in one batch."""
-    from pope_cli.prompts import encode_prompt, load_unguided_template, unguided_text
+    from pope_cli.shared.prompts import encode_prompt, load_unguided_template, unguided_text
 
     model, tokenizer = shipped
     template = load_unguided_template(str(SHIPPED_MODEL_DIR.parent / "templates" / "unguided.txt"))

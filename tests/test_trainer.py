@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pope_cli.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions, TrainConfig
-from pope_cli.errors import PopeError
-from pope_cli.rl.batch import DataMix, Sample, collate
-from pope_cli.rl.loss import LossSettings, policy_loss, token_logprobs
-from pope_cli.rl.trainer import Run, run_train, train_step
-from pope_cli.rl.update import UpdateSettings, policy_update, sequence_logprobs
+from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.shared.errors import PopeError
+from pope_cli.stages.train.batch import DataMix, Sample, collate
+from pope_cli.stages.train.config import TrainConfig
+from pope_cli.stages.train.loss import LossSettings, policy_loss, token_logprobs
+from pope_cli.stages.train.trainer import Run, run_train, train_step
+from pope_cli.stages.train.update import UpdateSettings, policy_update, sequence_logprobs
 from conftest import default_sigint
 from train_rewards import starts_lower
 
@@ -108,9 +109,9 @@ def test_loss_mask_is_exactly_the_completion_tokens_with_eos():
 
 
 def test_training_samples_and_rollout_metrics():
-    from pope_cli.engines.base import Completion
-    from pope_cli.rl.advantages import group_advantages
-    from pope_cli.rl.batch import Item, Rollout, rollout_metrics, training_samples
+    from pope_cli.shared.engines.base import Completion
+    from pope_cli.stages.train.advantages import group_advantages
+    from pope_cli.stages.train.batch import Item, Rollout, rollout_metrics, training_samples
 
     stop, cut = Completion([3, 1], "a", "stop"), Completion([3, 4, 5], "b", "length")
     items = [Item("guided", {"id": "h1"}), Item("unguided", {"id": "h1"}), Item("unguided", {"id": "h2"})]
@@ -219,8 +220,8 @@ def test_final_reloads_to_identical_outputs(data, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pope_cli.models import load_model
-    from pope_cli.rl.policy import save_final
+    from pope_cli.shared.models import load_model
+    from pope_cli.stages.train.policy import save_final
 
     run = Run(make_cfg(data, tiny_model_dir, lora=True, lora_rank=4, lora_alpha=8, lr=5e-2), None, LowerScorer())
     for step in range(3):
@@ -320,7 +321,7 @@ def test_groups_emptied_by_masking_truncated_completions_train_nothing(data, tin
 
 
 def test_non_finite_loss_skips_the_update_and_stops_the_run(data, tiny_model_dir, monkeypatch):
-    import pope_cli.rl.trainer as trainer
+    import pope_cli.stages.train.trainer as trainer
 
     real = trainer.policy_update
 

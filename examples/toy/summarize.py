@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from pope_cli.demo import smooth
+from pope_cli.stages.demo import smooth
 
 ARMS = ["start", "grpo", "grpo-easy", "pope", "pope-no-restate"]
 METRICS = [("unguided", "avg@n"), ("unguided", "pass@32"), ("guided", "avg@n"), ("guided", "pass@32")]

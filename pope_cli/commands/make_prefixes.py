@@ -1,77 +1,25 @@
-"""`pope make-prefixes`: options → PrefixConfig → run_make_prefixes, then a summary table."""
+"""`pope make-prefixes`: the options of PrefixConfig → run_make_prefixes, then a summary table."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
-
-import typer
-
-from pope_cli.commands.common import (PROMPT_PANEL, AnswerFieldOpt, BackendOpt, BatchOpt, ChatTemplateOpt, DeviceOpt,
-                                      DtypeOpt, GpuMemOpt, IdFieldOpt, MaxModelLenOpt, MaxNewTokensOpt, ModelOpt,
-                                      OverwriteOpt, ProblemFieldOpt, RewardOpt, RewardTimeoutOpt, RewardWorkersOpt,
-                                      SeedOpt, SolutionFieldOpt, SystemPromptOpt, TemperatureOpt, TopPOpt, TrustOpt,
-                                      print_table, user_errors)
-
-SEARCH_PANEL = "Prefix search"
+from pope_cli.commands.common import print_table
+from pope_cli.commands.options import stage_command
+from pope_cli.stages.prefixes import PrefixConfig
 
 
-def command(
-    data: Annotated[str, typer.Argument(help="Hard problems with oracle solutions (typically filter/hard.jsonl): .jsonl/.json/.parquet/.csv, a saved dataset directory, or hf:NAME[:SPLIT].")],
-    model: ModelOpt,
-    out: Annotated[str, typer.Option(help="The prefixes file to write (prefixes.jsonl); its .stats.jsonl, .skipped.jsonl, .config.json and .manifest.json sit next to it.")],
-    n: Annotated[int, typer.Option(help="Guided samples per rung; a rung with at least one correct is the problem's prefix.", rich_help_panel=SEARCH_PANEL)] = 16,
-    max_fraction: Annotated[float, typer.Option(help="Largest prefix, as a fraction of the solution's tokens (the paper: 0.25).", rich_help_panel=SEARCH_PANEL)] = 0.25,
-    max_rungs: Annotated[int, typer.Option(help="At most this many rungs per problem, spaced evenly in tokens; 0 = one rung per unit (--split units only).", rich_help_panel=SEARCH_PANEL)] = 16,
-    split: Annotated[str, typer.Option(help="Cut solutions into 'units' (paragraph, line and sentence boundaries outside math) or 'tokens'.", rich_help_panel=SEARCH_PANEL)] = "units",
-    fallback: Annotated[str, typer.Option(help="When no rung is solved: 'largest' keeps the largest rung (status not_found) or 'drop' leaves the problem out.", rich_help_panel=SEARCH_PANEL)] = "largest",
-    fixed_fraction: Annotated[Optional[float], typer.Option(help="Skip the search: every prefix is the first F of its solution (QuestA-style); loads only the tokenizer.", rich_help_panel=SEARCH_PANEL)] = None,
-    template: Annotated[str, typer.Option(help="Guided template: pope, no-restate, or a text file with {problem} and {prefix}; recorded in each record.", rich_help_panel=PROMPT_PANEL)] = "pope",
-    max_new_tokens: MaxNewTokensOpt = 4096,
-    temperature: TemperatureOpt = 1.0,
-    top_p: TopPOpt = 1.0,
-    seed: SeedOpt = 0,
-    reward: RewardOpt = "math",
-    reward_timeout: RewardTimeoutOpt = 5.0,
-    reward_workers: RewardWorkersOpt = 2,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 64,
-    gpu_memory_utilization: GpuMemOpt = 0.85,
-    max_model_len: MaxModelLenOpt = None,
-    trust_remote_code: TrustOpt = False,
-    problem_field: ProblemFieldOpt = "problem",
-    answer_field: AnswerFieldOpt = "answer",
-    solution_field: SolutionFieldOpt = "solution",
-    id_field: IdFieldOpt = "id",
-    chat_template: ChatTemplateOpt = True,
-    system_prompt: SystemPromptOpt = None,
-    overwrite: OverwriteOpt = False,
-):
+@stage_command(PrefixConfig)
+def command(cfg: PrefixConfig):
     """Per hard problem, the shortest oracle prefix under which the model solves the guided version."""
-    with user_errors():
-        from pope_cli.config import (FieldMap, ModelOptions, PrefixConfig, PromptOptions, RewardOptions,
-                                     SamplingOptions)
-        from pope_cli.models import check_model_ref
-        from pope_cli.prefixes import run_make_prefixes
-        from pope_cli.reward import validate_reward_spec
-        from pope_cli.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.models import check_model_ref
+    from pope_cli.shared.reward.checker import validate_reward_spec
+    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.stages.prefixes import run_make_prefixes
 
-        cfg = PrefixConfig(
-            data=data, out=out,
-            model=ModelOptions(model, backend, dtype, device, trust_remote_code, batch_size, gpu_memory_utilization, max_model_len),
-            fields=FieldMap(problem_field, answer_field, solution_field, id_field),
-            prompt=PromptOptions(chat_template, system_prompt, None),
-            sampling=SamplingOptions(temperature, top_p, max_new_tokens),
-            reward=RewardOptions(reward, reward_timeout, reward_workers),
-            template=template, split=split, max_fraction=max_fraction, n=n, max_rungs=max_rungs,
-            fallback=fallback, fixed_fraction=fixed_fraction, seed=seed, overwrite=overwrite,
-        )
-        validate_reward_spec(cfg.reward.spec)
-        check_model_ref(cfg.model.model)
-        with progress_reporter("make-prefixes", total=0) as progress:
-            summary = run_make_prefixes(cfg, engine_factory(cfg.model), scorer_factory(cfg.reward), progress)
-        print_table("make-prefixes", summary_rows(summary, cfg))
+    validate_reward_spec(cfg.reward.spec)
+    check_model_ref(cfg.model.model)
+    with progress_reporter("make-prefixes", total=0) as progress:
+        summary = run_make_prefixes(cfg, engine_factory(cfg.model), scorer_factory(cfg.reward), progress)
+    print_table("make-prefixes", summary_rows(summary, cfg))
 
 
 def summary_rows(summary: dict, cfg) -> list[tuple[str, object]]:

@@ -8,7 +8,7 @@ lines after the given ones. So the model follows either instruction, as an instr
 would. A share of the restate examples (`copy_rate`) holds a `*` by 4-9 among its given lines,
 which only copying gets right: a real LLM copies a partial solution readily, and without these
 examples the tiny model re-derives the given lines with its weak `*` table instead. Prompts are built with the pipeline's own template filling and chat encoding
-(`pope_cli.prompts`), so the model sees exactly the prompts the pipeline will send it.
+(`pope_cli.shared.prompts`), so the model sees exactly the prompts the pipeline will send it.
 
 The loss is next-token cross-entropy on response tokens only (the closing `<|end|>` included),
 averaged over the batch's response tokens. AdamW with linear warmup, then cosine decay to 0.
@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from pope_cli.shared.config import bad_option, seed_option
+from pope_cli.shared.options import option
 from pope_cli.toy.task import RARE_RATE, STAR_RATE, make_record, sample_easy
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -33,27 +35,21 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 class PretrainConfig:
     """`pope toy pretrain`: the data, optimiser and schedule of the toy model's pretraining."""
 
-    out: str
-    seed: int = 0
-    steps: int = 900
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 50
-    weight_decay: float = 0.01
-    star_rate: float = STAR_RATE
-    """Share of easy problems carrying one `*` step (by 2 or 3, or rarely by 4-9)."""
-    rare_rate: float = RARE_RATE
-    """Share of those `*` steps by 4-9: how well the model knows the hard `*` table."""
-    copy_rate: float = 0.15
-    """Share of restate examples whose given lines hold a `*` by 4-9 (teaches copying them)."""
-    chunks: int = 4
-    """Length-sorted pieces each batch is split into, to cut padding (gradients accumulate)."""
-    threads: int = 2
-    log_every: int = 50
+    out: str = option(help="Output model directory (safetensors, config, tokenizer, pretrain.json).")
+    seed: int = seed_option()
+    steps: int = option(900, "Optimiser steps.")
+    batch_size: int = option(64, "Freshly drawn easy problems per step.")
+    lr: float = option(1e-3, "Peak AdamW learning rate.")
+    warmup: int = option(50, "Linear warmup steps before the cosine decay.")
+    weight_decay: float = option(0.01, "AdamW weight decay.")
+    star_rate: float = option(STAR_RATE, "Share of easy problems with one '*' step (by 2 or 3, rarely by 4-9).")
+    rare_rate: float = option(RARE_RATE, "Share of those '*' steps by 4-9: how well the model learns the hard '*' table.")
+    copy_rate: float = option(0.15, "Share of restate examples whose given lines hold a '*' by 4-9 (teaches copying them).")
+    chunks: int = option(4, "Length-sorted pieces per batch (less padding; gradients accumulate).")
+    threads: int = option(2, "torch CPU threads.")
+    log_every: int = option(50, "Print the mean loss every N steps.")
 
     def __post_init__(self):
-        from pope_cli.config import bad_option
-
         for option, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
                               ("--chunks", self.chunks), ("--threads", self.threads)):
             if value < 1:
@@ -70,7 +66,7 @@ class PretrainConfig:
 
 def load_templates() -> dict:
     """The shipped templates, loaded and checked by the pipeline's own loaders."""
-    from pope_cli.prompts import load_template, load_unguided_template
+    from pope_cli.shared.prompts import load_template, load_unguided_template
 
     return {
         "unguided": load_unguided_template(str(TEMPLATES_DIR / "unguided.txt")),
@@ -81,7 +77,7 @@ def load_templates() -> dict:
 
 def training_text(rng: random.Random, templates: dict, cfg: PretrainConfig) -> tuple[str, str]:
     """One (user message, target response) pair: an easy problem in one of the three formats."""
-    from pope_cli.prompts import guided_text, unguided_text
+    from pope_cli.shared.prompts import guided_text, unguided_text
 
     form = rng.choice(["unguided", "unguided", "guided", "guided-no-restate"])
     copy = form == "guided" and rng.random() < cfg.copy_rate
@@ -109,7 +105,7 @@ def make_batch(rng: random.Random, templates: dict, tokenizer, cfg: PretrainConf
     """
     import torch
 
-    from pope_cli.prompts import encode_prompt
+    from pope_cli.shared.prompts import encode_prompt
 
     rows = []
     for _ in range(cfg.batch_size):

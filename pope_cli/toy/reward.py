@@ -8,7 +8,7 @@ with ten possible answers a guess is right 10% of the time. So the score is 1.0 
    prompt; for a guided one (the record has a `prefix`), the steps may start anywhere up to
    right after the given lines, so both restating the given lines and continuing after them
    count;
-2. the last line is the `\\boxed{...}` answer, and math-verify (`pope_cli.reward.is_correct`)
+2. the last line is the `\\boxed{...}` answer, and math-verify (`pope_cli.shared.reward.checker.is_correct`)
    finds it equal to the gold answer.
 
 Anything else scores 0.0; a record whose problem is not a toy problem scores None (unscorable).
@@ -67,6 +67,6 @@ def score(completion: str, record: dict) -> float | None:
     oracle = solution_lines(*parsed)
     if not derivation_ok(completion, oracle, given_steps(record.get("prefix"), oracle)):
         return 0.0
-    from pope_cli.reward import is_correct
+    from pope_cli.shared.reward.checker import is_correct
 
     return 1.0 if is_correct(completion, gold) else 0.0

@@ -30,7 +30,11 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+
+from pope_cli.shared.config import bad_option, seed_option
+from pope_cli.shared.options import option
 
 STAR_RATE = 0.3
 """Share of easy problems that carry one `*` step (the rest are pure `+`/`-`)."""
@@ -142,6 +146,22 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     with path.open("w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class ProblemSetsConfig:
+    """`pope toy make-data`: how many problems of each kind, from which seed."""
+
+    out: str = option(help="Output directory (easy.jsonl, hard_pool.jsonl, heldout.jsonl, mix.jsonl).")
+    seed: int = seed_option()
+    n_easy: int = option(64, "Easy problems (solved by the shipped model).")
+    n_hard: int = option(256, "Hard problems in the training pool.")
+    n_heldout: int = option(64, "Held-out hard problems for evaluation, disjoint from the pool.")
+
+    def __post_init__(self):
+        for name, value in (("--n-easy", self.n_easy), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout)):
+            if value < 0:
+                raise bad_option(name, "must be >= 0")
 
 
 def write_problem_sets(out_dir: str | Path, seed: int = 0, n_easy: int = 64, n_hard: int = 256,

@@ -1,0 +1,134 @@
+"""The option groups several stages share (model, input fields, prompts, sampling, reward).
+
+Each stage's own config dataclass lives beside the stage and holds these groups; every field is
+declared once, with its command-line help (`pope_cli/shared/options.py`). Validation lives in
+`__post_init__` and raises `PopeError(..., exit_code=2)` naming the option, before any model is
+loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.options import option
+
+MODEL_PANEL = "Model and generation"
+DATA_PANEL = "Input fields"
+PROMPT_PANEL = "Prompts"
+
+
+def bad_option(option: str, message: str) -> PopeError:
+    return PopeError(f"{option}: {message}", exit_code=2)
+
+
+def seed_option(default: int = 0):
+    return option(default, "Random seed; the same seed on the same machine gives the same files.")
+
+
+def overwrite_option(help: str = "Replace existing outputs instead of resuming them."):
+    return option(False, help, flags=("--overwrite",))
+
+
+def int_list(option_name: str):
+    """A parser for a comma-separated list of integers ("1,8,16", or a list from a config file)."""
+
+    def parse(text) -> list[int] | None:
+        if text is None:
+            return None
+        if isinstance(text, (list, tuple)):
+            text = ",".join(str(item) for item in text)
+        try:
+            return [int(x) for x in str(text).split(",") if x.strip()]
+        except ValueError:
+            raise PopeError(f"{option_name}: expected comma-separated integers, got {text!r}", exit_code=2) from None
+
+    return parse
+
+
+@dataclass
+class ModelOptions:
+    """Which model generates, and how it is loaded."""
+
+    model: str = option(help="Hub id or local directory of the model (a PEFT adapter directory loads base + adapter).",
+                        flags=("--model", "-m"), panel=MODEL_PANEL)
+    backend: str = option("auto", "Generation backend: hf (transformers), vllm, or auto (vllm when importable and CUDA is present).",
+                          panel=MODEL_PANEL)
+    dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.", panel=MODEL_PANEL)
+    device: str = option("auto", "auto, cpu or cuda[:N] (hf backend).", panel=MODEL_PANEL)
+    trust_remote_code: bool = option(False, "Allow the model repo's own Python code to run.", flags=("--trust-remote-code",),
+                                     panel=MODEL_PANEL)
+    batch_size: int = option(64, "hf backend: sequences per generate call.", panel=MODEL_PANEL)
+    gpu_memory_utilization: float = option(0.85, "vllm backend: fraction of GPU memory vLLM may use.", panel=MODEL_PANEL)
+    max_model_len: int | None = option(None, "vllm backend: maximum context length (prompt + completion).", panel=MODEL_PANEL)
+
+    def __post_init__(self):
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise bad_option("--backend", f"must be auto, hf or vllm, not {self.backend!r}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise bad_option("--dtype", f"must be auto, bfloat16, float16 or float32, not {self.dtype!r}")
+        if self.batch_size < 1:
+            raise bad_option("--batch-size", "must be at least 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise bad_option("--gpu-memory-utilization", "must be in (0, 1]")
+
+
+@dataclass
+class FieldMap:
+    """Which input columns hold each record field; a dotted path reaches into nested columns."""
+
+    problem: str = option("problem", "Column holding the problem text (dotted path for nested fields).",
+                          param="problem_field", panel=DATA_PANEL)
+    answer: str = option("answer", "Column holding the gold answer; when missing, the last \\boxed{} of the solution is used.",
+                         param="answer_field", panel=DATA_PANEL)
+    solution: str = option("solution", "Column holding the oracle solution (optional).", param="solution_field",
+                           panel=DATA_PANEL)
+    id: str = option("id", "Column holding the problem id; when missing, a hash of the problem text.", param="id_field",
+                     panel=DATA_PANEL)
+    source: str = "source"
+
+
+@dataclass
+class PromptOptions:
+    """How a problem becomes a prompt."""
+
+    chat_template: bool = option(True, "Send prompts through the tokenizer's chat template (when it has one) or as raw text.",
+                                 flags=("--chat-template/--no-chat-template",), panel=PROMPT_PANEL)
+    system_prompt: str | None = option(None, "Optional system message.", panel=PROMPT_PANEL)
+    unguided_template: str | None = option(
+        None, "Text file with a {problem} placeholder for unguided prompts (default: the problem plus a \\boxed{} answer "
+              "instruction).", panel=PROMPT_PANEL)
+
+
+@dataclass
+class SamplingOptions:
+    """How completions are sampled."""
+
+    temperature: float = option(1.0, "Sampling temperature.", panel=MODEL_PANEL)
+    top_p: float = option(1.0, "Nucleus sampling threshold (1.0 = off).", panel=MODEL_PANEL)
+    max_new_tokens: int = option(4096, "Token budget per completion.", panel=MODEL_PANEL)
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise bad_option("--temperature", "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise bad_option("--top-p", "must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise bad_option("--max-new-tokens", "must be at least 1")
+
+
+@dataclass
+class RewardOptions:
+    """Which checker scores completions, and its hard deadline."""
+
+    spec: str = option("math", "Answer checker: 'math' (math-verify on the boxed answer) or 'module:function' taking "
+                               "(completion, record) -> score or None.", param="reward")
+    timeout: float = option(5.0, "Hard deadline in seconds for checking one completion; a miss scores 0.",
+                            param="reward_timeout")
+    workers: int = option(2, "Worker processes for answer checking.", param="reward_workers")
+
+    def __post_init__(self):
+        if self.timeout <= 0:
+            raise bad_option("--reward-timeout", "must be > 0")
+        if self.workers < 1:
+            raise bad_option("--reward-workers", "must be at least 1")

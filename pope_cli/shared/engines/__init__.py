@@ -1,0 +1,37 @@
+"""Text generation behind one small interface (see `base.py`).
+
+Backends are imported only when an engine is made, so importing this package (and `pope
+--help`) stays free of torch, transformers and vLLM.
+"""
+
+from __future__ import annotations
+
+from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
+
+__all__ = ["Completion", "Engine", "Request", "Sampling", "choose_backend", "make_engine"]
+
+
+def choose_backend(backend: str) -> str:
+    """`hf` or `vllm` for a `--backend` value; `auto` takes vLLM when it is installed and CUDA is present."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
+
+
+def make_engine(opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
+                full_weight_sync: bool = False) -> Engine:
+    """The engine for a `ModelOptions`. The keyword options only concern vLLM: a LoRA rank to
+    serve trained adapters with, sleep mode to free the GPU between rollouts, and full-weight
+    updates from a trainer in this process."""
+    if choose_backend(opts.backend) == "vllm":
+        from pope_cli.shared.engines.vllm import VLLMEngine
+
+        return VLLMEngine.from_options(opts, max_lora_rank=max_lora_rank, enable_sleep_mode=enable_sleep_mode,
+                                       in_process=full_weight_sync)
+    from pope_cli.shared.engines.hf import HFEngine
+
+    return HFEngine.from_options(opts)

@@ -1,0 +1,142 @@
+"""Loading models and tokenizers from `--model`: a hub id, a local model dir or a PEFT adapter dir.
+
+A local directory holding `adapter_config.json` is a PEFT adapter: its base model
+(`base_model_name_or_path`) is loaded first and the adapter on top; the tokenizer comes from
+the adapter dir when it has one, else from the base. Loading failures end in one `PopeError`
+line naming the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from pope_cli.shared.config import ModelOptions
+from pope_cli.shared.errors import PopeError
+
+# `org/name` as the hub spells repository ids; anything else that is not on disk is a typo'd path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_ref(name: str, option: str = "--model") -> None:
+    """Fail early, with the option named, on a path that neither exists nor looks like a hub id."""
+    if not Path(name).exists() and (not _HUB_ID.match(name) or ".." in name):
+        raise PopeError(f"{option}: {name}: no such directory, and not a hub id (org/name)", exit_code=2)
+
+
+def adapter_base(name: str) -> str | None:
+    """The base model of a local PEFT adapter dir, or None when `name` is not one."""
+    config = Path(name) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        raise PopeError(f"{config}: unreadable adapter config: {e}") from e
+    if not base:
+        raise PopeError(f"{config}: no base_model_name_or_path, so the base model is unknown")
+    return base
+
+
+def adapter_rank(name: str) -> int:
+    """The LoRA rank `r` stored in a PEFT adapter dir's config (max over rank_pattern too)."""
+    config = json.loads((Path(name) / "adapter_config.json").read_text())
+    return max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def tokenizer_source(name: str) -> str:
+    """Where the tokenizer of `--model NAME` lives: the adapter dir if it has one, else the base."""
+    base = adapter_base(name)
+    if base is None or any((Path(name) / f).is_file() for f in _TOKENIZER_FILES):
+        return name
+    return base
+
+
+def declares_generic_tokenizer(source: str) -> bool:
+    """Whether a local tokenizer dir says it is a plain `tokenizer.json` tokenizer.
+
+    transformers 5 loads such a dir, when it sits next to a Qwen2 config, as `Qwen2Tokenizer`,
+    which replaces the saved pre-tokenizer with Qwen's (a character-level tokenizer then drops
+    spaces and newlines). The declared class is what the files were written for, so we honour it.
+    """
+    config = Path(source) / "tokenizer_config.json"
+    if not config.is_file() or not (Path(source) / "tokenizer.json").is_file():
+        return False
+    declared = json.loads(config.read_text()).get("tokenizer_class")
+    return declared in ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer for a hub id, a model dir or a PEFT adapter dir."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    check_model_ref(name)
+    source = tokenizer_source(name)
+    try:
+        if declares_generic_tokenizer(source):
+            return PreTrainedTokenizerFast.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as e:  # any loader failure is reported as one line about the model
+        raise PopeError(f"--model: could not load the tokenizer of {source}: {_one_line(e)}") from e
+
+
+def resolve_device(opts: ModelOptions):
+    """The torch device `--device` names; `auto` is cuda when available, else cpu."""
+    import torch
+
+    if opts.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(opts.device)
+    except RuntimeError as e:
+        raise PopeError(f"--device: {opts.device!r} is not a device (auto, cpu, cuda, cuda:N)",
+                        exit_code=2) from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PopeError(f"--device: {opts.device} asked for, but CUDA is not available", exit_code=2)
+    return device
+
+
+def resolve_dtype(opts: ModelOptions, device):
+    """The torch dtype `--dtype` names; `auto` is bfloat16 on GPU and float32 on CPU."""
+    import torch
+
+    if opts.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, opts.dtype)
+
+
+def load_model(opts: ModelOptions, is_trainable: bool = False):
+    """The causal LM `--model` names, on the resolved device and dtype, in eval mode.
+
+    For a PEFT adapter dir this is a `PeftModel` (base + adapter); `is_trainable` keeps the
+    adapter weights trainable, for a trainer resuming from it.
+    """
+    check_model_ref(opts.model)
+    device = resolve_device(opts)
+    dtype = resolve_dtype(opts, device)
+    base = adapter_base(opts.model)
+    model = _from_pretrained(base or opts.model, dtype, opts.trust_remote_code)
+    if base is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, opts.model, is_trainable=is_trainable)
+        except Exception as e:  # any loader failure is reported as one line about the model
+            raise PopeError(f"--model: could not load the adapter {opts.model}: {_one_line(e)}") from e
+    return model.to(device).eval()
+
+
+def _from_pretrained(name: str, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as e:  # any loader failure is reported as one line about the model
+        raise PopeError(f"--model: could not load {name}: {_one_line(e)}") from e
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,91 @@
+"""Declaring a config field as a command-line option, in one place.
+
+A stage's config dataclass is where each of its options is written, once: `option(default, help,
+...)` makes a dataclass field that carries its flag, help text and help panel, and `group()` marks
+a field holding an option group that several stages share (`ModelOptions`, `SamplingOptions`, ...),
+with the defaults, help and subset of fields that this stage shows. `pope_cli/commands/options.py`
+turns these declarations into typer parameters and the parsed values back into the config; this
+module imports no typer, so the stage cores stay free of the command-line layer.
+
+A field without `option()` metadata is not on the command line: it keeps its dataclass default
+(or a group's `fixed` value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How one config field appears on the command line."""
+
+    help: str
+    panel: str | None = None
+    """The `--help` panel (None = the plain Options panel)."""
+    flags: tuple[str, ...] = ()
+    """Flag spellings (`("--model", "-m")`, `("--lora/--full",)`); default: `--field-name`."""
+    param: str | None = None
+    """The parameter's name where it differs from the field's (e.g. `reward` for RewardOptions.spec)."""
+    parse: Callable[[Any], Any] | None = None
+    """Turns the command-line value into the field's value (e.g. "1,8" into [1, 8])."""
+    cli_type: Any = None
+    """The type the command line reads, where it is not the field's (str for a parsed list)."""
+    argument: bool = False
+    """A positional argument rather than an option."""
+    cli_default: Any = None
+    """The command line's default, where it is not the field's (e.g. "1,8,16", parsed); None = the field's."""
+    metavar: str | None = None
+    show_default: bool = True
+    in_file: bool = True
+    """Whether a --config file may set it."""
+
+
+def option(default: Any = MISSING, help: str = "", **cli: Any):
+    """A dataclass field that is also a command-line option (see `Cli` for the keywords)."""
+    return field(default=default, metadata={"cli": Cli(help, **cli)})
+
+
+@dataclass(frozen=True)
+class Group:
+    """How a stage shows an option group: dotted keys reach into groups inside the group."""
+
+    defaults: dict[str, Any]
+    """Field name -> this stage's default (e.g. temperature 0.8 for training)."""
+    show: tuple[str, ...] | None
+    """The fields shown (a name, or `group.name`, or a whole `group`); None = all of them."""
+    help: dict[str, str]
+    """Field name -> this stage's help text, where the group's own reads wrong here."""
+    fixed: dict[str, Any]
+    """Field name -> the value of a field this stage does not show."""
+
+    def inner(self, name: str) -> Group:
+        """The view of group field `name`: this view's keys under `name.`, with `name` itself shown whole."""
+        prefix = name + "."
+
+        def strip(mapping: dict) -> dict:
+            return {key[len(prefix):]: value for key, value in mapping.items() if key.startswith(prefix)}
+
+        show = None
+        if self.show is not None and name not in self.show:
+            show = tuple(key[len(prefix):] for key in self.show if key.startswith(prefix))
+        return Group(strip(self.defaults), show, strip(self.help), strip(self.fixed))
+
+    def shows(self, name: str) -> bool:
+        return self.show is None or name in self.show
+
+    def over(self, declared: Group) -> Group:
+        """This (outer) view laid over the group field's own declaration: the outer one wins."""
+        show = declared.show if self.show is None else self.show
+        return Group({**declared.defaults, **self.defaults}, show, {**declared.help, **self.help},
+                     {**declared.fixed, **self.fixed})
+
+
+ALL = Group({}, None, {}, {})
+
+
+def group(*, defaults: dict | None = None, show: tuple[str, ...] | None = None, help: dict | None = None,
+          fixed: dict | None = None):
+    """A dataclass field holding an option group, as this stage shows it."""
+    return field(metadata={"group": Group(defaults or {}, show, help or {}, fixed or {})})

@@ -1,0 +1,204 @@
+"""Writing outputs so that a killed run loses at most the record in flight.
+
+JSONL outputs are appended one flushed line at a time; on restart a torn last line is cut off
+and the complete lines tell the stage what is already done. Whole-file outputs (JSON, the
+final JSONL files) are written to a temporary file and renamed into place, so a reader never
+sees half a file. `prepare_output` guards an output against being clobbered or resumed with a
+different configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from pope_cli import __version__
+from pope_cli.shared.errors import PopeError
+
+
+def dumps(obj: Any) -> str:
+    """One JSON line; values JSON can't hold (numpy scalars, dates) become text."""
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a custom decoder's broken UTF-8) cannot be written as UTF-8; \u
+        # escapes keep the line valid and read back to the same string.
+        text = json.dumps(obj, default=str)
+    return text
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    atomic_write_text(path, "".join(dumps(row) + "\n" for row in rows))
+
+
+def load_jsonl_repairing(path: Path) -> list[dict]:
+    """The complete records of an output JSONL, cutting off a torn last line in place.
+
+    Only the last line can be torn (it was being written when the run died); a bad line
+    anywhere else means the file is not ours to repair, so that is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, good_end, start = [], 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end == -1:
+            break
+        try:
+            rows.append(json.loads(data[start:end].decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if data.find(b"\n", end + 1) != -1:
+                raise PopeError(f"{path}:{len(rows) + 1}: corrupt line in an output file; rerun with --overwrite") from None
+            break
+        good_end = start = end + 1
+    if good_end != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(good_end)
+    return rows
+
+
+class JsonlAppender:
+    """Append records to a JSONL file, each flushed to disk before the next is taken."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def write(self, rows: Iterable[Any]) -> None:
+        self._handle.write("".join(dumps(row) + "\n" for row in rows))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def config_diff(old: dict, new: dict, ignored: Iterable[str] = ()) -> list[str]:
+    """Names of the options whose values differ between two flattened configs."""
+    skip = set(ignored)
+    keys = (set(old) | set(new)) - skip
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+# Config keys whose command-line flag is not the key's last part with dashes.
+_FLAGS = {"model.model": "--model", "models": "--model", "reward.spec": "--reward", "reward.timeout": "--reward-timeout",
+          "reward.workers": "--reward-workers", "ks": "--k", "modes": "--mode", "data": "DATA", "prefixes": "--prefixes",
+          "model.trust_remote_code": "--trust-remote-code", "prompt.chat_template": "--chat-template"}
+
+
+def option_flag(key: str) -> str:
+    """The command-line flag of a flattened config key: "sampling.top_p" → "--top-p"."""
+    if key in _FLAGS:
+        return _FLAGS[key]
+    group, _, name = key.rpartition(".")
+    if group == "fields":
+        return f"--{name}-field"
+    return "--" + name.replace("_", "-")
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"model": {"model": "x"}} → {"model.model": "x"}, so diffs name one option each."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def prepare_output(config_path: Path, config: dict, outputs: list[Path], overwrite: bool,
+                   ignored: Iterable[str] = ()) -> bool:
+    """Get outputs ready for a run; return True when resuming an earlier run.
+
+    A first run records its config at `config_path`. A rerun with the same config resumes;
+    with a different one it is refused (naming the options) unless `overwrite`, which
+    removes the earlier outputs. Outputs that exist without a recorded config are never
+    clobbered silently.
+    """
+    config_path = Path(config_path)
+    existing = [p for p in outputs if p.exists()]
+    if overwrite:
+        for path in existing + ([config_path] if config_path.exists() else []):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        existing = []
+    resuming = False
+    if config_path.exists():
+        old = json.loads(config_path.read_text(encoding="utf-8"))
+        changed = config_diff(flatten(old), flatten(config), ignored)
+        if changed:
+            flags = ", ".join(dict.fromkeys(option_flag(key) for key in changed))
+            raise PopeError(f"{config_path}: an earlier run used different options ({flags}); "
+                            "use the same options to resume, another output, or --overwrite", exit_code=2)
+        resuming = True
+    elif existing:
+        raise PopeError(f"{existing[0]}: already exists and was not written by this command; use --overwrite to replace it",
+                        exit_code=2)
+    check_writable(config_path.parent)
+    if not resuming:
+        atomic_write_json(config_path, config)
+    return resuming
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".pope-write-check-")
+        probe.close()
+    except OSError as error:
+        raise PopeError(f"{directory}: cannot write here ({error.strerror})") from None
+
+
+def manifest(command: str, config: dict, started: float, counts: dict, **extra: Any) -> dict:
+    """What a result needs to say how it was made."""
+    import torch
+
+    return {
+        "command": command,
+        "argv": sys.argv,
+        "config": config,
+        "pope_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "seconds": round(time.time() - started, 3),
+        "counts": counts,
+        **extra,
+    }

@@ -1,0 +1,259 @@
+"""`pope demo`: the whole pipeline on the shipped toy model, plain GRPO against POPE.
+
+Every stage runs as its ordinary command in a subprocess (the commands are recorded in
+`results.json`), so each arm's outputs are the usual files of that stage and the user can
+reopen them with the other commands. The commands of a phase (the two filter-hard and the two
+make-prefixes runs, the training arms, one evaluation per model) run side by side, one CPU
+thread each. A rerun resumes: every stage picks up its own outputs.
+
+The demo's question is the paper's: on problems the start model never solves, does plain GRPO
+get any signal, and does POPE's guidance transfer to held-out problems asked unguided?
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pope_cli.shared.config import bad_option, overwrite_option, seed_option
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.options import option
+from pope_cli.shared.outputs import atomic_write_json
+
+
+@dataclass
+class DemoConfig:
+    """`pope demo`: the four stages on the shipped toy model, plain GRPO against POPE."""
+
+    out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, logs/.")
+    model: str | None = option(None, "Starting model (default: the toy model shipped with pope).")
+    seed: int = seed_option()
+    full: bool = option(False, "Add GRPO on easy + hard (interference) and POPE with the no-restate template.",
+                        flags=("--full",))
+    n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
+    n_hard: int = option(192, "Hard problems in the training pool before filtering.")
+    n_heldout: int = option(128, "Held-out candidates; filter-hard keeps those the start model never solves.")
+    k: int = option(128, "filter-hard samples per problem, for the pool and the held-out set (the paper: 0 of 128).")
+    prefix_n: int = option(16, "make-prefixes samples per rung.")
+    max_fraction: float = 0.85
+    """Largest prefix as a fraction of the solution's tokens: toy solutions are short, so a
+    prefix that leaves one or two look-ups to the model is most of the solution."""
+    steps: int = option(250, "RL steps per training arm.")
+    prompts_per_step: int = option(16, "Prompts per RL step.")
+    group_size: int = option(8, "Completions per prompt.")
+    lr: float = option(2e-4, "Learning rate (full fine-tuning of the toy model).")
+    warmup_steps: int = 20
+    adv_norm: str = "none"
+    eval_n: int = option(32, "Evaluation samples per problem and mode.")
+    eval_k: list[int] = None
+    parallel: int = option(2, "Commands of one phase (filters, training arms, evaluations) run at once, one CPU thread "
+                              "each.")
+    overwrite: bool = overwrite_option("Start again instead of resuming an earlier demo in --out.")
+
+    def __post_init__(self):
+        self.eval_k = sorted(set(self.eval_k or [1, min(8, self.eval_n), self.eval_n]))
+        for option, value in (("--steps", self.steps), ("--k", self.k), ("--eval-n", self.eval_n),
+                              ("--parallel", self.parallel), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout)):
+            if value < 1:
+                raise bad_option(option, "must be at least 1")
+        if any(k < 1 or k > self.eval_n for k in self.eval_k):
+            raise bad_option("--eval-k", f"each k must be in [1, eval-n={self.eval_n}]")
+        if not 0 < self.max_fraction <= 1:
+            raise bad_option("--max-fraction", "must be in (0, 1]")
+
+
+REWARD = "pope_cli.toy.reward:score"
+GENERATION = ["--backend", "hf", "--device", "cpu", "--max-new-tokens", "64", "--reward", REWARD,
+              "--reward-workers", "1"]
+
+
+def templates() -> dict[str, str]:
+    from pope_cli.toy.pretrain import TEMPLATES_DIR
+
+    return {name: str(TEMPLATES_DIR / f"{name}.txt") for name in ("unguided", "guided", "guided-no-restate")}
+
+
+def start_model(cfg: DemoConfig) -> str:
+    from pope_cli.toy.model import SHIPPED_MODEL_DIR
+
+    return cfg.model or str(SHIPPED_MODEL_DIR)
+
+
+def arms(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
+    """Training arms: the same start, seed, budget and hyperparameters; only the data differ."""
+    chosen = {"grpo": ["--mode", "grpo"], "pope": ["--mode", "pope"]}
+    if cfg.full:
+        # The toy's easy tier, which the start model solves (the paper's easy set: problems the
+        # base model already solves). filter-hard's easy.jsonl would also hold the pool's hard
+        # problems solved once in k samples: near-hard problems that train the hard skill directly.
+        chosen["grpo-easy"] = ["--mode", "grpo", "--easy", str(out / "data" / "easy.jsonl"), "--easy-fraction", "0.5"]
+        chosen["pope-no-restate"] = ["--mode", "pope", "--template", templates()["guided-no-restate"]]
+    return chosen
+
+
+def evaluated_models(cfg: DemoConfig, out: Path) -> dict[str, str]:
+    """Arm name → the model directory it evaluates: the start model and each arm's final weights."""
+    return {"start": start_model(cfg), **{name: str(out / "runs" / name / "final") for name in arms(cfg, out)}}
+
+
+def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
+    """The demo as phases of `pope` argument lists; the commands of one phase run side by side.
+
+    The held-out set goes through filter-hard like the training pool, so both hold only problems
+    the start model never solved in `k` samples: the paper's definition of hard (0 of 128).
+    """
+    model, tpl, seed = start_model(cfg), templates(), str(cfg.seed)
+    prompts = ["--unguided-template", tpl["unguided"]]
+    # Chunks of 32: most hard problems need all k samples, and bigger batches generate faster.
+    filter_args = ["--model", model, "--k", str(cfg.k), "--chunk", "32", "--seed", seed, *prompts, *GENERATION]
+    prefix_args = ["--model", model, "--template", tpl["guided"], "--n", str(cfg.prefix_n), "--max-fraction",
+                   str(cfg.max_fraction), "--seed", seed, *GENERATION]
+    train_common = ["--model", model, "--steps", str(cfg.steps), "--prompts-per-step", str(cfg.prompts_per_step),
+                    "--group-size", str(cfg.group_size), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
+                    "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full", *prompts, *GENERATION]
+    heldout = out / "heldout_filter" / "hard.jsonl"
+    eval_args = [str(heldout), "--prefixes", str(out / "heldout_prefixes.jsonl"), "--mode", "unguided,guided",
+                 "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)), "--seed", seed, "--batch-size", "256",
+                 *prompts, *GENERATION]
+    return {
+        "data": [["toy", "make-data", "--out", str(out / "data"), "--seed", seed, "--n-easy", str(cfg.n_easy),
+                  "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout)]],
+        "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args],
+                   ["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"), *filter_args]],
+        "prefixes": [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"), *prefix_args],
+                     ["make-prefixes", str(heldout), "--out", str(out / "heldout_prefixes.jsonl"), *prefix_args]],
+        "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), *extra, *train_common]
+                  for name, extra in arms(cfg, out).items()],
+        "eval": [["eval", *eval_args, "--model", path, "--out", str(out / "eval" / name)]
+                 for name, path in evaluated_models(cfg, out).items()],
+    }
+
+
+def require_hard_problems(out: Path) -> None:
+    """After filtering: both sets must keep a hard problem, or nothing downstream has data."""
+    for name, what in (("filter", "training pool"), ("heldout_filter", "held-out set")):
+        hard = out / name / "hard.jsonl"
+        if not hard.read_text().strip():
+            raise PopeError(f"demo: the start model solved every problem of the {what} at least once ({hard} is "
+                            "empty); use more problems (--n-hard, --n-heldout) or a larger --k")
+
+
+def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int) -> None:
+    """Run a phase's commands, up to `parallel` at a time (the next starts as soon as one ends),
+    each logging to its own file."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    queue, running = list(enumerate(commands)), []
+    while queue or running:
+        while queue and len(running) < parallel:
+            index, argv = queue.pop(0)
+            log = logs / f"{name}-{index}.log"
+            with log.open("w") as handle:
+                running.append((argv, log, subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *argv],
+                                                            stdout=handle, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(0.2)
+        for argv, log, proc in [job for job in running if job[2].poll() is not None]:
+            running.remove((argv, log, proc))
+            if proc.returncode != 0:
+                for _, _, other in running:
+                    other.terminate()
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise PopeError(f"demo: `pope {argv[0]}` failed ({tail[0]}); full log: {log}")
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
+    """Run every phase (resuming finished ones), then gather results.json and curves.png."""
+    started = time.time()
+    out = Path(cfg.out)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    phases = stage_commands(cfg, out)
+    timings = {}
+    for name, commands in phases.items():
+        say(f"[{time.time() - started:6.0f}s] {name}: " + " | ".join(f"pope {shlex.join(c[:2])} …" for c in commands))
+        phase_started = time.time()
+        # One thread per command: the toy model's matrices are too small for a second thread to
+        # pay, and a second thread on a busy core slows generation many times over.
+        run_phase(name, commands, out / "logs", cfg.parallel, threads=1)
+        if name == "filter":
+            require_hard_problems(out)
+        timings[name] = round(time.time() - phase_started, 1)
+    curves = {arm: training_rows(out, arm) for arm in arms(cfg, out)}
+    results = collect_results(cfg, out, curves, phases, timings, started)
+    atomic_write_json(out / "results.json", results)
+    plot_curves(curves, out / "curves.png")
+    return results
+
+
+def training_rows(out: Path, arm: str) -> list[dict]:
+    """An arm's metrics.jsonl, one dict per step."""
+    return [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+
+
+def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], phases: dict, timings: dict,
+                    started: float) -> dict:
+    """arm → mode → metric → value, plus training facts (from each arm's metric rows in
+    `curves`), the commands and timings."""
+    results: dict = {"arms": {}, "training": {}}
+    for arm in evaluated_models(cfg, out):
+        summary = json.loads((out / "eval" / arm / "summary.json").read_text())
+        (modes,) = summary["models"].values()
+        results["arms"][arm] = {mode: {k: v for k, v in metrics.items() if k != "ci95"} for mode, metrics in modes.items()}
+    for arm, rows in curves.items():
+        results["training"][arm] = {
+            "steps": len(rows),
+            "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
+            "steps_with_unguided_signal": sum(1 for r in rows if (r.get("reward/unguided") or 0) > 0),
+        }
+    for name in ("filter", "heldout_filter"):
+        counts = json.loads((out / name / "manifest.json").read_text())["counts"]
+        results[name] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
+    results["commands"] = ["pope " + shlex.join(c) for commands in phases.values() for c in commands]
+    results["seconds"] = {**timings, "total": round(time.time() - started, 1)}
+    results["config"] = {k: v for k, v in vars(cfg).items()}
+    return results
+
+
+def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """Training reward (unguided, guided) and hard problems ever solved unguided, per arm
+    (arm → its metric rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (reward_ax, solved_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        for kind, style in (("unguided", "-"), ("guided", "--")):
+            values = [r.get(f"reward/{kind}") for r in rows]
+            if any(v is not None for v in values):
+                reward_ax.plot(steps, smooth(values), style, label=f"{arm} {kind}")
+        solved_ax.plot(steps, [r["solved_unguided/ever"] for r in rows], label=arm)
+    reward_ax.set(title="training reward (moving average of 10 steps)", xlabel="step", ylabel="mean reward")
+    solved_ax.set(title="hard problems ever solved unguided", xlabel="step", ylabel="problems")
+    reward_ax.legend(fontsize=8)
+    solved_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def smooth(values: list, window: int = 10) -> list[float]:
+    """Trailing mean over the last `window` defined values (None = no prompt of that kind)."""
+    result, seen = [], []
+    for value in values:
+        if value is not None:
+            seen.append(value)
+        recent = seen[-window:]
+        result.append(sum(recent) / len(recent) if recent else float("nan"))
+    return result

@@ -1,0 +1,232 @@
+"""`pope eval`: unguided and guided accuracy as avg@n and unbiased pass@k.
+
+Every (model, mode, problem) unit draws n samples from a seed fixed by (seed, mode, id), so
+two models are compared on the same random streams and a rerun reproduces the files. Samples
+go to `samples.jsonl` a unit at a time (a killed run resumes after its last complete unit);
+`summary.json` is computed from that file at the end. `evaluate_in_process` is the same
+measurement without files, for the trainer's periodic evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
+                                    SamplingOptions, bad_option, int_list, overwrite_option, seed_option)
+from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_problems, PREFIX_FIELDS
+from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.options import group, option
+from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing,
+                                     manifest, prepare_output)
+from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
+from pope_cli.shared.seeding import derive_seed
+
+
+def _comma_list(text: str | list) -> list[str]:
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+@dataclass
+class EvalConfig:
+    """`pope eval`: guided and unguided accuracy, avg@n and unbiased pass@k."""
+
+    data: str = option(help="Problems (.jsonl/.json/.parquet/.csv, saved dataset, hf:NAME) or a prefixes.jsonl from "
+                            "`pope make-prefixes`.", argument=True)
+    out: str = option(help="Output directory (samples.jsonl, summary.json, manifest.json).")
+    models: list[str] = option(help="Model to evaluate (hub id, local dir or PEFT adapter dir); repeat for a side-by-side "
+                                    "table.", param="model", flags=("--model", "-m"), panel=MODEL_PANEL)
+    model: ModelOptions = group(show=("backend", "dtype", "device", "trust_remote_code", "batch_size",
+                                      "gpu_memory_utilization", "max_model_len"), fixed={"model": ""})
+    """Loading options shared by every model in `models` (its `model` field is the first one)."""
+    fields: FieldMap = group()
+    prompt: PromptOptions = group()
+    sampling: SamplingOptions = group(defaults={"temperature": 0.8})
+    reward: RewardOptions = group()
+    n: int = option(16, "Samples per problem and mode.")
+    ks: list[int] = option(None, "Comma-separated k values for unbiased pass@k (each ≤ n).", param="k", cli_type=str,
+                           cli_default="1,8,16", parse=int_list("--k"))
+    modes: list[str] = option(None, "Comma-separated modes: unguided, guided.", param="mode", cli_type=str,
+                              cli_default="unguided", parse=_comma_list)
+    prefixes: str | None = option(None, "prefixes.jsonl from `pope make-prefixes`, for guided mode.")
+    template: str | None = option(None, "Guided template (pope, no-restate or a file) overriding the one in the prefixes "
+                                        "file.", panel=PROMPT_PANEL)
+    bootstrap: int = option(1000, "Bootstrap resamples over problems for the 95% intervals (0 = none).")
+    seed: int = seed_option()
+    overwrite: bool = overwrite_option()
+
+    def __post_init__(self):
+        self.ks = sorted(set(self.ks or [1]))
+        self.modes = list(dict.fromkeys(self.modes or ["unguided"]))
+        if self.n < 1:
+            raise bad_option("--n", "must be at least 1")
+        bad_k = [k for k in self.ks if k < 1 or k > self.n]
+        if bad_k:
+            raise bad_option("--k", f"each k must be in [1, n={self.n}], got {bad_k}")
+        unknown = [m for m in self.modes if m not in ("unguided", "guided")]
+        if unknown:
+            raise bad_option("--mode", f"must be unguided and/or guided, got {unknown}")
+        if not self.models:
+            raise bad_option("--model", "at least one model is needed")
+        if self.bootstrap < 0:
+            raise bad_option("--bootstrap", "must be >= 0")
+        if not self.model.model:
+            self.model.model = self.models[0]
+
+
+RESUME_IGNORED = ("overwrite", "model.batch_size", "model.gpu_memory_utilization", "reward.workers", "bootstrap")
+
+
+@dataclass
+class EvalJob:
+    """n samples of one (model, mode, problem) unit."""
+
+    model: str
+    mode: str
+    record: dict
+    prompt_ids: list[int]
+    n: int
+    seed: int
+    rows: list[dict] = field(default_factory=list)
+    asked: bool = False
+
+    def next_request(self) -> tuple[Request, dict] | None:
+        if self.asked:
+            return None
+        self.asked = True
+        return Request(self.prompt_ids, self.n, self.seed), self.record
+
+    def observe(self, completions: list[Completion], scores: list[float | None]) -> None:
+        for j, (completion, score) in enumerate(zip(completions, scores)):
+            self.rows.append({"model": self.model, "mode": self.mode, "id": self.record["id"], "sample": j,
+                              "score": score, "correct": score is not None and score >= 1.0,
+                              "finish_reason": completion.finish_reason, "tokens": len(completion.token_ids),
+                              "text": completion.text})
+
+
+def load_items(cfg: EvalConfig) -> dict[str, list[dict]]:
+    """The records to evaluate per mode; guided ones are those with a prefix."""
+    first = next(iter_raw_records(cfg.data), (None, None))[1]
+    if isinstance(first, dict) and all(k in first for k in PREFIX_FIELDS):
+        prefixed = read_prefix_records(cfg.data)
+        problems = prefixed
+    else:
+        problems = [p.fields() for p in read_problems(cfg.data, cfg.fields)]
+        prefixed = read_prefix_records(cfg.prefixes) if cfg.prefixes else []
+    items = {}
+    if "unguided" in cfg.modes:
+        items["unguided"] = problems
+    if "guided" in cfg.modes:
+        if not prefixed:
+            raise PopeError("--mode guided: needs --prefixes FILE (from `pope make-prefixes`) or a prefixes file as DATA", exit_code=2)
+        wanted = {p["id"] for p in problems}
+        items["guided"] = [r for r in prefixed if r["id"] in wanted]
+        if not items["guided"]:
+            raise PopeError(f"{cfg.prefixes}: no prefix record matches an id in {cfg.data}", exit_code=2)
+    return items
+
+
+def make_jobs(model: str, items: dict[str, list[dict]], build_prompt: Callable[[str, dict], list[int]],
+              n: int, seed: int, skip: set) -> list[EvalJob]:
+    return [EvalJob(model, mode, record, build_prompt(mode, record), n, derive_seed(seed, mode, record["id"]))
+            for mode, records in items.items() for record in records
+            if (model, mode, record["id"]) not in skip]
+
+
+def summarize_rows(rows: list[dict], ks: list[int], bootstrap: int, seed: int) -> dict:
+    """Metrics per model and mode from sample rows."""
+    from pope_cli.shared.metrics import summarize
+
+    grouped: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        grouped[row["model"]][row["mode"]][row["id"]].append(row)
+    result: dict = {}
+    for model, modes in grouped.items():
+        for mode, units in modes.items():
+            counts = [(len(u), sum(r["correct"] for r in u)) for u in units.values()]
+            metrics = summarize(counts, ks, bootstrap=bootstrap, seed=seed)
+            samples = [r for u in units.values() for r in u]
+            metrics["unparseable"] = sum(r["score"] is None for r in samples)
+            metrics["truncated"] = sum(r["finish_reason"] == "length" for r in samples)
+            metrics["mean_tokens"] = sum(r["tokens"] for r in samples) / len(samples)
+            result.setdefault(model, {})[mode] = metrics
+    return result
+
+
+def evaluate_in_process(engine: Engine, scorer: Scorer, sampling: Sampling, items: dict[str, list[dict]],
+                        build_prompt: Callable[[str, dict], list[int]], n: int, ks: list[int],
+                        seed: int, rows_per_round: int) -> dict:
+    """{mode: metrics} for one engine, without touching disk (bootstrap off for speed)."""
+    rows: list[dict] = []
+    jobs = make_jobs("policy", items, build_prompt, n, seed, set())
+    run_rounds(jobs, engine, sampling, scorer, rows_per_round, lambda job: rows.extend(job.rows))
+    return summarize_rows(rows, ks, bootstrap=0, seed=seed).get("policy", {})
+
+
+def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], make_scorer: Callable[[], Scorer],
+             progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Evaluate every model on every mode; returns the summary written to summary.json."""
+    from pope_cli.shared.runtime import PromptBuilder
+
+    started = time.time()
+    items = load_items(cfg)
+    out = Path(cfg.out)
+    samples_path = out / "samples.jsonl"
+    prepare_output(out / "config.json", asdict(cfg), [samples_path, out / "summary.json", out / "manifest.json"],
+                   cfg.overwrite, RESUME_IGNORED)
+    rows = _complete_units(samples_path, cfg.n)
+    done = {(r["model"], r["mode"], r["id"]) for r in rows}
+    total = len(cfg.models) * sum(len(v) for v in items.values())
+    progress(len(done), total)
+    stats = RoundStats()
+    for name in cfg.models:
+        remaining = sum((name, mode, r["id"]) not in done for mode, records in items.items() for r in records)
+        if not remaining:
+            continue
+        engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": name}))
+        builder = PromptBuilder(engine.tokenizer, cfg.prompt, cfg.template)
+        jobs = make_jobs(name, items, builder.build, cfg.n, cfg.seed, done)
+        sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
+        with make_scorer() as scorer, JsonlAppender(samples_path) as writer:
+            def finished(job: EvalJob) -> None:
+                writer.write(job.rows)
+                done.add((job.model, job.mode, job.record["id"]))
+                progress(len(done), total)
+
+            run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size, finished, stats)
+        del engine
+    return _finish(cfg, items, started, stats)
+
+
+def _complete_units(path: Path, n: int) -> list[dict]:
+    """Rows of units with all n samples; a unit torn by a kill is dropped and redrawn."""
+    rows = load_jsonl_repairing(path)
+    sizes: dict = defaultdict(int)
+    for row in rows:
+        sizes[(row["model"], row["mode"], row["id"])] += 1
+    kept = [r for r in rows if sizes[(r["model"], r["mode"], r["id"])] == n]
+    if len(kept) != len(rows):
+        atomic_write_jsonl(path, kept)
+    return kept
+
+
+def _finish(cfg: EvalConfig, items: dict, started: float, stats: RoundStats) -> dict:
+    out = Path(cfg.out)
+    rows = load_jsonl_repairing(out / "samples.jsonl")
+    model_rank = {m: i for i, m in enumerate(cfg.models)}
+    mode_rank = {m: i for i, m in enumerate(cfg.modes)}
+    item_rank = {(mode, r["id"]): i for mode, records in items.items() for i, r in enumerate(records)}
+    rows.sort(key=lambda r: (model_rank.get(r["model"], 0), mode_rank.get(r["mode"], 0),
+                             item_rank.get((r["mode"], r["id"]), 0), r["sample"]))
+    atomic_write_jsonl(out / "samples.jsonl", rows)
+    summary = {"n": cfg.n, "ks": cfg.ks, "modes": cfg.modes, "models": summarize_rows(rows, cfg.ks, cfg.bootstrap, cfg.seed)}
+    atomic_write_json(out / "summary.json", summary)
+    counts = {"samples": len(rows), "tokens_this_run": stats.tokens,
+              "generate_seconds": round(stats.generate_seconds, 3)}
+    atomic_write_json(out / "manifest.json", manifest("eval", asdict(cfg), started, counts, models=cfg.models, seed=cfg.seed))
+    return summary

@@ -1,0 +1,190 @@
+"""`pope filter-hard`: find the problems a model never solves in k samples.
+
+Each problem is sampled in chunks and stops at the first correct sample: a solved problem is
+not hard and needs no more samples, so on a mixed set the filter draws far fewer than the k×N
+samples of a naive one (`exhaustive` draws all k for exact pass rates). The verdict is written
+per problem to `stats.jsonl` as it is reached, so a killed run resumes where it stopped; at the
+end the files are put in input order and `hard.jsonl`/`easy.jsonl` are written whole: the
+input records with the canonical fields (id, problem, answer, ...) added, so the next stage
+reads them with the default field names.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pope_cli.shared.config import (FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
+                                    bad_option, overwrite_option, seed_option)
+from pope_cli.shared.data import Problem, read_problems
+from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
+from pope_cli.shared.options import group, option
+from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing,
+                                     manifest, prepare_output)
+from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
+from pope_cli.shared.runtime import PromptBuilder
+from pope_cli.shared.seeding import derive_seed
+
+
+@dataclass
+class FilterHardConfig:
+    """`pope filter-hard`: sample each problem up to k times; hard = none of them correct."""
+
+    data: str = option(help="Problems: .jsonl/.json/.parquet/.csv, a saved dataset directory, or hf:NAME[:SPLIT].",
+                       argument=True)
+    out: str = option(help="Output directory (stats.jsonl, hard.jsonl, easy.jsonl, manifest.json).")
+    model: ModelOptions = group()
+    fields: FieldMap = group()
+    prompt: PromptOptions = group()
+    sampling: SamplingOptions = group()
+    reward: RewardOptions = group()
+    k: int = option(128, "Samples per problem; hard = 0 correct of k (the paper: 128 at a 32k-token budget).")
+    chunk: int = option(16, "Samples per problem per round; sampling stops after the first round with a correct one.")
+    exhaustive: bool = option(False, "Draw all k samples even after a correct one (exact pass rates).",
+                              flags=("--exhaustive",))
+    save_samples: bool = option(False, "Also write every completion to samples.jsonl.", flags=("--save-samples",))
+    seed: int = seed_option()
+    overwrite: bool = overwrite_option()
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise bad_option("--k", "must be at least 1")
+        if self.chunk < 1:
+            raise bad_option("--chunk", "must be at least 1")
+
+
+# Options that change how fast a run goes but not what it writes: a resume may change them.
+RESUME_IGNORED = ("overwrite", "model.batch_size", "model.gpu_memory_utilization", "reward.workers")
+
+
+@dataclass
+class FilterJob:
+    """Sampling state of one problem: chunks of samples until a correct one or k in all."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    k: int
+    chunk: int
+    seed: int
+    exhaustive: bool
+    keep_samples: bool
+    drawn: int = 0
+    correct: int = 0
+    unparseable: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    samples: list[dict] = field(default_factory=list)
+
+    def next_request(self) -> tuple[Request, dict] | None:
+        if self.drawn >= self.k or (self.correct and not self.exhaustive):
+            return None
+        n = min(self.chunk, self.k - self.drawn)
+        return Request(self.prompt_ids, n, self.seed + self.drawn), self.problem.fields()
+
+    def observe(self, completions: list[Completion], scores: list[float | None]) -> None:
+        for completion, score in zip(completions, scores):
+            self.correct += score is not None and score >= 1.0
+            self.unparseable += score is None
+            self.truncated += completion.finish_reason == "length"
+            self.tokens += len(completion.token_ids)
+            if self.keep_samples:
+                self.samples.append({"id": self.problem.id, "sample": self.drawn, "score": score,
+                                     "finish_reason": completion.finish_reason,
+                                     "tokens": len(completion.token_ids), "text": completion.text})
+            self.drawn += 1
+
+    def stats(self) -> dict:
+        return {"id": self.problem.id, "samples": self.drawn, "correct": self.correct,
+                "unparseable": self.unparseable, "truncated": self.truncated,
+                "pass_rate": self.correct / self.drawn if self.drawn else 0.0,
+                "hard": self.correct == 0, "tokens": self.tokens, "source": self.problem.source}
+
+
+def config_dict(cfg: FilterHardConfig) -> dict:
+    return asdict(cfg)
+
+
+def run_filter_hard(cfg: FilterHardConfig, make_engine: Callable[[], Engine], make_scorer: Callable[[], Scorer],
+                    progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Run the filter; returns the summary that the CLI prints and the manifest records.
+
+    The engine and scorer come from factories so nothing heavy is built when every problem
+    is already done, and so tests can pass scripted ones.
+    """
+    started = time.time()
+    problems = read_problems(cfg.data, cfg.fields)
+    out = Path(cfg.out)
+    stats_path, samples_path = out / "stats.jsonl", out / "samples.jsonl"
+    prepare_output(out / "config.json", config_dict(cfg),
+                   [stats_path, samples_path, out / "hard.jsonl", out / "easy.jsonl", out / "manifest.json"],
+                   cfg.overwrite, RESUME_IGNORED)
+    done = {row["id"]: row for row in load_jsonl_repairing(stats_path)}
+    if cfg.save_samples:
+        _drop_orphan_samples(samples_path, done)
+    todo = [p for p in problems if p.id not in done]
+    round_stats = RoundStats()
+    progress(len(done), len(problems))
+    if todo:
+        round_stats = _sample(cfg, todo, done, make_engine, make_scorer, progress, len(problems))
+    return _finish(cfg, problems, done, round_stats, started)
+
+
+def _sample(cfg, todo, done, make_engine, make_scorer, progress, total) -> RoundStats:
+    engine = make_engine()
+    prompts = PromptBuilder(engine.tokenizer, cfg.prompt)
+    sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
+    jobs = (FilterJob(p, prompts.unguided(p.fields()), cfg.k, cfg.chunk, derive_seed(cfg.seed, p.id),
+                      cfg.exhaustive, cfg.save_samples) for p in todo)
+    out = Path(cfg.out)
+    with make_scorer() as scorer, JsonlAppender(out / "stats.jsonl") as stats_file:
+        samples_file = JsonlAppender(out / "samples.jsonl") if cfg.save_samples else None
+
+        def finished(job: FilterJob) -> None:
+            # Samples first: a stats line is the mark that the problem is complete.
+            if samples_file:
+                samples_file.write(job.samples)
+            row = job.stats()
+            stats_file.write([row])
+            done[row["id"]] = row
+            progress(len(done), total)
+
+        try:
+            return run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size, finished)
+        finally:
+            if samples_file:
+                samples_file.close()
+
+
+def _drop_orphan_samples(path: Path, done: dict) -> None:
+    """Samples of a problem whose stats line never got written will be drawn again."""
+    rows = load_jsonl_repairing(path)
+    kept = [row for row in rows if row["id"] in done]
+    if len(kept) != len(rows):
+        atomic_write_jsonl(path, kept)
+
+
+def _finish(cfg: FilterHardConfig, problems: list[Problem], done: dict, round_stats: RoundStats,
+            started: float) -> dict:
+    out = Path(cfg.out)
+    order = {p.id: i for i, p in enumerate(problems)}
+    rows = sorted(done.values(), key=lambda row: order.get(row["id"], len(order)))
+    atomic_write_jsonl(out / "stats.jsonl", rows)
+    if cfg.save_samples:
+        samples = load_jsonl_repairing(out / "samples.jsonl")
+        atomic_write_jsonl(out / "samples.jsonl", sorted(samples, key=lambda s: (order.get(s["id"], len(order)), s["sample"])))
+    hard_ids = {row["id"] for row in rows if row["hard"]}
+    atomic_write_jsonl(out / "hard.jsonl", [p.fields() for p in problems if p.id in hard_ids])
+    atomic_write_jsonl(out / "easy.jsonl", [p.fields() for p in problems if p.id not in hard_ids])
+    summary = {
+        "problems": len(rows), "hard": len(hard_ids), "easy": len(rows) - len(hard_ids),
+        "samples": sum(row["samples"] for row in rows), "naive_samples": cfg.k * len(rows),
+        "tokens": sum(row["tokens"] for row in rows),
+        "tokens_this_run": round_stats.tokens, "generate_seconds": round(round_stats.generate_seconds, 3),
+        "score_seconds": round(round_stats.score_seconds, 3),
+        "tokens_per_second": round(round_stats.tokens / round_stats.generate_seconds, 1) if round_stats.generate_seconds else None,
+    }
+    summary["seconds"] = round(time.time() - started, 3)
+    atomic_write_json(out / "manifest.json", manifest("filter-hard", config_dict(cfg), started, summary, model=cfg.model.model, seed=cfg.seed))
+    return summary

@@ -1,0 +1,170 @@
+"""`pope train`'s options: `TrainConfig` for the run, `DryRunConfig` for `--dry-run`'s plan.
+
+Each field is one command-line option, declared here once (`pope_cli/shared/options.py`); the
+algorithm the fields steer is stated in `trainer.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, ModelOptions, PromptOptions, RewardOptions,
+                                    SamplingOptions, bad_option, int_list, overwrite_option, seed_option)
+from pope_cli.shared.options import group, option
+
+MIX_PANEL = "Data mix"
+OBJECTIVE_PANEL = "Objective"
+OPTIM_PANEL = "Policy and optimizer"
+OUTPUT_PANEL = "Checkpoints and evaluation"
+DRY_PANEL = "Dry run"
+
+LORA_DEFAULT_LR = 1e-5
+"""LoRA trains few weights from a zero start: it needs a rate ~10x full fine-tuning's (at 1e-6,
+or the 5e-7 of trl#2872, a LoRA run barely moves)."""
+FULL_DEFAULT_LR = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    """`pope train`: fully on-policy GRPO on guided + unguided copies of hard problems."""
+
+    prefixes: str = option(help="prefixes.jsonl from `pope make-prefixes`: the hard problems and their oracle prefixes.",
+                           argument=True, metavar="PREFIXES")
+    out: str = option(help="Run directory: config.json, metrics.jsonl, checkpoints/, final/. Rerunning the same command "
+                           "resumes it.")
+    model: ModelOptions = group(defaults={"gpu_memory_utilization": 0.5},
+                                help={"model": "Starting policy: hub id, local model dir or PEFT adapter dir."})
+    prompt: PromptOptions = group()
+    sampling: SamplingOptions = group(defaults={"temperature": 0.8})
+    reward: RewardOptions = group()
+    mode: str = option("pope", "pope: guided + unguided copies of each hard problem; grpo: unguided only (plain RL "
+                               "baseline); guided: guided only.", panel=MIX_PANEL)
+    guided_ratio: float = option(1.0, "pope mode: guided prompts per unguided prompt (1.0 = the paper's 1:1).",
+                                 panel=MIX_PANEL)
+    template: str | None = option(None, "Guided template (pope, no-restate or a file) overriding the one each prefix "
+                                        "record names.", panel=PROMPT_PANEL)
+    easy: str | None = option(None, "Problem file of easy problems to mix in, unguided (the paper's interference "
+                                    "experiment).", panel=MIX_PANEL)
+    easy_fraction: float = option(0.0, "Fraction of each step's prompts taken from --easy.", panel=MIX_PANEL)
+    steps: int = option(200, "Training steps (a rerun with more steps extends a finished run).", panel=MIX_PANEL)
+    prompts_per_step: int = option(32, "Prompts per step, drawn in seeded shuffled epochs.", panel=MIX_PANEL)
+    group_size: int = option(8, "Completions sampled per prompt (the GRPO group).", panel=MIX_PANEL)
+    adv_norm: str = option("std", "Advantage = reward - group mean, divided by the group std (std, GRPO) or not (none, "
+                                  "Dr. GRPO).", panel=OBJECTIVE_PANEL)
+    clip_low: float = option(0.2, "Lower clip of the importance ratio: 1 - clip_low.", panel=OBJECTIVE_PANEL)
+    clip_high: float = option(0.2, "Upper clip: 1 + clip_high (0.28 is DAPO's clip-higher, a failed baseline in the "
+                                   "paper).", panel=OBJECTIVE_PANEL)
+    loss_agg: str = option("token-mean", "token-mean (every token weighs the same), seq-mean (mean per sequence, then "
+                                         "over sequences) or dr-grpo (sum / (sequences x max_new_tokens)).",
+                           panel=OBJECTIVE_PANEL)
+    kl_coef: float = option(0.0, "Weight of a k3 KL penalty to the starting model (LoRA: the base with the adapter off).",
+                            panel=OBJECTIVE_PANEL)
+    entropy_coef: float = option(0.0, "Weight of an entropy bonus (a failed baseline in the paper).",
+                                 panel=OBJECTIVE_PANEL)
+    mask_truncated: bool = option(False, "Leave completions that hit --max-new-tokens out of the loss.",
+                                  flags=("--mask-truncated",), panel=OBJECTIVE_PANEL)
+    updates_per_step: int = option(1, "Passes over each step's batch; 1 = fully on-policy (ratio exactly 1, no "
+                                      "old-log-prob pass).", panel=OBJECTIVE_PANEL)
+    mini_batch_size: int | None = option(None, "Sequences per optimizer step (default: the whole batch).",
+                                         panel=OBJECTIVE_PANEL)
+    micro_batch_size: int = option(8, "Sequences per forward/backward; memory only, the gradient is the same.",
+                                   panel=OPTIM_PANEL)
+    lora: bool = option(True, "Train a LoRA adapter (peft) or every weight.", flags=("--lora/--full",), panel=OPTIM_PANEL)
+    lora_rank: int = option(64, "LoRA rank.", panel=OPTIM_PANEL)
+    lora_alpha: int = option(128, "LoRA alpha (scale alpha/rank).", panel=OPTIM_PANEL)
+    lora_targets: str = option("all-linear", "all-linear, or comma-separated module names (q_proj,v_proj).",
+                               panel=OPTIM_PANEL)
+    lr: float | None = option(None, "AdamW learning rate (default 1e-5 with LoRA, 1e-6 full: LoRA needs a far larger "
+                                    "rate).", panel=OPTIM_PANEL, show_default=False)
+    """None = LORA_DEFAULT_LR or FULL_DEFAULT_LR; the resolved value is recorded."""
+    warmup_steps: int = option(10, "Linear learning-rate warmup steps, then constant.", panel=OPTIM_PANEL)
+    weight_decay: float = option(0.0, "AdamW weight decay.", panel=OPTIM_PANEL)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.", panel=OPTIM_PANEL)
+    grad_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, slower).",
+                                      flags=("--grad-checkpointing",), panel=OPTIM_PANEL)
+    data_parallel: str = option("auto", "Under torchrun: ddp (a whole model per rank), fsdp (FSDP2 shards, --full only) "
+                                        "or auto (fsdp for --full on GPU, else ddp).", panel=OPTIM_PANEL)
+    save_every: int = option(50, "Checkpoint every N steps (and at the last).", panel=OUTPUT_PANEL)
+    keep: int = option(2, "Checkpoints to keep (the newest).", panel=OUTPUT_PANEL)
+    merge: bool = option(False, "Also write merged full weights to RUN/final_merged for serving (LoRA runs).",
+                         flags=("--merge",), panel=OUTPUT_PANEL)
+    eval_data: str | None = option(None, "Problems or prefixes file to evaluate on during training (a prefixes file adds "
+                                         "guided accuracy).", panel=OUTPUT_PANEL)
+    eval_every: int = option(0, "Evaluate every N steps (and at the last); needs --eval-data.", panel=OUTPUT_PANEL)
+    eval_n: int = option(8, "Samples per evaluation problem.", panel=OUTPUT_PANEL)
+    eval_k: list[int] | None = option(None, "Comma-separated k for pass@k (default: 1 and eval-n).", cli_type=str,
+                                      parse=int_list("--eval-k"), panel=OUTPUT_PANEL)
+    max_nan_steps: int = option(3, "Stop after this many steps in a row whose update was skipped for a non-finite loss.",
+                                panel=OPTIM_PANEL)
+    seed: int = seed_option()
+    overwrite: bool = overwrite_option()
+
+    def __post_init__(self):
+        if self.lr is None:
+            self.lr = LORA_DEFAULT_LR if self.lora else FULL_DEFAULT_LR
+        self.eval_k = sorted(set(self.eval_k or [1, self.eval_n]))
+        for option, ok, message in self._checks():
+            if not ok:
+                raise bad_option(option, message)
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("--mode", self.mode in ("pope", "grpo", "guided"), f"must be pope, grpo or guided, not {self.mode!r}"),
+            ("--guided-ratio", self.guided_ratio > 0, "must be > 0"),
+            ("--easy-fraction", 0 <= self.easy_fraction < 1, "must be in [0, 1)"),
+            ("--easy-fraction", (self.easy is None) == (self.easy_fraction == 0), "--easy FILE and --easy-fraction > 0 go together"),
+            ("--temperature", self.sampling.temperature > 0, "must be > 0: training samples on-policy"),
+            ("--steps", self.steps >= 1, "must be at least 1"),
+            ("--prompts-per-step", self.prompts_per_step >= 1, "must be at least 1"),
+            ("--group-size", self.group_size >= 2, "must be at least 2 (advantages compare samples within a group)"),
+            ("--adv-norm", self.adv_norm in ("std", "none"), f"must be std or none, not {self.adv_norm!r}"),
+            ("--clip-low", 0 <= self.clip_low < 1, "must be in [0, 1)"),
+            ("--clip-high", self.clip_high >= 0, "must be >= 0"),
+            ("--loss-agg", self.loss_agg in ("token-mean", "seq-mean", "dr-grpo"),
+             f"must be token-mean, seq-mean or dr-grpo, not {self.loss_agg!r}"),
+            ("--kl-coef", self.kl_coef >= 0, "must be >= 0"),
+            ("--entropy-coef", self.entropy_coef >= 0, "must be >= 0"),
+            ("--updates-per-step", self.updates_per_step >= 1, "must be at least 1"),
+            ("--mini-batch-size", self.mini_batch_size is None or self.mini_batch_size >= 1, "must be at least 1"),
+            ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
+            ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
+            ("--lora-alpha", self.lora_alpha > 0, "must be > 0"),
+            ("--lr", self.lr > 0, "must be > 0"),
+            ("--warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("--max-grad-norm", self.max_grad_norm > 0, "must be > 0"),
+            ("--data-parallel", self.data_parallel in ("auto", "ddp", "fsdp"),
+             f"must be auto, ddp or fsdp, not {self.data_parallel!r}"),
+            ("--data-parallel", not (self.lora and self.data_parallel == "fsdp"), "fsdp is for --full runs"),
+            ("--save-every", self.save_every >= 1, "must be at least 1"),
+            ("--keep", self.keep >= 1, "must be at least 1"),
+            ("--merge", self.lora or not self.merge, "only for --lora runs (a --full run's final/ is already full weights)"),
+            ("--eval-every", self.eval_every >= 0, "must be >= 0"),
+            ("--eval-every", (self.eval_data is None) == (self.eval_every == 0), "--eval-data FILE and --eval-every N > 0 go together"),
+            ("--eval-k", all(1 <= k <= self.eval_n for k in self.eval_k), f"each k must be in [1, eval-n={self.eval_n}]"),
+            ("--max-nan-steps", self.max_nan_steps >= 1, "must be at least 1"),
+        ]
+
+
+@dataclass
+class DryRunConfig:
+    """`pope train --dry-run`: the hardware a plan is sized for, and the throughputs it assumes."""
+
+    gpus: int = option(1, "Dry run: GPUs to plan for (torchrun ranks).", panel=DRY_PANEL)
+    gpu_memory_gb: float = option(80.0, "Dry run: memory per GPU in GB (H100: 80).", panel=DRY_PANEL)
+    gen_tokens_per_s: float = option(5000.0, "Dry run: generated tokens/s per GPU (an assumption for vLLM on a ~4B "
+                                             "model; use the tokens/s a real run logs).", panel=DRY_PANEL)
+    mfu: float = option(0.3, "Dry run: fraction of peak FLOP/s the training passes reach.", panel=DRY_PANEL)
+    peak_tflops: float = option(989.0, "Dry run: peak dense bf16 TFLOP/s per GPU (H100 SXM: 989).", panel=DRY_PANEL)
+    model_config: str | None = option(None, "Dry run: the model's config.json (or a directory), read instead of "
+                                            "--model's config (e.g. offline).", panel=DRY_PANEL)
+    enabled: bool = option(False, "Load no weights: check the data and the model config, print prompts, tokens, memory "
+                                  "per GPU and time per step, and exit.", flags=("--dry-run",), param="dry_run",
+                           panel=DRY_PANEL, in_file=False)
+
+    def __post_init__(self):
+        checks = [("--gpus", self.gpus >= 1), ("--gpu-memory-gb", self.gpu_memory_gb > 0),
+                  ("--gen-tokens-per-s", self.gen_tokens_per_s > 0), ("--mfu", 0 < self.mfu <= 1),
+                  ("--peak-tflops", self.peak_tflops > 0)]
+        for option_name, ok in checks:
+            if not ok:
+                raise bad_option(option_name, "must be > 0" + (" and at most 1" if option_name == "--mfu" else ""))

@@ -1,0 +1,178 @@
+"""The trained policy: building it (LoRA or full, fresh or from a checkpoint), its optimizer and
+schedule, the KL reference, keeping a vLLM engine in step with it, and writing `final/`.
+
+Precision: trainable weights are float32 (a LoRA adapter over a frozen bf16 base on GPU, or a
+full float32 model), and on GPU the forward runs under bf16 autocast. bf16 master weights would
+round away most AdamW updates at RL learning rates.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pope_cli.shared.distributed import SOLO, Ranks
+from pope_cli.shared.errors import PopeError
+from pope_cli.stages.train.config import TrainConfig
+from pope_cli.stages.train.parallel import full_weights
+
+
+@dataclass
+class Policy:
+    model: object
+    tokenizer: object
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    frozen_reference: object | None
+    """A copy of the starting model for the KL term of a full run; None with LoRA (the
+    reference is the base with the adapter disabled) or without KL."""
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+
+def _model_path(name: str) -> str:
+    """Local paths are recorded absolute, so an adapter's base resolves from any directory."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def _causal_lm(name: str, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(_model_path(name), dtype=dtype, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise PopeError(f"--model: could not load {name}: {str(error).splitlines()[0]}") from None
+
+
+def _starting_model(cfg: TrainConfig, dtype):
+    """The model `--model` names; a PEFT adapter dir gives base + adapter (trainable)."""
+    from pope_cli.shared.models import adapter_base
+
+    base_name = adapter_base(cfg.model.model)
+    if base_name is None:
+        return _causal_lm(cfg.model.model, dtype, cfg.model.trust_remote_code)
+    from peft import PeftModel
+
+    base = _causal_lm(base_name, dtype, cfg.model.trust_remote_code)
+    return PeftModel.from_pretrained(base, _model_path(cfg.model.model), is_trainable=cfg.lora)
+
+
+def _merged(model):
+    """A full model: a peft model's adapter folded into its base."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def build_policy(cfg: TrainConfig, checkpoint: Path | None) -> Policy:
+    """The policy at the start of training, or as `checkpoint` saved it."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from pope_cli.shared.models import adapter_base, load_tokenizer, resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.model)
+    on_gpu = device.type == "cuda"
+    tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
+    base_dtype = resolve_dtype(cfg.model, device) if cfg.lora else torch.float32
+    if cfg.lora and checkpoint is not None:
+        base = _causal_lm(adapter_base(cfg.model.model) or cfg.model.model, base_dtype, cfg.model.trust_remote_code)
+        model = PeftModel.from_pretrained(base, checkpoint / "model", is_trainable=True)
+    elif cfg.lora:
+        model = _starting_model(cfg, base_dtype)
+        if not isinstance(model, PeftModel):
+            targets = cfg.lora_targets
+            if targets != "all-linear":
+                targets = [name.strip() for name in targets.split(",")]
+            # Dropout 0: the trained log-probs must be those of the policy that sampled.
+            lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
+                              task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+    elif checkpoint is not None:
+        model = _causal_lm(str(checkpoint / "model"), base_dtype, cfg.model.trust_remote_code)
+    else:
+        model = _merged(_starting_model(cfg, base_dtype))
+    frozen = None
+    if cfg.kl_coef and not cfg.lora:
+        frozen = _merged(_starting_model(cfg, base_dtype)) if checkpoint else copy.deepcopy(model)
+        frozen = frozen.requires_grad_(False).eval().to(device)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device).train()
+    return Policy(model, tokenizer, device, torch.bfloat16 if on_gpu else None, frozen)
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    """AdamW over the trainable weights, linear warmup over `warmup_steps` then constant."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+    return optimizer, scheduler
+
+
+class EngineSync:
+    """Keeps a vLLM engine generating with the current policy; a no-op for the hf engine,
+    which generates with the policy object itself.
+
+    LoRA: the adapter is saved to RUN/.engine_adapter and loaded by a fresh `LoRARequest`.
+    Full: the weights go through the engine's `load_weights`. Around the update the engine
+    sleeps (weights offloaded, KV cache freed) so training has the GPU.
+    """
+
+    def __init__(self, engine, policy: Policy, run_dir: Path, lora: bool, vllm: bool):
+        self.engine, self.policy, self.lora, self.vllm = engine, policy, lora, vllm
+        self.adapter_dir = Path(run_dir) / ".engine_adapter"
+
+    def before_update(self) -> None:
+        if self.vllm:
+            self.engine.sleep()
+
+    def after_update(self) -> None:
+        if self.vllm:
+            self.engine.wake_up()
+            self.sync()
+
+    def sync(self) -> None:
+        """Push the policy's current weights to the engine (also needed once after a resume)."""
+        if not self.vllm:
+            return
+        if self.lora:
+            if self.adapter_dir.exists():
+                shutil.rmtree(self.adapter_dir)
+            self.policy.model.save_pretrained(self.adapter_dir)
+            self.engine.set_lora(self.adapter_dir)
+        else:
+            self.engine.load_weights((name, p.detach()) for name, p in self.policy.model.named_parameters())
+
+
+def save_final(policy: Policy, run_dir: Path, merge: bool, ranks: Ranks = SOLO) -> list[Path]:
+    """Write RUN/final (adapter or full model + tokenizer) atomically; `merge` also writes
+    RUN/final_merged with the adapter folded into the base weights. Returns what was written.
+    On N ranks every rank calls it and rank 0 writes."""
+    weights = full_weights(policy.model)
+    written = [Path(run_dir) / "final"] + ([Path(run_dir) / "final_merged"] if merge else [])
+    if ranks.main:
+        _save_atomic(policy.model, policy.tokenizer, written[0], weights)
+        if merge:
+            _save_atomic(policy.model.merge_and_unload(), policy.tokenizer, written[1])
+    ranks.barrier()
+    return written
+
+
+def _save_atomic(model, tokenizer, target: Path, weights: dict | None = None) -> Path:
+    tmp = target.with_name(f".tmp_{target.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
