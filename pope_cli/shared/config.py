@@ -132,3 +132,36 @@ class RewardOptions:
             raise bad_option("--reward-timeout", "must be > 0")
         if self.workers < 1:
             raise bad_option("--reward-workers", "must be at least 1")
+
+
+TRACKER_PANEL = "Trackers and logged completions"
+TRACKERS = ("tensorboard", "wandb", "trackio")
+"""Each is its own extra, `pope-cli[NAME]`, whose module has the same name."""
+
+
+def _tracker_list(text) -> list[str]:
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+@dataclass
+class TrackerOptions:
+    """Where a run's metrics rows are mirrored besides RUN/metrics.jsonl (see shared/trackers.py)."""
+
+    report_to: list[str] | None = option(None, "Comma-separated trackers that mirror metrics.jsonl: tensorboard "
+                                               "(event files in RUN/tensorboard/), wandb (honours WANDB_MODE=offline), "
+                                               "trackio (a local store). Default: none.", cli_type=str,
+                                         parse=_tracker_list, panel=TRACKER_PANEL)
+    run_name: str | None = option(None, "The run's name in the trackers (default: the output directory's name).",
+                                  panel=TRACKER_PANEL)
+    project: str = option("pope", "The trackers' project (W&B, Trackio).", panel=TRACKER_PANEL)
+
+    def __post_init__(self):
+        import importlib.util
+
+        self.report_to = list(dict.fromkeys(self.report_to or []))
+        for name in self.report_to:
+            if name not in TRACKERS:
+                raise bad_option("--report-to", f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+            if importlib.util.find_spec(name) is None:
+                raise bad_option("--report-to", f"{name} is not installed; pip install 'pope-cli[{name}]'")

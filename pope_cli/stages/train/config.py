@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, bad_option, int_list, overwrite_option, seed_option)
+from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
+                                    RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
+                                    overwrite_option, seed_option)
 from pope_cli.shared.options import group, option
 
 MIX_PANEL = "Data mix"
@@ -96,6 +97,10 @@ class TrainConfig:
                                       parse=int_list("--eval-k"), panel=OUTPUT_PANEL)
     max_nan_steps: int = option(3, "Stop after this many steps in a row whose update was skipped for a non-finite loss.",
                                 panel=OPTIM_PANEL)
+    trackers: TrackerOptions = group(factory=TrackerOptions)
+    log_completions: int = option(0, "Completions written to RUN/completions.jsonl (and the trackers) on every "
+                                     "--log-every-th step, spread over the prompt kinds; 0 = none.", panel=TRACKER_PANEL)
+    log_every: int = option(10, "Steps between logged completions.", panel=TRACKER_PANEL)
     seed: int = seed_option()
     overwrite: bool = overwrite_option()
 
@@ -142,6 +147,8 @@ class TrainConfig:
             ("--eval-every", (self.eval_data is None) == (self.eval_every == 0), "--eval-data FILE and --eval-every N > 0 go together"),
             ("--eval-k", all(1 <= k <= self.eval_n for k in self.eval_k), f"each k must be in [1, eval-n={self.eval_n}]"),
             ("--max-nan-steps", self.max_nan_steps >= 1, "must be at least 1"),
+            ("--log-completions", self.log_completions >= 0, "must be >= 0"),
+            ("--log-every", self.log_every >= 1, "must be at least 1"),
         ]
 
 

@@ -51,6 +51,7 @@ from pope_cli.shared.errors import Interrupted, PopeError
 from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest,
                                      prepare_output)
 from pope_cli.shared.seeding import derive_seed
+from pope_cli.shared.trackers import OUTPUTS as TRACKER_OUTPUTS
 from pope_cli.stages.train.advantages import group_advantages
 from pope_cli.stages.train.batch import DataMix, joined, rollout, rollout_metrics, training_samples
 from pope_cli.stages.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -60,10 +61,12 @@ from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
 from pope_cli.stages.train.report import StepReporter
 from pope_cli.stages.train.update import UpdateSettings, policy_update, reference_scorer
+from pope_cli.stages.train.watch import RunWatch
 
 # Options a rerun may change without changing what the finished steps computed.
 RESUME_IGNORED = ("overwrite", "steps", "save_every", "keep", "merge", "data_parallel", "model.batch_size",
-                  "model.gpu_memory_utilization", "reward.workers")
+                  "model.gpu_memory_utilization", "reward.workers", "trackers.report_to", "trackers.run_name",
+                  "trackers.project", "log_completions", "log_every")
 
 _NO_UPDATE = {"loss": None, "grad_norm": None, "optimizer_steps": 0, "nan_skipped": 0, "entropy": None, "kl": None,
               "clip_fraction": None, "clip_low_fraction": None, "clip_high_fraction": None, "ratio_mean": None,
@@ -144,6 +147,7 @@ def train_step(run: Run, step: int) -> dict:
         result, times = rollout(items[mine], prompts, run.engine, run.scorer, run.sampling, cfg.group_size, cfg.seed,
                                 step, mine.start)
     result, times = _whole_step(run.ranks, result, times)
+    run.last_rollout = result  # for the logged completions
     advantages, has_signal = group_advantages(result.rewards, cfg.adv_norm)  # (P, n), (P,)
     regularised = bool(cfg.kl_coef or cfg.entropy_coef)
     trained = torch.ones_like(has_signal) if regularised else has_signal  # (P,)
@@ -243,7 +247,8 @@ def _prepare(cfg: TrainConfig) -> tuple[Path | None, int, list[dict], bool]:
     whether the run is already finished."""
     out = Path(cfg.out)
     metrics_path = out / "metrics.jsonl"
-    resuming = prepare_output(out / "config.json", config_dict(cfg), [metrics_path, out / "checkpoints", out / "final"],
+    resuming = prepare_output(out / "config.json", config_dict(cfg),
+                              [metrics_path, out / "checkpoints", out / "final", *(out / name for name in TRACKER_OUTPUTS)],
                               cfg.overwrite, RESUME_IGNORED)
     atomic_write_json(out / "config.json", config_dict(cfg))  # records a changed --steps etc.
     checkpoint = latest_checkpoint(out) if resuming else None
@@ -267,6 +272,8 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
         with Scorer(cfg.reward.spec, workers=cfg.reward.workers, timeout=cfg.reward.timeout) as scorer:
             run = Run(cfg, checkpoint, scorer, data, ranks)
             reporter.message(_banner(cfg, run, done))
+            watch = RunWatch(cfg, out, config_dict(cfg), done, run.policy.tokenizer.decode, reporter.message) \
+                if ranks.main else None
             with (JsonlAppender(out / "metrics.jsonl") if ranks.main else contextlib.nullcontext()) as metrics_file:
                 saved = done
                 try:
@@ -274,6 +281,7 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
                         row = train_step(run, step)
                         if metrics_file is not None:
                             metrics_file.write([row])
+                            watch.step(row, run.last_rollout)
                         rows.append(row)
                         reporter.step(row)
                         _check_nan(run, row, reporter)
@@ -284,6 +292,9 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
                 except KeyboardInterrupt:
                     raise Interrupted(f"stopped in step {step + 1}; the last checkpoint is step {saved}; rerun the "
                                       "same command to resume from it") from None
+                finally:
+                    if watch is not None:
+                        watch.close()
             written = save_final(run.policy, out, cfg.merge, ranks)
     finally:
         reporter.close()
