@@ -10,7 +10,7 @@ import sys
 import pytest
 
 
-def test_demo_runs_every_stage_and_writes_results_and_curves(tmp_path):
+def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--steps", "2", "--n-easy", "4", "--n-hard", "4", "--n-heldout", "2", "--k", "4",
             "--prefix-n", "2", "--eval-n", "2", "--prompts-per-step", "2", "--group-size", "2", "--parallel", "2"]
@@ -26,6 +26,13 @@ def test_demo_runs_every_stage_and_writes_results_and_curves(tmp_path):
     assert evaluated_ids == heldout_ids
     assert any(c.startswith("pope train ") and "--mode pope" in c for c in results["commands"])
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((out / "report" / "manifest.json").read_text())
+    assert report["runs"] == ["grpo", "pope"] and report["evals"] == ["start", "grpo", "pope"]
+    figures = {figure["file"]: figure for figure in report["figures"]}
+    assert {"reward.png", "solved.png", "entropy.png", "length.png", "evals.png"} <= set(figures)
+    assert figures["reward.png"]["panels"][1] == {"title": "unguided prompts", "series": ["grpo", "pope"]}
+    assert all(panel["series"] == ["unguided", "guided"] for panel in figures["evals.png"]["panels"])
+    assert (out / "report" / "index.html").exists() and (out / "report" / "report.md").exists()
     for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/grpo/final/config.json", "eval/start/summary.json"):
         assert (out / stage_file).exists(), stage_file
     assert "held-out hard problems" in proc.stdout

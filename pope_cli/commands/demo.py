@@ -14,7 +14,15 @@ def command(cfg: DemoConfig):
     """Run the four stages on the embedded toy model: plain GRPO vs POPE, evaluated on held-out hard problems."""
     from pope_cli.stages.demo import run_demo
 
-    results = run_demo(cfg)
+    if sys.stderr.isatty():  # one live table of the running commands; in a pipe, a plain line per phase
+        from pathlib import Path
+
+        from pope_cli.shared.live import LiveView
+
+        with LiveView("pope demo", Path(cfg.out)) as view:
+            results = run_demo(cfg, say=view.message, watch=view.show)
+    else:
+        results = run_demo(cfg)
     print_results(results, cfg)
 
 
@@ -45,7 +53,8 @@ def print_results(results: dict, cfg) -> None:
     # A log file gets rich's 80 columns, too narrow for the arm names and nine columns of numbers.
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=130)
     console.print(table)
-    console.print(f"wrote {cfg.out}/results.json and {cfg.out}/curves.png in {results['seconds']['total']:.0f} s")
+    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/curves.png and {cfg.out}/report/index.html in "
+                  f"{results['seconds']['total']:.0f} s")
 
 
 def _pct(value) -> str:

@@ -6,6 +6,7 @@ driven by a scripted engine in tests and the CLI stays fast to start.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -76,6 +77,11 @@ class PromptBuilder:
         return encode_prompt(self.tokenizer, text, self.opts.system_prompt, self.opts.chat_template)
 
 
+PROGRESS_SECONDS_ENV = "POPE_PROGRESS_SECONDS"
+"""Seconds between the plain progress lines in a pipe (default 10); `pope demo` asks for 1 from the
+commands whose logs its live view reads."""
+
+
 @contextmanager
 def progress_reporter(description: str, total: int, unit: str = "problems") -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on a terminal; in a pipe, a plain line at most every 10 seconds."""
@@ -89,10 +95,11 @@ def progress_reporter(description: str, total: int, unit: str = "problems") -> I
             yield lambda done, _total: bar.update(task, completed=done, total=_total)
         return
     last = [0.0]
+    every = float(os.environ.get(PROGRESS_SECONDS_ENV, "10"))
 
     def report(done: int, _total: int) -> None:
         now = time.monotonic()
-        if now - last[0] >= 10 or done == _total:
+        if now - last[0] >= every or done == _total:
             last[0] = now
             print(f"{description}: {done}/{_total} {unit}", file=sys.stderr, flush=True)
 

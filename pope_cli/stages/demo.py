@@ -26,14 +26,16 @@ from typing import Callable
 from pope_cli.shared.config import bad_option, overwrite_option, seed_option
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import option
+from pope_cli.shared.live import Job
 from pope_cli.shared.outputs import atomic_write_json
+from pope_cli.shared.runtime import PROGRESS_SECONDS_ENV
 
 
 @dataclass
 class DemoConfig:
     """`pope demo`: the four stages on the shipped toy model, plain GRPO against POPE."""
 
-    out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, logs/.")
+    out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, report/, logs/.")
     model: str | None = option(None, "Starting model (default: the toy model shipped with pope).")
     seed: int = seed_option()
     full: bool = option(False, "Add GRPO on easy + hard (interference) and POPE with the no-restate template.",
@@ -118,7 +120,8 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
                    str(cfg.max_fraction), "--seed", seed, *GENERATION]
     train_common = ["--model", model, "--steps", str(cfg.steps), "--prompts-per-step", str(cfg.prompts_per_step),
                     "--group-size", str(cfg.group_size), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
-                    "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full", *prompts, *GENERATION]
+                    "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full",
+                    "--log-completions", "4", "--log-every", str(max(1, cfg.steps // 10)), *prompts, *GENERATION]
     heldout = out / "heldout_filter" / "hard.jsonl"
     eval_args = [str(heldout), "--prefixes", str(out / "heldout_prefixes.jsonl"), "--mode", "unguided,guided",
                  "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)), "--seed", seed, "--batch-size", "256",
@@ -146,31 +149,39 @@ def require_hard_problems(out: Path) -> None:
                             "empty); use more problems (--n-hard, --n-heldout) or a larger --k")
 
 
-def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int) -> None:
+def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int,
+              watch: Callable[[str, list[Job]], None] | None = None) -> None:
     """Run a phase's commands, up to `parallel` at a time (the next starts as soon as one ends),
-    each logging to its own file."""
+    each logging to its own file; `watch(name, jobs)` sees every job's state on each poll."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    queue, running = list(enumerate(commands)), []
+    if watch is not None:
+        env[PROGRESS_SECONDS_ENV] = "1"  # the live view reads the progress lines from the logs
+    jobs = [Job(argv, logs / f"{name}-{index}.log") for index, argv in enumerate(commands)]
+    queue, running = list(jobs), {}
     while queue or running:
         while queue and len(running) < parallel:
-            index, argv = queue.pop(0)
-            log = logs / f"{name}-{index}.log"
-            with log.open("w") as handle:
-                running.append((argv, log, subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *argv],
-                                                            stdout=handle, stderr=subprocess.STDOUT, env=env)))
+            job = queue.pop(0)
+            with job.log.open("w") as handle:
+                running[id(job)] = (job, subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *job.argv],
+                                                          stdout=handle, stderr=subprocess.STDOUT, env=env))
+            job.started = time.time()
         time.sleep(0.2)
-        for argv, log, proc in [job for job in running if job[2].poll() is not None]:
-            running.remove((argv, log, proc))
+        for job, proc in [entry for entry in running.values() if entry[1].poll() is not None]:
+            del running[id(job)]
+            job.returncode, job.ended = proc.returncode, time.time()
             if proc.returncode != 0:
-                for _, _, other in running:
+                for _, other in running.values():
                     other.terminate()
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-                raise PopeError(f"demo: `pope {argv[0]}` failed ({tail[0]}); full log: {log}")
+                tail = job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise PopeError(f"demo: `pope {job.argv[0]}` failed ({tail[0]}); full log: {job.log}")
+        if watch is not None:
+            watch(name, jobs)
 
 
-def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
-    """Run every phase (resuming finished ones), then gather results.json and curves.png."""
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print,
+             watch: Callable[[str, list[Job]], None] | None = None) -> dict:
+    """Run every phase (resuming finished ones), then gather results.json, curves.png and report/."""
     started = time.time()
     out = Path(cfg.out)
     if cfg.overwrite and out.exists():
@@ -183,15 +194,27 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
         phase_started = time.time()
         # One thread per command: the toy model's matrices are too small for a second thread to
         # pay, and a second thread on a busy core slows generation many times over.
-        run_phase(name, commands, out / "logs", cfg.parallel, threads=1)
+        run_phase(name, commands, out / "logs", cfg.parallel, threads=1, watch=watch)
         if name == "filter":
             require_hard_problems(out)
         timings[name] = round(time.time() - phase_started, 1)
     curves = {arm: training_rows(out, arm) for arm in arms(cfg, out)}
     results = collect_results(cfg, out, curves, phases, timings, started)
     atomic_write_json(out / "results.json", results)
-    plot_curves(curves, out / "curves.png")
+    write_report(out, list(curves), list(evaluated_models(cfg, out)))
     return results
+
+
+def write_report(out: Path, arm_names: list[str], evaluated: list[str]) -> None:
+    """curves.png (training reward and hard problems solved, per arm) and the full report in report/."""
+    from pope_cli.stages.report.config import ReportConfig
+    from pope_cli.stages.report.figures import CURVES, draw_training
+    from pope_cli.stages.report.inputs import load_inputs
+    from pope_cli.stages.report.writer import run_report
+
+    runs = [str(out / "runs" / arm) for arm in arm_names]
+    draw_training(CURVES, load_inputs(runs)[0], out / "curves.png", window=10)
+    run_report(ReportConfig(dirs=runs + [str(out / "eval" / name) for name in evaluated], out=str(out / "report")))
 
 
 def training_rows(out: Path, arm: str) -> list[dict]:
@@ -221,39 +244,3 @@ def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], p
     results["seconds"] = {**timings, "total": round(time.time() - started, 1)}
     results["config"] = {k: v for k, v in vars(cfg).items()}
     return results
-
-
-def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
-    """Training reward (unguided, guided) and hard problems ever solved unguided, per arm
-    (arm → its metric rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (reward_ax, solved_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, rows in curves.items():
-        steps = [r["step"] for r in rows]
-        for kind, style in (("unguided", "-"), ("guided", "--")):
-            values = [r.get(f"reward/{kind}") for r in rows]
-            if any(v is not None for v in values):
-                reward_ax.plot(steps, smooth(values), style, label=f"{arm} {kind}")
-        solved_ax.plot(steps, [r["solved_unguided/ever"] for r in rows], label=arm)
-    reward_ax.set(title="training reward (moving average of 10 steps)", xlabel="step", ylabel="mean reward")
-    solved_ax.set(title="hard problems ever solved unguided", xlabel="step", ylabel="problems")
-    reward_ax.legend(fontsize=8)
-    solved_ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def smooth(values: list, window: int = 10) -> list[float]:
-    """Trailing mean over the last `window` defined values (None = no prompt of that kind)."""
-    result, seen = [], []
-    for value in values:
-        if value is not None:
-            seen.append(value)
-        recent = seen[-window:]
-        result.append(sum(recent) / len(recent) if recent else float("nan"))
-    return result

@@ -1,0 +1,63 @@
+"""The directories a report reads: training runs (metrics.jsonl, completions.jsonl) and
+evaluations (summary.json), each labelled by its directory's name."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pope_cli.shared.errors import PopeError
+from pope_cli.shared.outputs import load_jsonl_repairing
+
+
+@dataclass
+class RunData:
+    label: str
+    path: Path
+    rows: list[dict]
+    completions: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EvalData:
+    label: str
+    path: Path
+    summary: dict
+
+
+def labels(paths: list[Path]) -> list[str]:
+    """Each directory's name, with as many parent parts as it takes to tell them apart."""
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    raise PopeError(f"DIR: {paths[0]} is given twice", exit_code=2)
+
+
+def load_inputs(dirs: list[str]) -> tuple[list[RunData], list[EvalData]]:
+    """The runs and the evals among `dirs`; runs are labelled apart from evals, so a demo's
+    runs/pope and eval/pope are both "pope"."""
+    run_paths, eval_paths = [], []
+    for given in dirs:
+        path = Path(given).resolve()
+        if (path / "metrics.jsonl").is_file():
+            run_paths.append(path)
+        elif (path / "summary.json").is_file():
+            eval_paths.append(path)
+        else:
+            raise PopeError(f"{given}: neither a run directory (metrics.jsonl) nor an eval directory (summary.json)",
+                            exit_code=2)
+    runs = [RunData(label, path, load_jsonl_repairing(path / "metrics.jsonl"),
+                    load_jsonl_repairing(path / "completions.jsonl"))
+            for label, path in zip(labels(run_paths), run_paths)] if run_paths else []
+    evals = [EvalData(label, path, _read_summary(path / "summary.json"))
+             for label, path in zip(labels(eval_paths), eval_paths)] if eval_paths else []
+    return runs, evals
+
+
+def _read_summary(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise PopeError(f"{path}: not valid JSON ({error})", exit_code=2) from None
