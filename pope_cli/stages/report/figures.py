@@ -102,7 +102,7 @@ def _figure(panels: int, title: str):
 
     columns = min(panels, 3)
     rows = math.ceil(panels / columns)
-    fig = Figure(figsize=(4.6 * columns, 3.4 * rows + 0.5), layout="constrained")
+    fig = Figure(figsize=(max(4.6 * columns, 7.5), 3.4 * rows + 0.5), layout="constrained")  # room for the title
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
     for extra in axes[panels:]:
         fig.delaxes(extra)

@@ -24,20 +24,21 @@ def _num(value, digits: int = 3) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
 
 
-def _recent_mean(rows: list[dict], key: str, window: int):
+def _recent_mean(rows: list[dict], key: str, window: int = 1):
+    """The mean of the last `window` logged values (a step with no update logs no entropy)."""
     values = [row[key] for row in rows if isinstance(row.get(key), (int, float))][-window:]
     return sum(values) / len(values) if values else None
 
 
 def runs_table(runs: list[RunData], window: int) -> Table:
     columns = ["run", "steps", *(f"{kind} reward (last {window})" for kind in KINDS),
-               "hard solved unguided (ever)", "entropy (last)", "response length (last)", "truncated (last)"]
+               "hard solved unguided (ever)", "entropy (last logged)", "response length (last)", "truncated (last)"]
     rows = []
     for run in runs:
         last = run.rows[-1] if run.rows else {}
         rows.append([run.label, str(last.get("step", 0)),
                      *(_num(_recent_mean(run.rows, f"reward/{kind}", window)) for kind in KINDS),
-                     str(last.get("solved_unguided/ever", "-")), _num(last.get("entropy")),
+                     str(last.get("solved_unguided/ever", "-")), _num(_recent_mean(run.rows, "entropy")),
                      _num(last.get("response_length"), 1), _num(last.get("truncation_rate"))])
     return Table(columns, rows)
 
