@@ -12,15 +12,33 @@ from pope_cli.shared.live import Job, LiveView, Status, parse_status
 from pope_cli.stages.train.report import step_line
 
 
+ROW = {"step": 7, "reward/guided": 0.5, "reward/unguided": 0.125, "reward/easy": None, "solved_unguided/step": 1,
+       "solved_unguided/ever": 3, "response_length": 12.0, "truncation_rate": 0.0, "entropy": 1.5, "grad_norm": 0.3,
+       "lr": 1e-4, "time/generate_s": 1.0, "time/train_s": 0.5}
+
+
 def test_progress_is_read_from_the_stages_own_log_lines():
-    row = {"step": 7, "reward/guided": 0.5, "reward/unguided": 0.125, "reward/easy": None, "solved_unguided/step": 1,
-           "solved_unguided/ever": 3, "response_length": 12.0, "truncation_rate": 0.0, "entropy": 1.5,
-           "grad_norm": 0.3, "lr": 1e-4, "time/generate_s": 1.0, "time/train_s": 0.5}
-    log = "pope train: starting; mode pope\n" + step_line({**row, "step": 6}, 20) + "\n" + step_line(row, 20) + "\n"
+    log = "pope train: starting; mode pope\n" + step_line({**ROW, "step": 6}, 20) + "\n" + step_line(ROW, 20) + "\n"
     assert parse_status(log) == Status(7, 20, "steps", "reward g 0.50 u 0.12 e - · hard solved unguided 3")
     assert parse_status("filter-hard: 3/16 problems\nfilter-hard: 9/16 problems\n") == Status(9, 16, "problems")
     assert parse_status("eval: 4/12 units\n") == Status(4, 12, "units")
     assert parse_status("Loading model...\n") is None
+
+
+def test_the_train_bar_shows_the_steps_reward_per_kind_and_hard_problems_solved():
+    import io
+
+    from pope_cli.stages.train.report import StepReporter
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    reporter = StepReporter(20, 0, Terminal())
+    reporter.step(ROW)
+    assert reporter.progress.tasks[0].description == "reward g 0.50 u 0.12 e - | solved 1/3 ever"
+    assert reporter.progress.tasks[0].completed == 7
+    reporter.close()
 
 
 def test_the_view_shows_each_command_with_progress_and_time(tmp_path):
