@@ -139,3 +139,20 @@ def test_the_demo_curves_are_drawn_by_the_report_code(runs, tmp_path):
     assert drawn["panels"] == [{"title": "unguided reward", "series": ["grpo", "pope"]},
                                {"title": "guided reward", "series": ["pope"]},
                                {"title": "hard problems solved unguided, ever", "series": ["grpo", "pope"]}]
+
+
+def test_kl_mismatch_and_periodic_evals_get_their_panels_where_logged(tmp_path):
+    from pope_cli.stages.report.figures import draw_training, training_specs
+    from pope_cli.stages.report.inputs import RunData
+
+    rows = [{"step": s, "kl": 0.01 * s, "mismatch/kl": 0.001, "mismatch/ratio_max": 1.1,
+             "eval/unguided/avg@n": 0.1 * s if s % 2 == 0 else None} for s in range(1, 5)]
+    runs = [RunData("a", tmp_path, rows), RunData("b", tmp_path, [{**r, "mismatch/kl": None} for r in rows])]
+    specs = {spec.file: spec for spec in training_specs(runs)}
+    kl = draw_training(specs["kl.png"], runs, tmp_path / "kl.png", 2)
+    assert kl["panels"] == [{"title": "KL to the starting model (k3)", "series": ["a", "b"]},
+                            {"title": "mismatch/kl", "series": ["a"]},
+                            {"title": "mismatch/ratio_max", "series": ["a", "b"]}]
+    evals = draw_training(specs["training_eval.png"], runs, tmp_path / "e.png", 2)
+    assert evals["panels"] == [{"title": "unguided/avg@n", "series": ["a", "b"]}]
+    assert draw_training(specs["reward.png"], runs, tmp_path / "r.png", 2) is None and not (tmp_path / "r.png").exists()

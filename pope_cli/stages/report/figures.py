@@ -125,10 +125,13 @@ def draw_training(spec: Spec, runs: list[RunData], path: Path, window: int) -> d
             if not any(isinstance(v, (int, float)) for v in values):
                 continue
             values = [v if isinstance(v, (int, float)) else None for v in values]
-            shown = smooth(values, window) if panel.smoothed else [math.nan if v is None else v for v in values]
-            marker = "o" if not panel.smoothed and sum(v is not None for v in values) < len(values) else None
-            ax.plot([row["step"] for row in run.rows], shown, label=run.label, color=f"C{index}", marker=marker,
-                    markersize=3)
+            steps = [row["step"] for row in run.rows]
+            if panel.smoothed:
+                ax.plot(steps, smooth(values, window), label=run.label, color=f"C{index}")
+            else:  # the logged points joined (evaluations are every --eval-every steps), marked where sparse
+                points = [(step, v) for step, v in zip(steps, values) if v is not None]
+                ax.plot(*zip(*points), label=run.label, color=f"C{index}",
+                        marker="o" if len(points) < len(values) else None, markersize=3)
         ax.set(title=panel.title, xlabel="step", ylabel=panel.ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
