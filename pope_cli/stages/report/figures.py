@@ -97,10 +97,10 @@ def describe(fig, file: str, title: str) -> dict:
     return {"file": file, "title": title, "panels": panels}
 
 
-def _figure(panels: int, title: str):
+def _figure(panels: int, title: str, max_columns: int = 3):
     from matplotlib.figure import Figure
 
-    columns = min(panels, 3)
+    columns = min(panels, max_columns)
     rows = math.ceil(panels / columns)
     fig = Figure(figsize=(max(4.6 * columns, 7.5), 3.4 * rows + 0.5), layout="constrained")  # room for the title
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
@@ -165,7 +165,7 @@ def draw_evals(evals: list[EvalData], path: Path) -> dict | None:
     if not metrics:
         return None
     modes = list(dict.fromkeys(mode for group in groups.values() for mode in group))
-    fig, axes = _figure(len(metrics), "Evaluations: % correct, with 95% bootstrap intervals over problems")
+    fig, axes = _figure(len(metrics), "Evaluations: % correct, with 95% bootstrap intervals over problems", 4)
     width = 0.8 / len(modes)
     for ax, metric in zip(axes, metrics):
         for m, mode in enumerate(modes):
@@ -181,8 +181,7 @@ def draw_evals(evals: list[EvalData], path: Path) -> dict | None:
                 errors[0].append(max(value - low, 0))
                 errors[1].append(max(high - value, 0))
             if xs:
-                bars = ax.bar(xs, heights, width, yerr=errors, capsize=3, label=mode, color=f"C{m}")
-                ax.bar_label(bars, fmt="%.1f", fontsize=7, label_type="center")
+                ax.bar(xs, heights, width, yerr=errors, capsize=3, label=mode, color=f"C{m}")
         ax.set_xticks(range(len(groups)), list(groups), rotation=20 if len(groups) > 3 else 0)
         ax.set(title=metric, ylabel="% correct", ylim=(0, 105))
         ax.grid(axis="y", alpha=0.3)
