@@ -4,7 +4,6 @@ and the phase runner reporting every job's state to it."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from rich.console import Console
 

@@ -4,6 +4,7 @@ completions, and an index.html that fetches nothing."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -19,8 +20,6 @@ from pope_cli.shared.metrics import summarize
 from pope_cli.stages.report.config import ReportConfig
 from pope_cli.stages.report.writer import run_report
 from pope_cli.stages.train.config import TrainConfig
-
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def runs(tmp_path_factory, tiny_model_dir):
                               reward=RewardOptions("train_rewards:starts_lower", workers=1), mode=mode, steps=4,
                               prompts_per_step=4, group_size=4, lora=False, lr=1e-2, warmup_steps=0, save_every=100,
                               log_completions=2, log_every=2),
-                  reporter_stream=open("/dev/null", "w"))
+                  reporter_stream=io.StringIO())
     (root / "eval").mkdir()
     models = {"start": {"unguided": summarize([(4, 0), (4, 1)], [1, 4], seed=0),
                         "guided": summarize([(4, 2), (4, 3)], [1, 4], seed=0)},
