@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_sigint
 from fakes import BoxScorer
 from pope_cli.shared.config import (FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
                                     WorkerOptions)
@@ -179,6 +180,51 @@ def test_sigkilled_driver_then_rerun_with_other_workers_resumes_to_identical_fil
     assert not (out / "hard.jsonl").exists()
     subprocess.run([sys.executable, "-c", KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out), workers=3)],
                    cwd=TESTS.parent, check=True, timeout=120)
+    assert_same_files(tmp_path / "one", out)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_every_worker_and_the_rerun_resumes_to_identical_files(tmp_path, char_tokenizer):
+    data = make_problems(tmp_path / "p.jsonl", 12)
+    in_process(char_tokenizer, config(data, tmp_path / "one"))
+    out = tmp_path / "interrupted"
+    script = KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out), workers=2)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    stats = out / "stats.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if stats.exists() and stats.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.01)
+    workers = children_of(proc.pid)
+    assert proc.poll() is None and len(workers) >= 2, proc.stderr.read() if proc.poll() is not None else workers
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and any(running(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(running(pid) for pid in workers)
+    subprocess.run([sys.executable, "-c", script], cwd=TESTS.parent, check=True, timeout=120)
     assert_same_files(tmp_path / "one", out)
 
 

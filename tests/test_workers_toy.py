@@ -1,11 +1,13 @@
 """The three sampling stages on the toy model: 2 local workers and 2 Ray actors (a Ray started
 here, on 127.0.0.1 with token authentication) write byte for byte the files of one in-process
-engine. One local Ray serves every Ray test of the module (starting one costs seconds)."""
+engine; a Ray actor killed mid-stage is restarted and its work redone. One local Ray serves every
+Ray test of the module (starting one costs seconds)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,14 @@ from pope_cli.shared.config import (FieldMap, ModelOptions, PromptOptions, Rewar
                                     WorkerOptions)
 from pope_cli.shared.workers.factory import WorkerPlan, pooled_engine
 from pope_cli.shared.workers.plan import local_slots
+from pope_cli.shared.workers.worker import EngineSpec
 from pope_cli.stages.evaluate import EvalConfig, run_eval
 from pope_cli.stages.filter_hard import FilterHardConfig, run_filter_hard
 from pope_cli.stages.prefixes import PrefixConfig, run_make_prefixes
 from pope_cli.toy.model import SHIPPED_MODEL_DIR
 from pope_cli.toy.pretrain import TEMPLATES_DIR
 
+TESTS = Path(__file__).parent
 MODEL = ModelOptions(str(SHIPPED_MODEL_DIR), backend="hf", device="cpu", batch_size=8)
 SAMPLING = SamplingOptions(max_new_tokens=40)
 PROMPT = PromptOptions(unguided_template=str(TEMPLATES_DIR / "unguided.txt"))
@@ -92,9 +96,16 @@ def reference(toy_data, tmp_path_factory) -> Path:
 def local_ray():
     from pope_cli.shared.workers.ray_backend import connect
 
+    # Ray's worker processes inherit this environment: they import the tests' fake engines too.
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), saved) if p)
     ray = connect("local", num_cpus=2)
     yield ray
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = saved
 
 
 def test_reference_run_has_hard_and_easy_problems_and_prefixes(reference):
@@ -127,3 +138,26 @@ def test_local_ray_listens_on_loopback_only_with_token_authentication(local_ray)
     assert local_ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     assert local_ray.util.get_node_ip_address() == "127.0.0.1"
     assert os.environ["RAY_AUTH_MODE"] == "token" and get_authentication_mode() == AuthenticationMode.TOKEN
+
+
+def test_a_killed_ray_actor_is_reported_restarted_and_its_problem_redone(tmp_path, char_tokenizer, local_ray):
+    from fakes import BoxScorer
+    from test_workers import assert_same_files as same_filter_files, config, in_process, make_problems, vocab_of
+    from worker_fakes import char_engine
+
+    data = make_problems(tmp_path / "p.jsonl", 6)
+    in_process(char_tokenizer, config(data, tmp_path / "one"))
+    marker = tmp_path / "killed-once"
+    spec = EngineSpec(char_engine, (vocab_of(char_tokenizer), 0.0, "hard problem 3", str(marker)))
+    reports: list[str] = []
+
+    def make():
+        engine = pooled_engine(ModelOptions("scripted"), WorkerPlan(2, 1, 3, ray=local_ray), spec, char_tokenizer)
+        engine.report = reports.append
+        return engine
+
+    run_filter_hard(config(data, tmp_path / "two"), make, BoxScorer)
+    assert marker.exists() and len(reports) == 1
+    assert re.match(r"Ray worker \d failed \(ActorDiedError: .*\) holding [^:]*\bp3\b.*restart 1 of at most 3",
+                    reports[0]), reports[0]
+    same_filter_files(tmp_path / "one", tmp_path / "two")
