@@ -50,9 +50,9 @@ def vocab_of(tokenizer) -> list[str]:
 
 
 def pool(tokenizer, workers: int, reports: list | None = None, max_restarts: int = 3, delay: float = 0.0,
-         kill_on: str | None = None, kill_marker: str | None = None):
+         kill_on: str | None = None, kill_marker: str | None = None, raise_on: str | None = None):
     """A PooledEngine of `workers` local processes running CharEngine, one thread each."""
-    spec = EngineSpec(char_engine, (vocab_of(tokenizer), delay, kill_on, kill_marker))
+    spec = EngineSpec(char_engine, (vocab_of(tokenizer), delay, kill_on, kill_marker, raise_on))
     plan = WorkerPlan(workers, 1, max_restarts, slots=local_slots(workers, 1, "cpu", cpus=workers))
     engine = pooled_engine(ModelOptions("scripted"), plan, spec, tokenizer)
     if reports is not None:
@@ -95,6 +95,8 @@ def test_impossible_placements_are_refused_before_anything_starts(workers, tp, d
 
 def test_worker_options_validate_and_only_pool_when_asked():
     assert plan_workers(ModelOptions("m"), WorkerOptions()) is None
+    plan = plan_workers(ModelOptions("m", device="cpu"), WorkerOptions(workers=2))
+    assert plan.workers == 2 and plan.describe().startswith("2 workers as local processes (")
     assert plan_workers(ModelOptions("m"), WorkerOptions(workers=1)) is None
     with pytest.raises(PopeError, match="--workers: must be at least 1"):
         WorkerOptions(workers=0)
@@ -147,6 +149,16 @@ def test_restarts_are_bounded_then_the_stage_stops_cleanly_keeping_finished_work
     assert not (tmp_path / "out" / "hard.jsonl").exists()
     done = [json.loads(line)["id"] for line in (tmp_path / "out" / "stats.jsonl").read_text().splitlines()]
     assert "p5" not in done and len(done) == len(set(done))
+
+
+def test_an_engine_error_in_a_worker_names_the_worker_the_error_and_the_problem(tmp_path, char_tokenizer):
+    data = make_problems(tmp_path / "p.jsonl", 4)
+    reports: list[str] = []
+    make = lambda: pool(char_tokenizer, 2, reports, max_restarts=0, raise_on="hard problem 3")  # noqa: E731
+    with pytest.raises(PopeError, match=r"^worker \d failed \(RuntimeError: CUDA error: an illegal memory access "
+                                        r"was encountered \(simulated\)\) holding [^;]*\bp3\b; stopping after 0"):
+        run_filter_hard(config(data, tmp_path / "out"), make, BoxScorer)
+    assert reports == []
 
 
 KILLABLE = textwrap.dedent("""

@@ -3,7 +3,7 @@
 `CharEngine` answers like `fakes.ScriptedEngine` (sample j depends on the prompt and seed + j
 only) but decodes prompt ids with a plain vocabulary list, so a worker needs neither torch nor
 transformers. It can SIGKILL its own process on a chosen problem, once (a marker file records
-that it did) or every time. `EnvEngine` answers with the environment its process saw.
+that it did) or every time, or raise there as a CUDA error would. `EnvEngine` answers with the environment its process saw.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def answer_every_third(prompt: str, stream: int) -> str:
 
 class CharEngine:
     def __init__(self, vocab: list[str], delay: float = 0.0, kill_on: str | None = None,
-                 kill_marker: str | None = None):
+                 kill_marker: str | None = None, raise_on: str | None = None):
         self.vocab = vocab
+        self.raise_on = raise_on
         self.index = {token: i for i, token in enumerate(vocab)}
         self.delay = delay
         self.kill_on = kill_on
@@ -39,6 +40,8 @@ class CharEngine:
         for request in requests:
             prompt = "".join(self.vocab[i] for i in request.prompt_ids)
             self._maybe_die(prompt)
+            if self.raise_on is not None and self.raise_on in prompt:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
             texts = [answer_every_third(prompt, request.seed + j) for j in range(request.n)]
             ids = [[self.index[c] for c in text][:sampling.max_new_tokens] for text in texts]
             results.append([Completion(i, t, "length" if len(i) >= sampling.max_new_tokens else "stop")
@@ -56,8 +59,9 @@ class CharEngine:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def char_engine(vocab: list[str], delay: float = 0.0, kill_on: str | None = None, kill_marker: str | None = None):
-    return CharEngine(vocab, delay, kill_on, kill_marker)
+def char_engine(vocab: list[str], delay: float = 0.0, kill_on: str | None = None, kill_marker: str | None = None,
+                raise_on: str | None = None):
+    return CharEngine(vocab, delay, kill_on, kill_marker, raise_on)
 
 
 class EnvEngine:

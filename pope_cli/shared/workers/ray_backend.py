@@ -41,6 +41,11 @@ def connect(address: str, num_cpus: int | None = None):
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise PopeError(f"--ray {address}: cannot connect to Ray ({error})", exit_code=2) from None
+    if address == "local" and ray.util.get_node_ip_address() != "127.0.0.1":
+        # Ray was imported before the variable was set, so it took the network address.
+        ray.shutdown()
+        raise PopeError("--ray local: Ray would listen on the network address, not 127.0.0.1; "
+                        "start it yourself and pass --ray HOST:PORT", exit_code=2)
     return ray
 
 

@@ -63,9 +63,14 @@ def serve(conn, spec: EngineSpec) -> None:
             return
         batch_id, requests, sampling = message
         try:
-            conn.send(generate(engine, batch_id, requests, sampling))
-        except Exception as error:
-            conn.send((batch_id, None, f"{type(error).__name__}: {error}"))
+            answer = generate(engine, batch_id, requests, sampling)
+        except Exception as error:  # a CUDA error, say: this process may be unusable, so it ends
+            answer = (batch_id, None, f"{type(error).__name__}: {error}")
+        try:
+            conn.send(answer)
+        except OSError:  # the driver is gone
+            return
+        if answer[1] is None:
             return
 
 
