@@ -14,6 +14,7 @@ import pytest
 
 from pope_cli.shared.config import (FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
                                     WorkerOptions)
+from pope_cli.shared.runtime import engine_factory
 from pope_cli.shared.workers.factory import WorkerPlan, pooled_engine
 from pope_cli.shared.workers.plan import local_slots
 from pope_cli.shared.workers.worker import EngineSpec
@@ -119,7 +120,7 @@ def test_reference_run_has_hard_and_easy_problems_and_prefixes(reference):
 
 def test_two_local_workers_write_the_same_bytes(toy_data, reference, tmp_path):
     plan = WorkerPlan(2, 1, 0, slots=local_slots(2, 1, "cpu", cpus=2))
-    pipeline(toy_data, tmp_path, lambda opts: pooled_engine(opts, plan))
+    pipeline(toy_data, tmp_path, lambda opts: engine_factory(opts, plan)())
     assert_same_files(reference, tmp_path)
 
 
@@ -128,7 +129,7 @@ def test_two_ray_actors_write_the_same_bytes(toy_data, reference, tmp_path, loca
 
     plan = plan_workers(MODEL, WorkerOptions(workers=2, ray="local"))
     assert plan.ray is local_ray and plan.workers == 2 and plan.num_gpus == 0
-    pipeline(toy_data, tmp_path, lambda opts: pooled_engine(opts, plan))
+    pipeline(toy_data, tmp_path, lambda opts: engine_factory(opts, plan)())
     assert_same_files(reference, tmp_path)
 
 

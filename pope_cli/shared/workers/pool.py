@@ -46,13 +46,16 @@ class _State:
     ready: deque = field(default_factory=deque)
     held: dict[int, _Batch] = field(default_factory=dict)
     next_id: int = 0
+    restarts: int = 0
 
 
 class PooledEngine:
-    """An engine made of `workers` worker processes or actors behind one `Backend`.
+    """An engine made of `workers` worker processes or actors behind one backend
+    (`local.LocalBackend`, `ray_backend.RayBackend`).
 
     `open_backend` is called at the start of every `drive` and the backend closed at its end, so
-    no worker outlives the stage (or the Ctrl-C) that needed it.
+    no worker outlives the stage (or the Ctrl-C) that needed it; `max_restarts` bounds the
+    restarts within one `drive`.
     """
 
     def __init__(self, tokenizer, open_backend: Callable, workers: int, max_restarts: int = 3,
@@ -62,7 +65,6 @@ class PooledEngine:
         self.workers = workers
         self.max_restarts = max_restarts
         self.report = report
-        self.restarts = 0
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
         """Per request its completions, like any engine (one `drive` over one-shot jobs)."""
@@ -161,12 +163,12 @@ class PooledEngine:
             state.ready.extendleft(reversed(lost_batch.items))
         holding = "; ".join(b.problems() for _, b in lost) or "no problem"
         message = f"{backend.describe(event.slot)} failed ({event.error}) holding {holding}"
-        if self.restarts >= self.max_restarts:
-            raise PopeError(f"{message}; stopping after {self.restarts} restart(s) (--max-restarts). Finished work "
+        if state.restarts >= self.max_restarts:
+            raise PopeError(f"{message}; stopping after {state.restarts} restart(s) (--max-restarts). Finished work "
                             "is saved: rerun the same command to resume")
-        self.restarts += 1
+        state.restarts += 1
         self.report(f"{message}: its work goes back to the queue; restarting it "
-                    f"(restart {self.restarts} of at most {self.max_restarts})")
+                    f"(restart {state.restarts} of at most {self.max_restarts})")
         backend.start(event.slot)
 
 
