@@ -86,8 +86,7 @@ ALL = Group({}, None, {}, {})
 
 
 def group(*, defaults: dict | None = None, show: tuple[str, ...] | None = None, help: dict | None = None,
-          fixed: dict | None = None, factory: Callable[[], Any] | None = None):
-    """A dataclass field holding an option group, as this stage shows it; `factory` (the group's
-    class) gives it a default, for a group added after fields with defaults."""
-    extra = {} if factory is None else {"default_factory": factory}
-    return field(metadata={"group": Group(defaults or {}, show, help or {}, fixed or {})}, **extra)
+          fixed: dict | None = None, default_factory: Any = MISSING):
+    """A dataclass field holding an option group, as this stage shows it; `default_factory` lets
+    code that builds the config leave the group out."""
+    return field(default_factory=default_factory, metadata={"group": Group(defaults or {}, show, help or {}, fixed or {})})

@@ -97,7 +97,7 @@ class TrainConfig:
                                       parse=int_list("--eval-k"), panel=OUTPUT_PANEL)
     max_nan_steps: int = option(3, "Stop after this many steps in a row whose update was skipped for a non-finite loss.",
                                 panel=OPTIM_PANEL)
-    trackers: TrackerOptions = group(factory=TrackerOptions)
+    trackers: TrackerOptions = group(default_factory=TrackerOptions)
     log_completions: int = option(0, "Completions written to RUN/completions.jsonl (and the trackers) on every "
                                      "--log-every-th step, spread over the prompt kinds; 0 = none.", panel=TRACKER_PANEL)
     log_every: int = option(10, "Steps between logged completions.", panel=TRACKER_PANEL)
