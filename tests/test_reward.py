@@ -334,3 +334,13 @@ def test_validate_reward_spec_rejects(spec, message):
 def test_scorer_rejects_a_bad_spec():
     with pytest.raises(PopeError):
         Scorer("pope_no_such_module_xyz:fn")
+
+
+def test_a_reward_worker_process_that_cannot_start_says_why_in_one_line():
+    from pope_cli.shared.reward.checker import _ForkServer
+
+    # The parent checks a spec before starting workers; here the server meets a bad one itself.
+    with pytest.raises(PopeError, match=r"^--reward: the reward worker process could not start: PopeError: --reward: "
+                                        r"cannot import module 'no_such_module_here'") as error:
+        _ForkServer("no_such_module_here:score", 1)
+    assert "\n" not in str(error.value)

@@ -16,7 +16,8 @@ def command(cfg: ExportConfig):
     from pope_cli.stages.export.writer import run_export
 
     validate_reward_spec(cfg.train.reward.spec)
-    check_model_loadable(cfg.train.model.model, hub=False)  # a hub id is fetched where the export runs
+    if cfg.train.model.model:  # else run_verl.sh reads $MODEL; a hub id is fetched where the export runs
+        check_model_loadable(cfg.train.model.model, hub=False)
     load_unguided_template(cfg.train.prompt.unguided_template)
     if cfg.train.template:
         load_template(cfg.train.template)

@@ -23,6 +23,8 @@ _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model"
 
 def check_model_ref(name: str, option: str = "--model") -> None:
     """Fail early, with the option named, on a path that neither exists nor looks like a hub id."""
+    if not name.strip():  # Path("") is the current directory
+        raise PopeError(f"{option}: must not be empty", exit_code=2)
     if not Path(name).exists() and (not _HUB_ID.match(name) or ".." in name):
         raise PopeError(f"{option}: {name}: no such directory, and not a hub id (org/name)", exit_code=2)
 

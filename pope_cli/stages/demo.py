@@ -25,7 +25,7 @@ from typing import Callable
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.config import bad_option, overwrite_option, seed_option
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.models import check_model_ref
+from pope_cli.shared.models import check_model_loadable
 from pope_cli.shared.options import option
 from pope_cli.shared.outputs import atomic_write_json
 
@@ -175,7 +175,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     started = time.time()
     out = Path(cfg.out)
     if cfg.model:
-        check_model_ref(cfg.model)
+        check_model_loadable(cfg.model)
     config = {k: v for k, v in vars(cfg).items() if k != "overwrite"}
     # The stages check their own resumes; the demo's claim is the lock and a safe --overwrite.
     with claim_output(cfg.out, out / "demo.json", config, None, cfg.overwrite, ignored=config) as claim:
