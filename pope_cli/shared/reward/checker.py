@@ -110,7 +110,8 @@ class _ForkServer:
     def shared(cls, spec: str, alarm: int) -> _ForkServer:
         with cls._lock:
             server = cls._running.get((spec, alarm))
-            if server is None or server.proc.poll() is not None:
+            # A process forked from ours (a data loader's worker) must not share our socket.
+            if server is None or server.owner != os.getpid() or server.proc.poll() is not None:
                 server = cls._running[(spec, alarm)] = cls(spec, alarm)
                 atexit.register(server.close)
             return server
@@ -122,7 +123,7 @@ class _ForkServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "pope_cli.shared.reward.forkserver", str(theirs.fileno()),
                                       spec, str(alarm)], pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         theirs.close()
-        self.control = ours
+        self.control, self.owner = ours, os.getpid()
         self.control.settimeout(BOOT_TIMEOUT)
         answer = self._line()
         self.control.settimeout(None)
