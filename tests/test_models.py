@@ -10,7 +10,8 @@ from pope_cli.shared.engines.base import Request, Sampling
 from pope_cli.shared.engines.hf import HFEngine
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.models import (
-    adapter_base, check_model_ref, load_model, load_tokenizer, resolve_device, resolve_dtype, tokenizer_source,
+    adapter_base, check_model_loadable, check_model_ref, load_model, load_tokenizer, resolve_device, resolve_dtype,
+    tokenizer_source,
 )
 
 
@@ -32,9 +33,32 @@ def test_bad_model_references_fail_with_one_line(tmp_path):
             check_model_ref(name)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
+    (tmp_path / "broken" / "tokenizer_config.json").write_text("{}")
     with pytest.raises(PopeError, match="could not load .*broken") as broken:
         load_model(ModelOptions(model=str(tmp_path / "broken")))
     assert broken.value.exit_code == 1 and "\n" not in str(broken.value)
+
+
+def test_a_model_that_cannot_load_is_refused_at_once(tmp_path, tiny_model_dir, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PopeError, match=r"empty: not a model directory \(no config.json\)"):
+        check_model_loadable(str(tmp_path / "empty"))
+    (tmp_path / "no_tokenizer").mkdir()
+    (tmp_path / "no_tokenizer" / "config.json").write_text("{}")
+    with pytest.raises(PopeError, match="no_tokenizer: no tokenizer files"):
+        check_model_loadable(str(tmp_path / "no_tokenizer"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PopeError, match="file: is a file"):
+        check_model_loadable(str(tmp_path / "file"))
+    check_model_loadable(str(tiny_model_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PopeError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set; .*--model DIR"):
+        check_model_loadable("pope-test/not-cached")
+    check_model_loadable("pope-test/not-cached", hub=False)  # an export names a model used elsewhere
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://pope-test.invalid")
+    with pytest.raises(PopeError, match="the hub cannot be reached .*--model DIR"):
+        check_model_loadable("pope-test/not-cached")
 
 
 def test_devices_and_dtypes(monkeypatch):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.outputs import JsonlAppender, config_diff, flatten, load_jsonl_repairing, prepare_output
+from pope_cli.shared.claim import claim_output
+from pope_cli.shared.outputs import JsonlAppender, config_diff, flatten, load_jsonl_repairing
 
 
 def test_torn_last_line_is_cut_and_appending_continues(tmp_path):
@@ -28,28 +29,58 @@ def test_corrupt_middle_line_is_an_error_not_a_repair(tmp_path):
     assert path.read_bytes() == b'{"id": 1}\nGARBAGE\n{"id": 3}\n'
 
 
-def test_prepare_output_resumes_refuses_and_overwrites(tmp_path):
+def _claim(out, config, overwrite=False, ignored=()):
+    """Claim and start a run in `out`; returns whether it resumed."""
+    with claim_output(str(out), out / "config.json", config, [out / "stats.jsonl"], overwrite, ignored) as claim:
+        claim.started()
+        return claim.resuming
+
+
+def test_claim_resumes_refuses_and_overwrites(tmp_path):
     out = tmp_path / "run"
     config = {"k": 8, "model": {"model": "m", "batch_size": 4}}
-    assert prepare_output(out / "config.json", config, [out / "stats.jsonl"], overwrite=False) is False
+    assert _claim(out, config) is False
     (out / "stats.jsonl").write_text('{"id": "a"}\n')
-    assert prepare_output(out / "config.json", config, [out / "stats.jsonl"], overwrite=False) is True
+    assert _claim(out, config) is True
     faster = {"k": 8, "model": {"model": "m", "batch_size": 64}}
-    assert prepare_output(out / "config.json", faster, [out / "stats.jsonl"], False, ["model.batch_size"]) is True
+    assert _claim(out, faster, ignored=["model.batch_size"]) is True
     changed = {"k": 16, "model": {"model": "other", "batch_size": 4}}
     with pytest.raises(PopeError, match=r"different options \(--k, --model\)") as info:
-        prepare_output(out / "config.json", changed, [out / "stats.jsonl"], overwrite=False)
+        _claim(out, changed)
     assert info.value.exit_code == 2
-    assert prepare_output(out / "config.json", changed, [out / "stats.jsonl"], overwrite=True) is False
+    assert _claim(out, changed, overwrite=True) is False
     assert not (out / "stats.jsonl").exists()
     assert json.loads((out / "config.json").read_text())["k"] == 16
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # no lock file, no side directory left
 
 
 def test_existing_foreign_output_is_never_clobbered(tmp_path):
     (tmp_path / "stats.jsonl").write_text("mine\n")
     with pytest.raises(PopeError, match="already exists"):
-        prepare_output(tmp_path / "config.json", {"k": 1}, [tmp_path / "stats.jsonl"], overwrite=False)
+        _claim(tmp_path, {"k": 1})
     assert (tmp_path / "stats.jsonl").read_text() == "mine\n"
+
+
+def test_a_claim_that_never_starts_changes_nothing(tmp_path):
+    out = tmp_path / "a" / "b"
+    with pytest.raises(RuntimeError):
+        with claim_output(str(out), out / "config.json", {"k": 1}, [out / "stats.jsonl"], False):
+            raise RuntimeError("the model did not load")
+    assert not (tmp_path / "a").exists()  # the directories made for the lock are gone again
+    _claim(out, {"k": 1})
+    (out / "stats.jsonl").write_text("old\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(RuntimeError):
+        with claim_output(str(out), out / "config.json", {"k": 2}, [out / "stats.jsonl"], True):
+            raise RuntimeError("the model did not load")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_out_must_be_a_non_empty_path(tmp_path):
+    with pytest.raises(PopeError, match="--out: must be a non-empty path"):
+        with claim_output(" ", tmp_path / "config.json", {}, [], False):
+            pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_flatten_and_diff():

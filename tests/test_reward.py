@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 
@@ -254,9 +255,9 @@ def test_mixed_batch_of_normal_and_hostile(math_scorer):
 
 
 def test_a_worker_that_died_while_idle_is_replaced(math_scorer):
-    victim = math_scorer._workers[0].proc
-    victim.kill()
-    victim.join()
+    victim = math_scorer._workers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.conn.poll(5)  # end of file: it is gone
     assert math_scorer.score([r"\boxed{1}"] * 3, [{"answer": "1"}] * 3) == [1.0] * 3
 
 
@@ -333,3 +334,13 @@ def test_validate_reward_spec_rejects(spec, message):
 def test_scorer_rejects_a_bad_spec():
     with pytest.raises(PopeError):
         Scorer("pope_no_such_module_xyz:fn")
+
+
+def test_a_reward_worker_process_that_cannot_start_says_why_in_one_line():
+    from pope_cli.shared.reward.checker import _ForkServer
+
+    # The parent checks a spec before starting workers; here the server meets a bad one itself.
+    with pytest.raises(PopeError, match=r"^--reward: the reward worker process could not start: PopeError: --reward: "
+                                        r"cannot import module 'no_such_module_here'") as error:
+        _ForkServer("no_such_module_here:score", 1)
+    assert "\n" not in str(error.value)

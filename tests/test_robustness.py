@@ -187,6 +187,7 @@ TESTS = Path(__file__).parent
 SCRIPTED_STAGE = """
 import hashlib, sys
 sys.path.insert(0, {tests!r})
+{prelude}
 from conftest import build_char_tokenizer
 from fakes import BoxScorer, ScriptedEngine
 import pope_cli.shared.engines, pope_cli.shared.runtime
@@ -222,13 +223,14 @@ def _scripted_workspace(root: Path) -> None:
     (root / "prefixes.jsonl").write_bytes(_lines(*({**row, "prefix": row["solution"].split("\n")[0]} for row in rows)))
 
 
-def _scripted(argv: list[str], delay: float = 0.0) -> list[str]:
-    """The command line that runs `pope argv` against the scripted engine and scorer."""
-    return [sys.executable, "-c", SCRIPTED_STAGE.format(tests=str(TESTS), delay=delay, argv=argv + ["--model", "m/x"])]
+def _scripted(argv: list[str], delay: float = 0.0, prelude: str = "") -> list[str]:
+    """The command line that runs `pope argv` against the scripted engine and scorer, after `prelude`."""
+    code = SCRIPTED_STAGE.format(tests=str(TESTS), delay=delay, argv=argv + ["--model", "m/x"], prelude=prelude)
+    return [sys.executable, "-c", code]
 
 
-def _start(stage: str, root: Path, delay: float):
-    return subprocess.Popen(_scripted(SCRIPTED[stage][0], delay), cwd=root, stdout=subprocess.DEVNULL,
+def _start(stage: str, root: Path, delay: float, extra: tuple = (), prelude: str = ""):
+    return subprocess.Popen(_scripted(SCRIPTED[stage][0] + list(extra), delay, prelude), cwd=root, stdout=subprocess.DEVNULL,
                             preexec_fn=default_sigint, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -413,3 +415,359 @@ def test_a_rerun_with_changed_options_is_refused_naming_them(tmp_path, stage):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert re.search(r"an earlier run used different options \(--temperature, --seed\)", proc.stderr), proc.stderr
     assert snapshot(root) == before
+
+
+# ---- failed starts: validate, then write ------------------------------------------------------
+
+TOY = str(Path(__file__).parent.parent / "pope_cli" / "toy" / "model")
+GENERATE = {"--model": TOY, "--device": "cpu", "--max-new-tokens": "8", "--reward-workers": "1"}
+STARTS = {  # stage → (argv, the options it takes from GENERATE)
+    "filter-hard": (["filter-hard", "good_problems.jsonl", "--out", "out", "--k", "2", "--chunk", "2"], GENERATE),
+    "make-prefixes": (["make-prefixes", "good_problems.jsonl", "--out", "out.jsonl", "--n", "2"], GENERATE),
+    "eval": (["eval", "good_problems.jsonl", "--out", "out", "--n", "2", "--k", "1"], GENERATE),
+    "train": (["train", "good_prefixes.jsonl", "--out", "out", "--steps", "1", "--prompts-per-step", "1",
+               "--group-size", "2", "--save-every", "1"], GENERATE),
+    "export": (["export", "good_prefixes.jsonl", "--out", "out", "--steps", "1"],
+               {k: v for k, v in GENERATE.items() if k != "--device"}),
+}
+NO_CUDA = pytest.mark.skipif("torch.cuda.is_available()", reason="--device cuda works on this machine")
+# failure → (the options it changes, the error it must give, the stages it applies to)
+FAILED_STARTS = {
+    "empty model dir": ({"--model": "empty_model"}, r"--model: empty_model: not a model directory \(no config.json\)",
+                        list(STARTS)),
+    "model dir without a tokenizer": ({"--model": "no_tokenizer"}, r"--model: no_tokenizer: no tokenizer files",
+                                      list(STARTS)),
+    "model is a file": ({"--model": "good_problems.jsonl"}, r"--model: good_problems.jsonl: is a file", list(STARTS)),
+    "unreachable hub id": ({"--model": "some-org/not-cached"},
+                           r"not in the local Hugging Face cache and HF_HUB_OFFLINE is set; .*--model DIR",
+                           ["filter-hard", "make-prefixes", "eval", "train"]),
+    "missing device": ({"--device": "cuda"}, r"--device: cuda asked for, but CUDA is not available",
+                       ["filter-hard", "make-prefixes", "eval", "train"]),
+    "bad reward module": ({"--reward": "no_such_module:score"}, r"--reward: cannot import module 'no_such_module'",
+                          list(STARTS)),
+    "bad reward function": ({"--reward": "pope_cli.toy.reward:nothing"}, r"--reward: module .* has no function 'nothing'",
+                            list(STARTS)),
+    "vllm not installed": ({"--backend": "vllm"}, r"--backend vllm: vLLM is not installed",
+                           ["filter-hard", "make-prefixes", "eval", "train"]),
+    "empty --out": ({"--out": ""}, r"--out", list(STARTS)),
+}
+
+
+def _start_workspace(root: Path) -> None:
+    import shutil
+
+    (root / "good_problems.jsonl").write_bytes(_lines(GOOD_PROBLEM))
+    (root / "good_prefixes.jsonl").write_bytes(_lines(GOOD_PREFIX))
+    (root / "empty_model").mkdir()
+    (root / "no_tokenizer").mkdir()
+    shutil.copy(Path(TOY) / "config.json", root / "no_tokenizer" / "config.json")
+
+
+def _start_argv(stage: str, changes: dict | None = None, extra: tuple = ()) -> list[str]:
+    argv, options = STARTS[stage]
+    argv = list(argv)
+    for flag, value in {**options, **(changes or {})}.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return argv + list(extra)
+
+
+def _failures(stage: str):
+    import torch
+
+    for name, (changes, message, stages) in FAILED_STARTS.items():
+        if stage in stages and not (name == "missing device" and torch.cuda.is_available()):
+            yield name, changes, message
+
+
+def _fails_leaving_all_as_it_was(root: Path, argv: list[str], message: str, what: str) -> None:
+    before = snapshot(root)
+    code, stderr, unexpected = invoke(argv, root)
+    assert unexpected is None, f"{what}: {unexpected!r}"
+    assert code != 0 and "Traceback" not in stderr, f"{what}: {stderr}"
+    assert len(stderr.strip().splitlines()) == 1 and re.search(message, stderr), f"{what}: {stderr}"
+    assert snapshot(root) == before, what
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [], what  # no lock, no side dir
+
+
+@pytest.mark.parametrize("stage", list(STARTS))
+def test_a_failed_start_leaves_the_output_as_it_was_and_the_corrected_command_runs(tmp_path, stage):
+    _start_workspace(tmp_path)
+    for name, changes, message in _failures(stage):
+        _fails_leaving_all_as_it_was(tmp_path, _start_argv(stage, changes), message, name)
+    code, stderr, unexpected = invoke(_start_argv(stage), tmp_path)  # corrected, without --overwrite
+    assert unexpected is None and code == 0, stderr
+    # An earlier run: --overwrite with a start that fails keeps it, byte for byte.
+    for name, changes, message in _failures(stage):
+        changed = {**changes, "--seed": "7"} if stage != "export" else changes
+        _fails_leaving_all_as_it_was(tmp_path, _start_argv(stage, changed, ("--overwrite",)), message, name)
+    # and it still resumes (an export is only ever replaced whole)
+    code, stderr, unexpected = invoke(_start_argv(stage, extra=("--overwrite",) if stage == "export" else ()), tmp_path)
+    assert unexpected is None and code == 0, stderr
+
+
+def test_demo_failed_starts_leave_the_output_and_overwrite_keeps_the_earlier_demo(tmp_path):
+    _start_workspace(tmp_path)
+    for model, message in (("empty_model", "not a model directory"), ("some-org/not-cached", "HF_HUB_OFFLINE is set")):
+        _fails_leaving_all_as_it_was(tmp_path, ["demo", "--out", "demo", "--model", model], message, model)
+        (tmp_path / "demo" / "filter").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "demo" / "filter" / "stats.jsonl").write_text('{"id": "earlier"}\n')
+        _fails_leaving_all_as_it_was(tmp_path, ["demo", "--out", "demo", "--model", model, "--overwrite"], message,
+                                     f"{model} --overwrite")
+    _fails_leaving_all_as_it_was(tmp_path, ["demo", "--out", ""], "--out: must be a non-empty path", "empty --out")
+
+
+def test_an_unreachable_hub_fails_at_once_saying_how_to_pass_a_directory(tmp_path, monkeypatch):
+    import time
+
+    _start_workspace(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://pope-test.invalid")  # no network: the name does not resolve
+    started = time.monotonic()
+    _fails_leaving_all_as_it_was(tmp_path, _start_argv("filter-hard", {"--model": "some-org/not-cached"}),
+                                 r"the hub cannot be reached .*--model DIR", "no network")
+    assert time.monotonic() - started < 10
+
+
+# ---- --overwrite: the earlier run is swapped out only once the new one has started -------------
+
+def _kill_when(target: str, after: int = 0) -> str:
+    """Prelude: SIGKILL this process on call number `after` + 1 of `target` (module.attribute)."""
+    module, _, name = target.rpartition(".")
+    return f"""
+import os, signal, importlib
+_module = importlib.import_module({module!r})
+_real, _calls = getattr(_module, {name!r}), [0]
+def _killer(*args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] > {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real(*args, **kwargs)
+setattr(_module, {name!r}, _killer)
+"""
+
+
+KILL_POINTS = {  # where the overwriting run dies: inside the swap, moving the earlier run's files aside
+    "after moving the config aside": _kill_when("os.replace", after=1),
+    "after moving three files aside": _kill_when("os.replace", after=3),
+    "before the new config is written": _kill_when("pope_cli.shared.claim.atomic_write_json"),
+    "after the new config, before the earlier run is deleted": _kill_when("shutil.rmtree"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_filter(tmp_path_factory) -> Path:
+    """A workspace holding a finished filter-hard run in out/."""
+    root = tmp_path_factory.mktemp("finished") / "w"
+    _scripted_workspace(root)
+    first = _start("filter-hard", root, delay=0.0)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    return root
+
+
+def _next_claim_resumes(root: Path, config: dict) -> bool:
+    """What the next run in out/ finds (claiming it puts a half-done swap right): whether it resumes."""
+    from pope_cli.shared.claim import claim_output
+    from pope_cli.stages.filter_hard import RESUME_IGNORED
+
+    with claim_output("out", root / "out" / "config.json", config, [], False, RESUME_IGNORED) as claim:
+        return claim.resuming
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_kill_inside_overwrite_leaves_a_whole_earlier_run_or_a_whole_new_one(tmp_path, finished_filter, point):
+    import shutil
+
+    from pope_cli.shared.errors import PopeError
+
+    root = tmp_path / "w"
+    shutil.copytree(finished_filter, root)
+    earlier = snapshot(root)
+    earlier_config = json.loads((root / "out" / "config.json").read_text())
+    killed = _start("filter-hard", root, delay=0.0, extra=("--seed", "7", "--overwrite"), prelude=KILL_POINTS[point])
+    assert killed.wait(timeout=120) == -9, killed.stderr.read()
+    if point.startswith("after the new config"):  # the new run had started: it is the one that resumes
+        with pytest.raises(PopeError, match=r"different options \(--seed\)"):
+            _next_claim_resumes(root, earlier_config)
+        assert _next_claim_resumes(root, {**earlier_config, "seed": 7, "overwrite": True})
+        new = _start("filter-hard", root, delay=0.0, extra=("--seed", "7"))
+        assert new.wait(timeout=120) == 0, new.stderr.read()
+        assert json.loads((root / "out" / "config.json").read_text())["seed"] == 7
+        assert all((root / name).exists() for name in SCRIPTED["filter-hard"][2])
+    else:
+        assert _next_claim_resumes(root, earlier_config)
+        assert snapshot(root) == earlier  # the earlier run, whole, byte for byte
+    assert sorted(p.name for p in (root / "out").iterdir() if p.name.startswith(".")) == []
+
+
+# ---- one run per directory ---------------------------------------------------------------------
+
+def test_a_second_run_on_the_same_output_is_refused_at_once_and_a_killed_ones_lock_does_not_block(tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "w"
+    _scripted_workspace(root)
+    first = _start("filter-hard", root, delay=0.05)
+    _wait_for_lines(first, root / "out" / "stats.jsonl", 1)
+    started = time.monotonic()
+    code, stderr, unexpected = invoke(SCRIPTED["filter-hard"][0] + ["--model", "m/x"], root)
+    assert time.monotonic() - started < 1.0
+    assert unexpected is None and code == 1
+    assert re.fullmatch(rf"error: out: another pope run \(pid {first.pid}\) is using this output; .*\n", stderr), stderr
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert (root / "out" / ".config.lock").exists()  # a stale lock file, which must not block
+    rerun = _start("filter-hard", root, delay=0.0)
+    assert rerun.wait(timeout=120) == 0, rerun.stderr.read()
+    assert not (root / "out" / ".config.lock").exists()
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_a_utf8_byte_order_mark_is_read_as_nothing(tmp_path, suffix):
+    from pope_cli.shared.data import read_problems
+
+    body = {".csv": b'id,problem,answer\nq1,"What is 1+1?",2\n',
+            ".json": json.dumps([{"id": "q1", "problem": "What is 1+1?", "answer": "2"}]).encode(),
+            ".jsonl": _lines({"id": "q1", "problem": "What is 1+1?", "answer": "2"})}[suffix]
+    path = tmp_path / f"in{suffix}"
+    path.write_bytes(BOM + body)
+    (problem,) = read_problems(str(path))
+    assert (problem.id, problem.problem, problem.answer) == ("q1", "What is 1+1?", "2")
+
+
+# ---- checkpoints load without pickle -------------------------------------------------------------
+
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_runs_nothing(tmp_path):
+    import torch
+
+    _start_workspace(tmp_path)
+    code, stderr, unexpected = invoke(_start_argv("train"), tmp_path)
+    assert unexpected is None and code == 0, stderr
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    optimizer = tmp_path / "out" / "checkpoints" / "step_000001" / "optimizer.pt"
+    torch.save({"state": {}, "param_groups": [], "extra": Payload()}, optimizer)
+    _fails_leaving_all_as_it_was(tmp_path, _start_argv("train", {"--steps": "2"}),
+                                 r"optimizer.pt: refused: it holds a pickled Python object \(posix.system\)", "payload")
+    assert not marker.exists()
+
+
+def test_rng_states_of_earlier_checkpoints_still_load_safely(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from pope_cli.stages.train.checkpoint import restore_rng, rng_states, safe_load
+
+    # The format earlier versions wrote: Python's state as a tuple, numpy's with an ndarray.
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": []}, tmp_path / "old.pt")
+    torch.save(rng_states(), tmp_path / "new.pt")
+    for name in ("old.pt", "new.pt"):
+        restore_rng(safe_load(tmp_path / name))
+        first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+        restore_rng(safe_load(tmp_path / name))
+        assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
+
+
+# ---- the exported reward from an unguarded script, notebook or framework worker ------------------
+
+UNGUARDED_SCRIPT = """
+import importlib.util, json, time
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+trl_reward = load({trl!r}, "trl_reward")
+verl_reward = load({verl!r}, "verl_reward")
+started = time.monotonic()
+trl = trl_reward.pope_reward(prompts=["p"] * 3, completions=["so \\\\boxed{{2}}", "so \\\\boxed{{3}}", "none"],
+                             answer=["2", "2", "2"])
+verl = [verl_reward.compute_score("pope", "so \\\\boxed{{4}}", "4"), verl_reward.compute_score("pope", "\\\\boxed{{5}}", "4")]
+print(json.dumps({{"trl": trl, "verl": verl, "seconds": time.monotonic() - started}}))
+"""
+
+
+def _exports(root: Path) -> tuple[Path, Path]:
+    (root / "good_prefixes.jsonl").write_bytes(_lines(GOOD_PREFIX))
+    for fmt in ("trl", "verl"):
+        code, stderr, unexpected = invoke(["export", "good_prefixes.jsonl", "--out", fmt, "--format", fmt, "--steps", "1",
+                                           "--reward-workers", "1"], root)
+        assert unexpected is None and code == 0, stderr
+    return root / "trl" / "pope_reward.py", root / "verl" / "pope_reward.py"
+
+
+def test_the_exported_reward_scores_from_an_unguarded_script_without_waiting(tmp_path):
+    trl, verl = _exports(tmp_path)
+    script = tmp_path / "score.py"  # module level, no `if __name__ == "__main__":`
+    script.write_text(UNGUARDED_SCRIPT.format(trl=str(trl), verl=str(verl)))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["trl"] == [1.0, 0.0, 0.0] and result["verl"] == [1.0, 0.0]
+    assert result["seconds"] < 20  # the fork server's start; a worker re-running this script waited 60 s and failed
+    assert proc.stdout.count('"trl"') == 1  # the script ran once: no worker re-ran it
+
+
+TRL_SCRIPT = """
+import json, sys, time
+from datasets import load_dataset
+from trl import GRPOConfig, GRPOTrainer
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, {export!r})
+from pope_reward import pope_reward
+from pope_cli.shared.models import load_tokenizer
+from pope_cli.shared.reward.checker import is_correct
+
+calls = []
+
+def recorded(prompts, completions, answer, **kwargs):
+    started = time.monotonic()
+    scores = pope_reward(prompts=prompts, completions=completions, answer=answer, **kwargs)
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    calls.append({{"seconds": time.monotonic() - started, "scores": scores,
+                  "expected": [float(bool(is_correct(t, a))) for t, a in zip(texts, answer)]}})
+    return scores
+
+recorded.__name__ = "pope_reward"
+args = GRPOConfig(output_dir="trl_out", max_steps=1, per_device_train_batch_size=2, num_generations=2,
+                  max_completion_length=8, report_to=[], use_cpu=True, save_strategy="no", bf16=False)
+trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained({toy!r}), reward_funcs=[recorded], args=args,
+                      train_dataset=load_dataset("json", data_files={data!r})["train"], processing_class=load_tokenizer({toy!r}))
+trainer.train()
+direct = pope_reward(prompts=["p", "p"], completions=[[{{"role": "assistant", "content": "\\\\boxed{{2}}"}}], "x"],
+                     answer=["2", "2"])
+print(json.dumps({{"calls": calls, "direct": direct}}))
+"""
+
+
+def test_trl_grpo_trainer_built_at_module_level_scores_with_the_exported_reward(tmp_path):
+    pytest.importorskip("trl", reason="TRL is in the bench extra: pip install 'pope-cli[bench]'")
+    trl, _ = _exports(tmp_path)
+    script = tmp_path / "train_trl.py"
+    script.write_text(TRL_SCRIPT.format(export=str(trl.parent), toy=TOY, data=str(trl.parent / "train.jsonl")))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["calls"] and all(call["scores"] == call["expected"] for call in result["calls"])
+    assert max(call["seconds"] for call in result["calls"]) < 20
+    assert result["direct"] == [1.0, 0.0]

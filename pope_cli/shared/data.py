@@ -157,7 +157,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         for number, raw in enumerate(handle, start=1):
             loc = where(path, number)
             try:
-                line = raw.decode("utf-8")
+                # A byte-order mark (Windows editors, Excel) is read as nothing.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
                 raise PopeError(f"{loc}: not valid UTF-8 (byte {error.start})") from None
             if not line.strip():
@@ -170,7 +171,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as error:
         raise PopeError(f"{path}: not valid UTF-8 (byte {error.start})") from None
     except json.JSONDecodeError as error:
@@ -185,7 +186,7 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(handle)
             for record in reader:
                 yield where(path, reader.line_num), {k: v for k, v in record.items() if v != ""}

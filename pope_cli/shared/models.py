@@ -9,6 +9,7 @@ line naming the model.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -22,8 +23,64 @@ _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model"
 
 def check_model_ref(name: str, option: str = "--model") -> None:
     """Fail early, with the option named, on a path that neither exists nor looks like a hub id."""
+    if not name.strip():  # Path("") is the current directory
+        raise PopeError(f"{option}: must not be empty", exit_code=2)
     if not Path(name).exists() and (not _HUB_ID.match(name) or ".." in name):
         raise PopeError(f"{option}: {name}: no such directory, and not a hub id (org/name)", exit_code=2)
+
+
+def check_model_loadable(name: str, option: str = "--model", hub: bool = True, tokenizer: bool = True) -> None:
+    """Fail at once, before anything is written, on a model that cannot load.
+
+    A local directory must hold a config and a tokenizer (an adapter dir: its base must, and the
+    tokenizer may be the adapter's own). A hub id must be in the local cache or on a hub that
+    answers: offline (HF_HUB_OFFLINE, or no network) transformers would otherwise spend about a
+    minute in retries before its error. `hub=False` takes any hub id (the model is used elsewhere).
+    """
+    check_model_ref(name, option)
+    path = Path(name)
+    has_tokenizer = any((path / f).is_file() for f in _TOKENIZER_FILES)
+    if not path.exists():
+        if hub:
+            _check_hub_id(name, option)
+    elif not path.is_dir():
+        raise PopeError(f"{option}: {name}: is a file; give a model directory or a hub id (org/name)", exit_code=2)
+    elif adapter_base(name) is not None:
+        check_model_loadable(adapter_base(name), option, hub, tokenizer and not has_tokenizer)
+    elif not (path / "config.json").is_file():
+        raise PopeError(f"{option}: {name}: not a model directory (no config.json); give a directory written by "
+                        "save_pretrained, or a hub id (org/name)", exit_code=2)
+    elif tokenizer and not has_tokenizer:
+        raise PopeError(f"{option}: {name}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer "
+                        "into the model directory", exit_code=2)
+
+
+def _check_hub_id(name: str, option: str) -> None:
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    fix = (f"download it where there is a network (hf download {name} --local-dir DIR) and pass the directory: "
+           f"{option} DIR")
+    if _hub_offline():
+        raise PopeError(f"{option}: {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {fix}",
+                        exit_code=2)
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(name, timeout=10)
+    except RepositoryNotFoundError:
+        raise PopeError(f"{option}: {name}: no such model on the hub (or it is private: log in with hf auth login)",
+                        exit_code=2) from None
+    except HfHubHTTPError:
+        return  # gated or unauthorized: the model exists, and the loader says how to get access
+    except Exception as error:  # a connection error, whichever HTTP library raised it
+        raise PopeError(f"{option}: {name}: not in the local Hugging Face cache and the hub cannot be reached "
+                        f"({_one_line(error)}); {fix}", exit_code=2) from None
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE")
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def adapter_base(name: str) -> str | None:
@@ -72,7 +129,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer for a hub id, a model dir or a PEFT adapter dir."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    check_model_ref(name)
+    check_model_loadable(name)
     source = tokenizer_source(name)
     try:
         if declares_generic_tokenizer(source):
@@ -113,8 +170,8 @@ def load_model(opts: ModelOptions, is_trainable: bool = False):
     For a PEFT adapter dir this is a `PeftModel` (base + adapter); `is_trainable` keeps the
     adapter weights trainable, for a trainer resuming from it.
     """
-    check_model_ref(opts.model)
     device = resolve_device(opts)
+    check_model_loadable(opts.model)
     dtype = resolve_dtype(opts, device)
     base = adapter_base(opts.model)
     model = _from_pretrained(base or opts.model, dtype, opts.trust_remote_code)

@@ -3,8 +3,8 @@
 JSONL outputs are appended one flushed line at a time; on restart a torn last line is cut off
 and the complete lines tell the stage what is already done. Whole-file outputs (JSON, the
 final JSONL files) are written to a temporary file and renamed into place, so a reader never
-sees half a file. `prepare_output` guards an output against being clobbered or resumed with a
-different configuration.
+sees half a file. `pope_cli.shared.claim` guards an output against being clobbered, resumed with
+a different configuration, or used by two runs at once.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -141,39 +140,6 @@ def flatten(config: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def prepare_output(config_path: Path, config: dict, outputs: list[Path], overwrite: bool,
-                   ignored: Iterable[str] = ()) -> bool:
-    """Get outputs ready for a run; return True when resuming an earlier run.
-
-    A first run records its config at `config_path`. A rerun with the same config resumes;
-    with a different one it is refused (naming the options) unless `overwrite`, which
-    removes the earlier outputs. Outputs that exist without a recorded config are never
-    clobbered silently.
-    """
-    config_path = Path(config_path)
-    existing = [p for p in outputs if p.exists()]
-    if overwrite:
-        for path in existing + ([config_path] if config_path.exists() else []):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        existing = []
-    resuming = False
-    if config_path.exists():
-        old = json.loads(config_path.read_text(encoding="utf-8"))
-        changed = config_diff(flatten(old), flatten(config), ignored)
-        if changed:
-            flags = ", ".join(dict.fromkeys(option_flag(key) for key in changed))
-            raise PopeError(f"{config_path}: an earlier run used different options ({flags}); "
-                            "use the same options to resume, another output, or --overwrite", exit_code=2)
-        resuming = True
-    elif existing:
-        raise PopeError(f"{existing[0]}: already exists and was not written by this command; use --overwrite to replace it",
-                        exit_code=2)
-    check_writable(config_path.parent)
-    if not resuming:
-        atomic_write_json(config_path, config)
-    return resuming
 
 
 def check_writable(directory: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -23,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pope_cli.shared.claim import claim_output
 from pope_cli.shared.config import bad_option, overwrite_option, seed_option
 from pope_cli.shared.errors import PopeError
+from pope_cli.shared.models import check_model_loadable
 from pope_cli.shared.options import option
 from pope_cli.shared.live import Job
 from pope_cli.shared.outputs import atomic_write_json
@@ -184,9 +185,16 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print,
     """Run every phase (resuming finished ones), then gather results.json, curves.png and report/."""
     started = time.time()
     out = Path(cfg.out)
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.model:
+        check_model_loadable(cfg.model)
+    config = {k: v for k, v in vars(cfg).items() if k != "overwrite"}
+    # The stages check their own resumes; the demo's claim is the lock and a safe --overwrite.
+    with claim_output(cfg.out, out / "demo.json", config, None, cfg.overwrite, ignored=config) as claim:
+        claim.started()
+        return _run_phases(cfg, out, say, started)
+
+
+def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started: float) -> dict:
     phases = stage_commands(cfg, out)
     timings = {}
     for name, commands in phases.items():

@@ -22,8 +22,8 @@ from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_pro
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import group, option
-from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing,
-                                     manifest, prepare_output)
+from pope_cli.shared.claim import claim_output
+from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared.seeding import derive_seed
 
@@ -180,30 +180,33 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
     items = load_items(cfg)
     out = Path(cfg.out)
     samples_path = out / "samples.jsonl"
-    prepare_output(out / "config.json", asdict(cfg), [samples_path, out / "summary.json", out / "manifest.json"],
-                   cfg.overwrite, RESUME_IGNORED)
-    rows = _complete_units(samples_path, cfg.n)
-    done = {(r["model"], r["mode"], r["id"]) for r in rows}
-    total = len(cfg.models) * sum(len(v) for v in items.values())
-    progress(len(done), total)
-    stats = RoundStats()
-    for name in cfg.models:
-        remaining = sum((name, mode, r["id"]) not in done for mode, records in items.items() for r in records)
-        if not remaining:
-            continue
-        engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": name}))
-        builder = PromptBuilder(engine.tokenizer, cfg.prompt, cfg.template)
-        jobs = make_jobs(name, items, builder.build, cfg.n, cfg.seed, done)
-        sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
-        with make_scorer() as scorer, JsonlAppender(samples_path) as writer:
-            def finished(job: EvalJob) -> None:
-                writer.write(job.rows)
-                done.add((job.model, job.mode, job.record["id"]))
-                progress(len(done), total)
+    with claim_output(cfg.out, out / "config.json", asdict(cfg), [samples_path, out / "summary.json", out / "manifest.json"],
+                      cfg.overwrite, RESUME_IGNORED) as claim:
+        rows = _complete_units(samples_path, cfg.n) if claim.resuming else []
+        done = {(r["model"], r["mode"], r["id"]) for r in rows}
+        total = len(cfg.models) * sum(len(v) for v in items.values())
+        pending = [name for name in cfg.models
+                   if any((name, mode, r["id"]) not in done for mode, records in items.items() for r in records)]
+        # The first model loads before the run counts as started: a failed load leaves the output as it was.
+        engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": pending[0]})) if pending else None
+        claim.started()
+        progress(len(done), total)
+        stats = RoundStats()
+        for name in pending:
+            if engine is None:
+                engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": name}))
+            builder = PromptBuilder(engine.tokenizer, cfg.prompt, cfg.template)
+            jobs = make_jobs(name, items, builder.build, cfg.n, cfg.seed, done)
+            sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
+            with make_scorer() as scorer, JsonlAppender(samples_path) as writer:
+                def finished(job: EvalJob) -> None:
+                    writer.write(job.rows)
+                    done.add((job.model, job.mode, job.record["id"]))
+                    progress(len(done), total)
 
-            run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size, finished, stats)
-        del engine
-    return _finish(cfg, items, started, stats)
+                run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size, finished, stats)
+            engine = None
+        return _finish(cfg, items, started, stats)
 
 
 def _complete_units(path: Path, n: int) -> list[dict]:

@@ -21,8 +21,8 @@ from pope_cli.shared.config import (WORKER_RESUME_IGNORED, FieldMap, ModelOption
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.options import group, option
-from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing,
-                                     manifest, prepare_output)
+from pope_cli.shared.claim import claim_output
+from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared.runtime import PromptBuilder
 from pope_cli.shared.seeding import derive_seed
@@ -127,28 +127,30 @@ def run_filter_hard(cfg: FilterHardConfig, make_engine: Callable[[], Engine], ma
     problems = read_problems(cfg.data, cfg.fields)
     out = Path(cfg.out)
     stats_path, samples_path = out / "stats.jsonl", out / "samples.jsonl"
-    prepare_output(out / "config.json", config_dict(cfg),
-                   [stats_path, samples_path, out / "hard.jsonl", out / "easy.jsonl", out / "manifest.json"],
-                   cfg.overwrite, RESUME_IGNORED)
-    done = {row["id"]: row for row in load_jsonl_repairing(stats_path)}
-    if cfg.save_samples:
-        _drop_orphan_samples(samples_path, done)
-    todo = [p for p in problems if p.id not in done]
-    round_stats = RoundStats()
-    progress(len(done), len(problems))
-    if todo:
-        round_stats = _sample(cfg, todo, done, make_engine, make_scorer, progress, len(problems))
-    return _finish(cfg, problems, done, round_stats, started)
+    with claim_output(cfg.out, out / "config.json", config_dict(cfg),
+                      [stats_path, samples_path, out / "hard.jsonl", out / "easy.jsonl", out / "manifest.json"],
+                      cfg.overwrite, RESUME_IGNORED) as claim:
+        done = {row["id"]: row for row in load_jsonl_repairing(stats_path)} if claim.resuming else {}
+        todo = [p for p in problems if p.id not in done]
+        # Model and scorer before the run counts as started: a failed load leaves the output as it was.
+        engine, scorer = (make_engine(), make_scorer()) if todo else (None, None)
+        claim.started()
+        if cfg.save_samples:
+            _drop_orphan_samples(samples_path, done)
+        round_stats = RoundStats()
+        progress(len(done), len(problems))
+        if todo:
+            round_stats = _sample(cfg, todo, done, engine, scorer, progress, len(problems))
+        return _finish(cfg, problems, done, round_stats, started)
 
 
-def _sample(cfg, todo, done, make_engine, make_scorer, progress, total) -> RoundStats:
-    engine = make_engine()
+def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
     prompts = PromptBuilder(engine.tokenizer, cfg.prompt)
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
     jobs = (FilterJob(p, prompts.unguided(p.fields()), cfg.k, cfg.chunk, derive_seed(cfg.seed, p.id),
                       cfg.exhaustive, cfg.save_samples) for p in todo)
     out = Path(cfg.out)
-    with make_scorer() as scorer, JsonlAppender(out / "stats.jsonl") as stats_file:
+    with scorer, JsonlAppender(out / "stats.jsonl") as stats_file:
         samples_file = JsonlAppender(out / "samples.jsonl") if cfg.save_samples else None
 
         def finished(job: FilterJob) -> None:

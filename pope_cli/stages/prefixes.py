@@ -32,8 +32,8 @@ from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import group, option
-from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing,
-                                     manifest, prepare_output)
+from pope_cli.shared.claim import claim_output
+from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.prompts import (Rung, count_tokens, fixed_fraction_prefix, load_template, prefix_ladder,
                                      split_solution, split_tokens)
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
@@ -247,29 +247,34 @@ def run_make_prefixes(cfg: PrefixConfig, make_engine: Callable[[], Engine], make
     if out.is_dir():
         raise PopeError(f"--out: {out} is a directory; give a file such as {out / 'prefixes.jsonl'}", exit_code=2)
     stats_path = side_file(out, ".stats.jsonl")
-    prepare_output(side_file(out, ".config.json"), config_dict(cfg),
-                   [out, stats_path, side_file(out, ".skipped.jsonl"), side_file(out, ".manifest.json")],
-                   cfg.overwrite, RESUME_IGNORED)
-    done = {row["id"]: row for row in load_jsonl_repairing(stats_path)}
-    progress(len(done), len(problems))
-    round_stats = RoundStats()
-    with JsonlAppender(stats_path) as stats_file:
-        def decided(row: dict) -> None:
-            stats_file.write([row])
-            done[row["id"]] = row
-            progress(len(done), len(problems))
-
-        for problem in problems:
-            if problem.id not in done and not has_solution(problem):
-                decided(stats_row(problem.id, "no_solution", False))
-        todo = [p for p in problems if p.id not in done]
+    with claim_output(cfg.out, side_file(out, ".config.json"), config_dict(cfg),
+                      [out, stats_path, side_file(out, ".skipped.jsonl"), side_file(out, ".manifest.json")],
+                      cfg.overwrite, RESUME_IGNORED) as claim:
+        done = {row["id"]: row for row in load_jsonl_repairing(stats_path)} if claim.resuming else {}
+        todo = [p for p in problems if p.id not in done and has_solution(p)]
+        # What the run needs is built before it counts as started: a failed load leaves the output as it was.
         if todo and cfg.fixed_fraction is not None:
-            tokenizer = (make_tokenizer or _tokenizer_of(cfg))()
-            for problem in todo:
-                decided(fixed_row(cfg, problem, tokenizer))
-        elif todo:
-            round_stats = _search(cfg, todo, make_engine, make_scorer, decided)
-    return _finish(cfg, problems, done, round_stats, started)
+            tokenizer, search = (make_tokenizer or _tokenizer_of(cfg))(), None
+        else:
+            tokenizer, search = None, (make_engine(), make_scorer()) if todo else None
+        claim.started()
+        progress(len(done), len(problems))
+        round_stats = RoundStats()
+        with JsonlAppender(stats_path) as stats_file:
+            def decided(row: dict) -> None:
+                stats_file.write([row])
+                done[row["id"]] = row
+                progress(len(done), len(problems))
+
+            for problem in problems:
+                if problem.id not in done and not has_solution(problem):
+                    decided(stats_row(problem.id, "no_solution", False))
+            if tokenizer is not None:
+                for problem in todo:
+                    decided(fixed_row(cfg, problem, tokenizer))
+            elif search is not None:
+                round_stats = _search(cfg, todo, *search, decided)
+        return _finish(cfg, problems, done, round_stats, started)
 
 
 def _tokenizer_of(cfg: PrefixConfig) -> Callable[[], object]:
@@ -281,13 +286,12 @@ def _tokenizer_of(cfg: PrefixConfig) -> Callable[[], object]:
     return build
 
 
-def _search(cfg: PrefixConfig, todo: list[Problem], make_engine, make_scorer, decided) -> RoundStats:
-    engine = make_engine()
+def _search(cfg: PrefixConfig, todo: list[Problem], engine, scorer, decided) -> RoundStats:
     prompts = PromptBuilder(engine.tokenizer, cfg.prompt)
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
     # A generator: each ladder is cut when its job enters a round, not all before the first one.
     jobs = (make_job(cfg, problem, engine.tokenizer, prompts) for problem in todo)
-    with make_scorer() as scorer:
+    with scorer:
         return run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size,
                           lambda job: decided(job.row(cfg.fallback)))
 

@@ -74,9 +74,9 @@ class VLLMEngine:
     def from_options(cls, opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
                      in_process: bool = False, tensor_parallel_size: int = 1) -> "VLLMEngine":
         """An engine for a `ModelOptions`; a PEFT adapter dir serves its base model plus the adapter."""
-        from pope_cli.shared.models import adapter_base, adapter_rank, check_model_ref, load_tokenizer
+        from pope_cli.shared.models import adapter_base, adapter_rank, check_model_loadable, load_tokenizer
 
-        check_model_ref(opts.model)
+        check_model_loadable(opts.model)
         base = adapter_base(opts.model)
         if base is not None:
             max_lora_rank = max(max_lora_rank or 1, adapter_rank(opts.model))

@@ -7,28 +7,32 @@ Why processes: model output is hostile input. `\\boxed{9^{9^{9^{9^9}}}}` or a de
 expression can keep sympy busy far past any sensible limit, partly inside C code where no alarm
 reaches it, and math-verify's own timeouts (`signal.alarm`) only work in a main thread. So each
 check runs in a small pool of our own worker processes; one that misses its deadline is killed
-and replaced (concurrent.futures cannot kill a stuck worker). Workers are forked from a
-`forkserver` that has the checker preloaded: forking the parent itself (torch loaded, threads
-running) is unsafe, and a fresh interpreter would pay the multi-second math-verify import on
-every restart.
+and replaced (concurrent.futures cannot kill a stuck worker). Workers are forked by our own fork
+server (`pope_cli.shared.reward.forkserver`), a fresh interpreter with the checker loaded:
+forking the caller itself (torch loaded, threads running) is unsafe, multiprocessing's spawn
+and forkserver re-run the caller's `__main__` in every child, and a fresh interpreter per worker
+would pay the seconds-long math-verify import on every restart.
 
 Answer rules for `math` (tail cap, boxes, gold wrapping): see `pope_cli.shared.reward.worker`.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 
 from pope_cli.shared.errors import PopeError
 
-# A starting worker re-runs the parent's __main__ script (multiprocessing does), which may import
-# torch: boot gets its own limit, so the per-check deadline measures checks only.
+# The fork server's start (a fresh interpreter importing math-verify, or a user's reward module
+# with its own imports) gets its own limit, so the per-check deadline measures checks only.
 BOOT_TIMEOUT = 60.0
 
 
@@ -65,7 +69,8 @@ def validate_reward_spec(spec: str) -> None:
         _resolve(spec)
 
 
-def _score_fn(spec: str, alarm: int):
+def score_fn(spec: str, alarm: int):
+    """The function a worker calls: math-verify's check, or the user's `module:function`."""
     if spec != "math":
         return _resolve(spec)
     from pope_cli.shared.reward import worker as reward_worker
@@ -82,40 +87,112 @@ def _run(fn, completion: str, record: dict) -> tuple[float | None, bool]:
         return None, True
 
 
-def _serve(conn, spec: str, alarm: int) -> None:
+def serve(conn: Connection, fn) -> None:
     """Worker main loop: score (completion, record) jobs until the parent sends None or goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; daemonic workers die with it
-    fn = _score_fn(spec, alarm)
-    conn.send("ready")
     try:
         for job in iter(conn.recv, None):
             conn.send(_run(fn, *job))
-    except EOFError:  # the parent went away
+    except (EOFError, OSError):  # the parent went away
         pass
+
+
+class _ForkServer:
+    """Our fork server process and the socket we ask it for workers on.
+
+    One per (reward, alarm) and process, kept until exit, as multiprocessing keeps its
+    forkserver: a second scorer (the next model `pope eval` scores) starts in milliseconds.
+    """
+
+    _running: dict[tuple[str, int], _ForkServer] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, spec: str, alarm: int) -> _ForkServer:
+        with cls._lock:
+            server = cls._running.get((spec, alarm))
+            # A process forked from ours (a data loader's worker) must not share our socket.
+            if server is None or server.owner != os.getpid() or server.proc.poll() is not None:
+                server = cls._running[(spec, alarm)] = cls(spec, alarm)
+                atexit.register(server.close)
+            return server
+
+    def __init__(self, spec: str, alarm: int):
+        ours, theirs = socket.socketpair()
+        # The caller's import path, so a reward module found here is found there too.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "pope_cli.shared.reward.forkserver", str(theirs.fileno()),
+                                      spec, str(alarm)], pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.control, self.owner = ours, os.getpid()
+        self.control.settimeout(BOOT_TIMEOUT)
+        answer = self._line()
+        self.control.settimeout(None)
+        if answer != "ready":
+            self.close()
+            why = answer[len("error "):] if answer.startswith("error ") else self._died()
+            raise PopeError(f"--reward: the reward worker process could not start: {why}")
+
+    def _line(self) -> str:
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = self.control.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+        except (socket.timeout, OSError):
+            pass
+        return data.decode(errors="replace").strip()
+
+    def _died(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            return f"no answer within {BOOT_TIMEOUT:.0f} s"
+        return f"it exited with code {code} (its error is above)"
+
+    def fork(self) -> tuple[int, Connection]:
+        """A new worker: its pid and our end of its pipe."""
+        ours, theirs = socket.socketpair()
+        try:
+            with self._lock:
+                socket.send_fds(self.control, [b"w"], [theirs.fileno()])
+                pid = self._line()
+        except OSError:
+            pid = ""
+        finally:
+            theirs.close()
+        if not pid.isdigit():
+            ours.close()
+            raise PopeError(f"--reward: the reward worker process stopped: {self._died()}")
+        return int(pid), Connection(ours.detach())
+
+    def close(self) -> None:
+        """End of file tells the server to kill its workers and exit."""
+        if self.control.fileno() == -1:
+            return
+        self.control.close()
+        try:
+            self.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class _Worker:
     """One scoring process, the parent's end of its pipe, and the job in flight (index, deadline)."""
 
-    def __init__(self, ctx, args: tuple):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, *args), daemon=True)
-        self.proc.start()
-        child.close()
+    def __init__(self, server: _ForkServer):
+        self.server = server
+        self.pid, self.conn = server.fork()
         self.job: tuple[int, float] | None = None
 
-    def wait_ready(self) -> _Worker:
-        try:
-            if self.conn.poll(BOOT_TIMEOUT) and self.conn.recv() == "ready":
-                return self
-        except (EOFError, OSError):
-            pass
-        self.kill()
-        raise RuntimeError(f"a reward worker did not start within {BOOT_TIMEOUT:.0f} s (see its error above)")
-
     def kill(self) -> None:
-        self.proc.kill()
-        self.proc.join()
+        # A live server reaps its workers only when asked for the next one: until then the pid is ours.
+        if self.server.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.conn.close()
 
 
@@ -140,17 +217,15 @@ class Scorer:
         # come back as "wrong" before the hard kill, which costs a worker restart.
         self._alarm = max(1, int(timeout / 2))
         self._workers: list[_Worker] = []
+        self._server: _ForkServer | None = None
         if workers == 0:
-            self._fn = _score_fn(spec, self._alarm)
+            self._fn = score_fn(spec, self._alarm)
             return
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["pope_cli.shared.reward.worker"])
-        self._workers = [_Worker(self._ctx, (spec, self._alarm)) for _ in range(workers)]
-        for worker in self._workers:  # they boot in parallel
-            worker.wait_ready()
+        self._server = _ForkServer.shared(spec, self._alarm)
+        self._workers = [self._spawn() for _ in range(workers)]
 
     def _spawn(self) -> _Worker:
-        return _Worker(self._ctx, (self.spec, self._alarm)).wait_ready()
+        return _Worker(self._server)
 
     def _tally(self, result: tuple[float | None, bool]) -> float | None:
         value, raised = result
@@ -209,14 +284,8 @@ class Scorer:
             self._workers[i] = self._spawn()
 
     def close(self) -> None:
-        """Stop the workers (politely, then by force)."""
+        """Stop the workers (the fork server stays, for the next scorer)."""
         for worker in self._workers:
-            try:
-                worker.conn.send(None)
-            except OSError:
-                pass
-        for worker in self._workers:
-            worker.proc.join(timeout=1.0)
             worker.kill()
         self._workers = []
 

@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from pope_cli.shared.claim import DirLock, check_out_path
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.export.config import ExportConfig
 
@@ -137,6 +138,7 @@ def _write_files(cfg: ExportConfig, directory: Path, train_rows: list[dict], val
 
 
 def _check_out(cfg: ExportConfig) -> None:
+    check_out_path(cfg.out)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise PopeError(f"--out: {out}: exists and is not a directory", exit_code=2)
@@ -180,12 +182,17 @@ def run_export(cfg: ExportConfig) -> dict:
     _check_out(cfg)  # after the data: a bad input file is reported as such, whatever lies in --out
     check_writable(Path(cfg.out).parent)
     out = Path(cfg.out).resolve()
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    # The lock sits beside the export: the directory itself is replaced whole.
+    lock = DirLock(out.with_name(f".{out.name}.lock")).acquire()
     try:
-        files = _write_files(cfg, staging, train_rows, val_rows)
-        info = manifest("export", asdict(cfg), started, counts, files=files + ["export.json"])
-        (staging / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-        _publish(staging, out)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+        try:
+            files = _write_files(cfg, staging, train_rows, val_rows)
+            info = manifest("export", asdict(cfg), started, counts, files=files + ["export.json"])
+            (staging / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+            _publish(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
     return {"counts": counts, "files": files + ["export.json"], "out": str(out)}

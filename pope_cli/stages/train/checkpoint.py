@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pope_cli.shared.distributed import SOLO, Ranks
+from pope_cli.shared.errors import PopeError
 from pope_cli.shared.outputs import atomic_write_json
 from pope_cli.stages.train.parallel import full_weights, load_optimizer_state, optimizer_state
 
@@ -37,17 +38,24 @@ def checkpoint_root(run_dir: Path) -> Path:
 
 
 def rng_states() -> dict:
+    """Every RNG state as lists, numbers and tensors: what `torch.load(weights_only=True)` reads."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def restore_rng(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    """Also takes the older format (numpy arrays, a tuple for Python), which earlier pope versions wrote."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    keys = keys.numpy() if torch.is_tensor(keys) else keys
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -109,9 +117,28 @@ def load_training_state(checkpoint: Path, model, optimizer, scheduler, rank: int
     The weights are not loaded here: the policy is built from `checkpoint/model` directly. A
     rank the saving run did not have takes rank 0's RNG state.
     """
-    load_optimizer_state(model, optimizer, torch.load(checkpoint / "optimizer.pt", map_location="cpu",
-                                                      weights_only=False))
-    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+    load_optimizer_state(model, optimizer, safe_load(checkpoint / "optimizer.pt"))
+    scheduler.load_state_dict(safe_load(checkpoint / "scheduler.pt"))
     rng = checkpoint / _rng_file(rank)
-    restore_rng(torch.load(rng if rng.exists() else checkpoint / "rng.pt", weights_only=False))
+    restore_rng(safe_load(rng if rng.exists() else checkpoint / "rng.pt"))
     return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+
+
+def _numpy_array_globals() -> list:
+    """What a pickled numpy array needs (earlier checkpoints' RNG state): it builds an array, runs nothing."""
+    return [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+
+
+def safe_load(path: Path):
+    """`torch.load` that only builds tensors and plain data: a file carrying any other pickled
+    object (one that could run code when loaded) is refused, and nothing of it runs."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise PopeError(f"{path}: refused: it holds a pickled Python object{what} that could run code when loaded; "
+                        "resume only from checkpoints pope wrote") from None

@@ -48,8 +48,8 @@ import torch
 
 from pope_cli.shared.distributed import SOLO, Ranks, check_backend, launched
 from pope_cli.shared.errors import Interrupted, PopeError
-from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest,
-                                     prepare_output)
+from pope_cli.shared.claim import claim_output
+from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.shared.trackers import OUTPUTS as TRACKER_OUTPUTS
 from pope_cli.stages.train.advantages import group_advantages
@@ -237,40 +237,50 @@ def run_train(cfg: TrainConfig, reporter_stream=None) -> dict:
 
     started = time.time()
     data = read_training_data(cfg)  # before anything is written: bad data must leave no run behind
-    with launched(resolve_device(cfg.model)) as ranks:
+    with launched(resolve_device(cfg.model)) as ranks, contextlib.ExitStack() as claims:
         check_backend(cfg.model.backend, ranks.world)
-        return _train(cfg, data, ranks, started, reporter_stream)
+        return _train(cfg, data, ranks, started, reporter_stream, claims)
 
 
-def _prepare(cfg: TrainConfig) -> tuple[Path | None, int, list[dict], bool]:
-    """Get RUN ready: the checkpoint to resume from, its step, the metrics rows up to it, and
-    whether the run is already finished."""
+def _prepare(cfg: TrainConfig, claims: contextlib.ExitStack) -> tuple[Path | None, int, list[dict], bool]:
+    """Claim RUN (held until `claims` closes) and read where it stands: the checkpoint to resume
+    from, its step, the metrics rows up to it, and whether the run is already finished."""
     out = Path(cfg.out)
     metrics_path = out / "metrics.jsonl"
-    resuming = prepare_output(out / "config.json", config_dict(cfg),
-                              [metrics_path, out / "checkpoints", out / "final", *(out / name for name in TRACKER_OUTPUTS)],
-                              cfg.overwrite, RESUME_IGNORED)
-    atomic_write_json(out / "config.json", config_dict(cfg))  # records a changed --steps etc.
-    checkpoint = latest_checkpoint(out) if resuming else None
+    claim = claims.enter_context(claim_output(
+        cfg.out, out / "config.json", config_dict(cfg),
+        [metrics_path, out / "checkpoints", out / "final", out / "manifest.json", *(out / name for name in TRACKER_OUTPUTS)],
+        cfg.overwrite, RESUME_IGNORED))
+    claims.claim = claim  # rank 0's; `_start` commits it once the model is loaded
+    checkpoint = latest_checkpoint(out) if claim.resuming else None
     done = _checkpoint_step(checkpoint)
     # Steps after the checkpoint were lost with the process; they will be recomputed.
-    rows = [row for row in load_jsonl_repairing(metrics_path) if row["step"] <= done]
-    atomic_write_jsonl(metrics_path, rows)
+    rows = [row for row in load_jsonl_repairing(metrics_path) if row["step"] <= done] if claim.resuming else []
     return checkpoint, done, rows, done >= cfg.steps and (out / "final").is_dir()
 
 
-def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream) -> dict:
+def _start(cfg: TrainConfig, claims: contextlib.ExitStack, rows: list[dict]) -> None:
+    """The model is loaded: commit the run and record its config (a changed --steps etc.)."""
+    out = Path(cfg.out)
+    claims.claim.started()
+    atomic_write_json(out / "config.json", config_dict(cfg))
+    atomic_write_jsonl(out / "metrics.jsonl", rows)
+
+
+def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream, claims: contextlib.ExitStack) -> dict:
     """The run as this rank takes part in it; rank 0 alone prepares RUN, logs and writes."""
     from pope_cli.shared.reward.checker import Scorer
 
     out = Path(cfg.out)
-    checkpoint, done, rows, finished = ranks.on_main(lambda: _prepare(cfg))
+    checkpoint, done, rows, finished = ranks.on_main(lambda: _prepare(cfg, claims))
     if finished:
+        ranks.on_main(lambda: _start(cfg, claims, rows))
         return _summary(cfg, rows, started, resumed_from=done, trained=0)
     reporter = StepReporter(cfg.steps, done, reporter_stream, silent=not ranks.main)
     try:
         with Scorer(cfg.reward.spec, workers=cfg.reward.workers, timeout=cfg.reward.timeout) as scorer:
             run = Run(cfg, checkpoint, scorer, data, ranks)
+            ranks.on_main(lambda: _start(cfg, claims, rows))
             reporter.message(_banner(cfg, run, done))
             watch = RunWatch(cfg, out, config_dict(cfg), done, run.policy.tokenizer.decode, reporter.message) \
                 if ranks.main else None
