@@ -5,7 +5,8 @@ with `seed + j`, which is the seeding rule of `base.py`. Prompts go in as token 
 never re-tokenises them. Logprobs are asked for in vLLM's `processed_logprobs` mode (after
 temperature), where the installed version has it. That mode also applies top-p, so with
 top_p < 1 vLLM's logprobs are under the truncated, renormalised distribution, unlike the hf
-engine's (they agree at top_p = 1).
+engine's (they agree at top_p = 1). Under torchrun each rank builds its own engine in-process
+(`external_launcher`, tensor parallel 1), which `pope train` puts to sleep during each update.
 """
 
 from __future__ import annotations
