@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks: every stage of pope on CUDA with the shipped toy model, training launched by
-# torchrun, and the ~0.5B hardware benchmark. Prints one table.
+# torchrun, the ~0.5B hardware benchmark, and 4k/8k-token updates of the ~0.5B model with
+# log-probs whole vs in chunks (peak memory, train tokens/s, MFU). The training checks also show
+# the sampler/trainer mismatch of the bf16 hf engine (mismatch/* in metrics.jsonl). Prints one
+# table; about 6 minutes on one H100/H200 (the limit it is written for: 8).
 #
 #   bash scripts/gpu_check.sh [WORKDIR]
 #
@@ -51,6 +54,16 @@ for m, modes in s.items():
     print(' '.join(f\"{mode} avg {v['avg@n']:.3f} pass@8 {v.get('pass@8', float('nan')):.3f}\" for mode, v in modes.items()), end='; ')" "$1"; }
 prefix_count() { python3 -c "
 import json, sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(len(r), 'problems', sum(x['status'] == 'found' for x in r), 'found')" "$1"; }
+mismatch() { python3 -c "
+import json, sys; rows=[json.loads(l) for l in open(sys.argv[1] + '/metrics.jsonl')]
+m=[x for x in rows if x.get('mismatch/kl') is not None] or [{}]
+kl=max(x.get('mismatch/kl') or 0 for x in m); top=max(x.get('mismatch/ratio_max') or 0 for x in m)
+mean=sum(x.get('mismatch/ratio_mean') or 0 for x in m)/len(m)
+print(f'mismatch kl max {kl:.2e}, ratio mean {mean:.4f}, max {top:.3f} ({len(m)} steps)')" "$1"; }
+long_figure() { python3 -c "
+import json; r=json.load(open('benchmarks/results/bench_long_gpu.json'))
+print('; '.join(f\"{x['completion']}/chunk {x['chunk']}: \" + ('OOM' if x.get('oom') else
+      f\"{x['peak_memory_gib']:.1f} GiB, {x['train_tokens_per_s']:,.0f} tok/s, MFU {x['train_mfu']:.1%}\") for x in r['rows']))"; }
 bench_figure() { python3 -c "
 import json; r=json.load(open('benchmarks/results/bench_hardware_gpu.json'))
 print(', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in r.items() if k != 'date'))"; }
@@ -74,9 +87,9 @@ check make-prefixes 'prefix_count "$WORK/prefixes.jsonl"' -- \
     pope make-prefixes "$WORK/hard24.jsonl" --out "$WORK/prefixes.jsonl" --template "$TOY/guided.txt" --n 16 \
     --max-fraction 0.85 "${GPU[@]}" "${MODEL[@]}"
 TRAIN=(--steps 30 --prompts-per-step 16 --group-size 8 --warmup-steps 5 --adv-norm none --save-every 10 "${GPU[@]}")
-check train-full-bf16 'last_metrics "$WORK/run-full"; weights_moved "$WORK/run-full"' -- \
+check train-full-bf16 'last_metrics "$WORK/run-full"; weights_moved "$WORK/run-full"; mismatch "$WORK/run-full"' -- \
     pope train "$WORK/prefixes.jsonl" --out "$WORK/run-full" --mode pope --full --lr 2e-4 "${TRAIN[@]}" "${COMMON[@]}"
-check train-lora-bf16 'last_metrics "$WORK/run-lora"' -- \
+check train-lora-bf16 'last_metrics "$WORK/run-lora"; mismatch "$WORK/run-lora"' -- \
     pope train "$WORK/prefixes.jsonl" --out "$WORK/run-lora" --mode pope --lora --lora-rank 16 --lr 2e-4 "${TRAIN[@]}" "${COMMON[@]}"
 check torchrun-1rank-full 'last_metrics "$WORK/run-torchrun-full"' -- \
     python3 -m torch.distributed.run --nproc-per-node 1 -m pope_cli.cli train "$WORK/prefixes.jsonl" --out "$WORK/run-torchrun-full" \
@@ -90,6 +103,8 @@ check eval-gpu 'accuracy "$WORK/eval"' -- pope eval "$WORK/data/heldout.jsonl" -
     --mode unguided "${GPU[@]}" "${COMMON[@]}" --model "$WORK/run-full/final"
 check bench-hardware-0.5B bench_figure -- \
     python3 benchmarks/bench_hardware.py --gpu
+check long-0.5B-4k-8k long_figure -- \
+    python3 benchmarks/bench_long.py
 
 echo
 printf '%-20s %-9s %8s  %s\n' check status seconds figure

@@ -59,8 +59,12 @@ def test_memory_model_follows_pope_trains_precision():
     full = Shape(**{**shape.__dict__, "trainable": 1_000})
     sharded = policy_memory(train_config(lora=False, kl_coef=0.1), full, shards=4)
     assert sharded == {"weights": 1_000, "gradients": 1_000, "AdamW moments": 2_000, "KL reference": 1_000}
-    plain = pass_memory(train_config(), shape, seq_len=1_100, micro_batch=2)
+    plain = pass_memory(train_config(logprob_chunk=0), shape, seq_len=1_100, micro_batch=2)
     assert plain == {"logits": 2 * 1_001 * 50 * 14, "activations": 2 * 1_100 * 8 * 34 * 2}
+    chunked = pass_memory(train_config(logprob_chunk=256), shape, seq_len=1_100, micro_batch=2)
+    assert chunked == {"logits": 256 * 50 * 14, "activations": plain["activations"]}  # one chunk's logits
+    short = pass_memory(train_config(logprob_chunk=4096), shape, seq_len=1_100, micro_batch=2)
+    assert short["logits"] == plain["logits"]  # a chunk longer than the batch holds the batch
     checkpointed = pass_memory(train_config(grad_checkpointing=True), shape, seq_len=1_100, micro_batch=2)
     assert checkpointed["activations"] == 2 * 1_100 * 8 * (2 * 2 + 34)
     engine = engine_memory(train_config(), shape, DryRunConfig(gpu_memory_gb=1e-5), samples_per_gpu=10, seq_len=20)
@@ -95,11 +99,12 @@ def test_dry_run_plans_from_config_and_tokenizer_without_weights(tmp_path, tiny_
     params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
     assert f"{params:,} parameters" in out and "GPUs     2 x 80 GB, ddp" in out
     assert "total" in out and "time per step" in out
-    assert "hf" in out.split("memory per GPU, generation phase")[1]  # torchrun generates with hf
+    assert "vLLM at utilization" in out.split("memory per GPU, generation phase")[1]  # one engine per rank
     assert not (tmp_path / "run").exists()
-    refused = pope("train", "prefixes.jsonl", "--model", str(model), "--out", "run", "--dry-run", "--gpus", "2",
-                   "--backend", "vllm", cwd=tmp_path)
-    assert refused.returncode == 2 and "not supported under torchrun" in refused.stderr
+    hf = pope("train", "prefixes.jsonl", "--model", str(model), "--out", "run", "--dry-run", "--gpus", "2",
+              "--backend", "hf", cwd=tmp_path)
+    assert hf.returncode == 0, hf.stderr
+    assert "hf KV cache" in hf.stdout.split("memory per GPU, generation phase")[1]
 
 
 def test_dry_run_reads_a_config_file_and_reports_a_bad_one_in_one_line(tmp_path):

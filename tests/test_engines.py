@@ -372,8 +372,30 @@ def test_engine_sync_pushes_every_full_weight_around_a_sleeping_update(tmp_path)
     sync = EngineSync(engine, types.SimpleNamespace(model=model), tmp_path, lora=False, vllm=True)
     sync.before_update()
     sync.after_update()
-    assert calls[:2] == ["sleep", "wake_up"]
-    assert calls[2] == [name for name, _ in model.named_parameters()]
+    assert calls == ["sleep", [name for name, _ in model.named_parameters()], "wake_up"]
+
+
+def test_vllm_full_sync_engine_drops_weights_in_sleep_and_wakes_them_to_load(fake_vllm, char_tokenizer):
+    fake_vllm()
+    engine = _vllm_engine(char_tokenizer, enable_sleep_mode=True, in_process=True)
+    llm = FakeLLM.instances[0]
+    llm.served_model = types.SimpleNamespace(load_weights=lambda weights: None)
+    engine.sleep()
+    engine.load_weights([("model.norm.weight", torch.zeros(3))])
+    engine.wake_up()
+    assert llm.slept == [("sleep", 2), ("wake_up", ["weights"]), ("reset_prefix_cache", None),
+                         ("wake_up", ["kv_cache"])]
+    lora = _vllm_engine(char_tokenizer, enable_sleep_mode=True, max_lora_rank=8)
+    lora.sleep()
+    lora.wake_up()
+    assert FakeLLM.instances[1].slept == [("sleep", 1), ("wake_up", None)]
+
+
+def test_vllm_under_torchrun_runs_in_this_process_on_torchruns_process_group(fake_vllm, char_tokenizer, monkeypatch):
+    fake_vllm()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _vllm_engine(char_tokenizer)
+    assert FakeLLM.instances[0].kwargs["distributed_executor_backend"] == "external_launcher"
 
 
 def test_old_vllm_refuses_temperature_free_logprobs(fake_vllm, char_tokenizer):

@@ -171,3 +171,119 @@ def test_masked_positions_get_exactly_zero_gradient():
         loss.backward()
         assert torch.all(logp.grad[0, [0, 1, 2, 5]] == 0.0)
         assert torch.all(logp.grad[0, [3, 4]] != 0.0)
+
+
+# ---- chunked log-probs -------------------------------------------------------------------
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-6) -> bool:
+    """Equal within `rel` of the larger magnitude (float32 sums in another order differ in the last bits)."""
+    return bool((a - b).abs().max() <= rel * max(a.abs().max(), b.abs().max()))
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_chunked_logprobs_entropy_and_gradients_equal_the_full_logits(entropy_grad):
+    from conftest import build_tiny_model
+    from pope_cli.stages.train.batch import Sample, collate
+    from pope_cli.stages.train.update import sequence_logprobs
+
+    model = build_tiny_model(vocab_size=32_768, hidden=32).train()  # a real vocabulary: chunks of 7 of 26 positions
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 32_768, (30,), generator=generator).tolist()
+    batch = collate([Sample(ids[:5], ids[5:18], 1.0), Sample(ids[18:21], ids[21:30], -1.0)], pad_id=0)
+    weights = torch.randn(2, 13, generator=generator)
+    results = []
+    for chunk in (0, 7):
+        model.zero_grad()
+        logp, entropy = sequence_logprobs(model, batch, 0.8, entropy_grad, chunk=chunk)  # (B, C)
+        (logp * weights + (entropy * weights.flip(1) if entropy_grad else 0)).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((logp.detach(), entropy.detach(), grads))
+        assert entropy.requires_grad == entropy_grad
+    (logp_full, entropy_full, grad_full), (logp_chunked, entropy_chunked, grad_chunked) = results
+    mask = batch.loss_mask[:, batch.start:]
+    assert _close(logp_full[mask], logp_chunked[mask]) and _close(entropy_full[mask], entropy_chunked[mask])
+    assert grad_full.abs().max() > 0 and _close(grad_full, grad_chunked)
+    with torch.no_grad():  # the scoring path (old and reference log-probs) takes no checkpoint
+        assert _close(sequence_logprobs(model, batch, 0.8, chunk=7)[0][mask], logp_full[mask])
+
+
+def test_chunked_logprobs_never_build_more_than_a_chunk_of_logits():
+    from conftest import build_tiny_model
+    from pope_cli.stages.train.batch import Sample, collate
+    from pope_cli.stages.train.update import sequence_logprobs
+
+    model = build_tiny_model(vocab_size=1_000)
+    batch = collate([Sample([3, 4], list(range(5, 25)), 1.0)], pad_id=0)
+    head = model.get_output_embeddings()
+    seen = []
+    original = head.forward
+    hook = head.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    logp, _ = sequence_logprobs(model, batch, 1.0, chunk=8)
+    logp.sum().backward()
+    hook.remove()
+    assert head.forward == original  # the head is itself again after the forward
+    assert seen == [(1, 20, 2)]  # the model sees (log-prob, entropy) pairs, not logits
+    calls = []
+    head.forward = lambda hidden: (calls.append(tuple(hidden.shape)), original(hidden))[1]
+    logp, _ = sequence_logprobs(model, batch, 1.0, chunk=8)
+    logp.sum().backward()
+    del head.forward
+    # 20 positions in chunks of 8, then each chunk again, last first, in the backward pass
+    assert calls == [(8, 32), (8, 32), (4, 32), (4, 32), (8, 32), (8, 32)]
+
+
+# ---- rollout importance-sampling correction ----------------------------------------------
+
+def test_rollout_correction_is_a_no_op_when_the_sampler_is_the_trainer():
+    from pope_cli.stages.train.loss import rollout_weights
+
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.1, 0.7, 0.3]]))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    for mode in ("token-truncate", "sequence-truncate", "token-mask", "sequence-mask"):
+        weights, metrics = rollout_weights(logp, logp.clone(), mask, mode, cap=2.0, low=0.5)
+        assert torch.equal(weights, torch.ones(2, 3)), mode
+        assert metrics["mismatch_ratio"].item() == 5 and metrics["mismatch_ratio_max"].item() == 1
+        assert metrics["mismatch_kl"].item() == 0 and metrics["mismatch_masked"].item() == 0
+
+
+def test_rollout_correction_truncates_and_masks_by_hand():
+    from pope_cli.stages.train.loss import rollout_weights
+
+    # Trainer minus sampler log-prob per token: row 0 ln 3, ln 0.5, 0; row 1 ln 1.5, ln 0.25 (padding).
+    diff = torch.log(torch.tensor([[3.0, 0.5, 1.0], [1.5, 0.25, 1.0]]))
+    sampler = torch.log(torch.tensor([[0.2, 0.6, 0.5], [0.4, 0.8, 0.5]]))
+    train = sampler + diff
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    w, m = rollout_weights(train, sampler, mask, "token-truncate", cap=2.0, low=0.5)
+    assert approx(w[mask], [2.0, 0.5, 1.0, 1.5])  # min(r, 2)
+    # k3 = r - ln r - 1 per token: 3 - ln 3 - 1, .5 - ln .5 - 1, 0, 1.5 - ln 1.5 - 1
+    k3 = (2 - math.log(3)) + (math.log(2) - 0.5) + 0 + (0.5 - math.log(1.5))
+    assert m["mismatch_kl"].item() == pytest.approx(k3, rel=1e-5)
+    assert m["mismatch_ratio"].item() == pytest.approx(3 + 0.5 + 1 + 1.5, rel=1e-6)
+    assert m["mismatch_ratio_max"].item() == pytest.approx(3.0) and m["mismatch_masked"].item() == 0
+    w, m = rollout_weights(train, sampler, mask, "token-mask", cap=2.0, low=0.6)
+    assert approx(w[mask], [0.0, 0.0, 1.0, 1.5]) and m["mismatch_masked"].item() == 2  # 3 > 2 and .5 < .6
+    # Sequence ratios: row 0 3 · .5 · 1 = 1.5, row 1 1.5 (its padding does not count).
+    w, m = rollout_weights(train, sampler, mask, "sequence-truncate", cap=1.2, low=0.5)
+    assert approx(w[mask], [1.2, 1.2, 1.2, 1.2])
+    w, m = rollout_weights(train, sampler, mask, "sequence-mask", cap=2.0, low=0.5)
+    assert approx(w[mask], [1.5, 1.5, 1.5, 1.5]) and m["mismatch_masked"].item() == 0
+    w, m = rollout_weights(train, sampler, mask, "sequence-mask", cap=1.4, low=0.5)
+    assert approx(w[mask], [0.0] * 4) and m["mismatch_masked"].item() == 4
+    w, _ = rollout_weights(train, sampler, mask, "none", cap=2.0, low=0.5)
+    assert torch.equal(w, torch.ones(2, 3))
+
+
+def test_rollout_weights_scale_the_surrogate_gradient_only():
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_(True)
+    settings = LossSettings(agg="token-mean", kl_coef=0.1)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    ref = torch.log(torch.tensor([[0.25, 0.5]]))
+    base, _ = policy_loss(logp, logp.detach(), torch.tensor([1.0]), mask, settings, ref_logp=ref)
+    (grad_base,) = torch.autograd.grad(base, logp)
+    weighted, _ = policy_loss(logp, logp.detach(), torch.tensor([1.0]), mask, settings, ref_logp=ref,
+                              is_weights=torch.tensor([[2.0, 0.0]]))
+    (grad_weighted,) = torch.autograd.grad(weighted, logp)
+    # surrogate gradient -A·r/2 = -0.5 per token, KL gradient as in test_kl_term_in_loss_and_its_gradient
+    assert approx(grad_base, [[-0.5 + 0.025, -0.5 - 0.05]])
+    assert approx(grad_weighted, [[2 * -0.5 + 0.025, 0 * -0.5 - 0.05]])

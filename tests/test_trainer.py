@@ -4,6 +4,7 @@ checkpoints, resume after SIGKILL, config files, NaN handling."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -178,6 +179,73 @@ def test_micro_batching_does_not_change_the_gradient(data, tiny_model_dir):
         policy_update(run.policy.model, run.optimizer, samples, replace(run.settings, micro_batch_size=micro), 0, "cpu", 0)
         grads.append(torch.cat([p.grad.flatten() for p in run.policy.model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def _gradient(run, samples, settings) -> torch.Tensor:
+    run.optimizer.step = lambda: None  # keep the gradient for inspection
+    run.optimizer.zero_grad = lambda set_to_none=True: None
+    for p in run.policy.model.parameters():
+        p.grad = None
+    update = policy_update(run.policy.model, run.optimizer, samples, settings, 0, "cpu", 0)
+    return torch.cat([p.grad.flatten() for p in run.policy.model.parameters()]), update
+
+
+def test_length_sorted_micro_batches_give_the_unsorted_gradient_with_less_padding(data, tiny_model_dir):
+    run = Run(make_cfg(data, tiny_model_dir), None, LowerScorer())
+    # Completions of 1, 9, 2 and 8 tokens after 2-token prompts: unsorted micro-batches of 2 are
+    # (1, 9) and (2, 8), 11 and 10 columns wide; sorted ones (1, 2) and (8, 9), 4 and 11 columns.
+    samples = [Sample([5, 6], [40 + i] * n, float(i % 2) - 0.5) for i, n in enumerate((1, 9, 2, 8))]
+    whole, _ = _gradient(run, samples, replace(run.settings, micro_batch_size=4))
+    sorted_parts, update = _gradient(run, samples, replace(run.settings, micro_batch_size=2))
+    assert torch.allclose(whole, sorted_parts, atol=1e-7) and whole.abs().max() > 0
+    real = 4 * 2 + 1 + 9 + 2 + 8
+    assert update["train/pad_fraction_unsorted"] == pytest.approx(1 - real / (2 * 11 + 2 * 10))
+    assert update["train/pad_fraction"] == pytest.approx(1 - real / (2 * 4 + 2 * 11))
+
+
+def _with_sampler_logprobs(run, samples, shift):
+    """The samples with engine log-probs = the trainer's own minus `shift(position)`."""
+    from pope_cli.stages.train.update import sequence_logprobs
+
+    out = []
+    for s in samples:
+        with torch.no_grad():
+            logp, _ = sequence_logprobs(run.policy.model, collate([s], 0), run.settings.temperature)
+        out.append(replace(s, sampler_logprobs=[v - shift(k) for k, v in enumerate(logp[0].tolist())]))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["token-truncate", "sequence-truncate", "token-mask", "sequence-mask"])
+def test_every_rollout_correction_is_a_no_op_for_an_exact_engine(data, tiny_model_dir, mode):
+    run = Run(make_cfg(data, tiny_model_dir), None, LowerScorer())
+    samples = _with_sampler_logprobs(run, [Sample([5, 6], [40 + i] * (1 + i), float(i % 2) - 0.5) for i in range(4)],
+                                     lambda k: 0.0)
+    plain, _ = _gradient(run, samples, replace(run.settings, rollout_is="none"))
+    corrected, update = _gradient(run, samples, replace(run.settings, rollout_is=mode))
+    assert torch.allclose(plain, corrected, atol=1e-7)
+    assert update["mismatch/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert update["mismatch/ratio_max"] == pytest.approx(1.0, abs=1e-6)
+    assert update["mismatch/masked_fraction"] == 0 and update["mismatch/kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_perturbed_engine_is_measured_and_its_tokens_truncated_or_masked(data, tiny_model_dir):
+    run = Run(make_cfg(data, tiny_model_dir), None, LowerScorer())
+    # The engine's log-prob is below the trainer's by ln 3 at even positions: ratio 3 there, else 1.
+    samples = _with_sampler_logprobs(run, [Sample([5, 6], [40, 41, 42, 43], 1.0), Sample([5, 6], [44, 45], -1.0)],
+                                     lambda k: math.log(3) if k % 2 == 0 else 0.0)
+    _, update = _gradient(run, samples, replace(run.settings, rollout_is="token-mask", rollout_is_cap=2.0))
+    # tokens: 6, of which 3 at even positions with ratio 3 > cap 2 are masked
+    assert update["mismatch/ratio_mean"] == pytest.approx((3 * 3 + 3 * 1) / 6, rel=1e-5)
+    assert update["mismatch/ratio_max"] == pytest.approx(3.0, rel=1e-5)
+    assert update["mismatch/masked_fraction"] == pytest.approx(0.5)
+    assert update["mismatch/kl"] == pytest.approx(3 * (3 - math.log(3) - 1) / 6, rel=1e-5)
+    # Truncation to 2 is the plain gradient with the ratio-3 tokens' surrogate doubled; masking
+    # is the plain gradient without them: truncated = 2 x plain - masked, token by token.
+    keep = replace(run.settings, rollout_is="none", max_grad_norm=1e9)  # no clipping: gradients add up
+    plain, _ = _gradient(run, samples, keep)
+    masked, _ = _gradient(run, samples, replace(keep, rollout_is="token-mask", rollout_is_cap=2.0))
+    truncated, _ = _gradient(run, samples, replace(keep, rollout_is="token-truncate", rollout_is_cap=2.0))
+    assert torch.allclose(truncated, 2 * plain - masked, atol=1e-6) and not torch.allclose(plain, masked)
 
 
 # ---- training behaviour ------------------------------------------------------------------

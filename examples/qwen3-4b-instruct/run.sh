@@ -25,12 +25,8 @@ pope make-prefixes "$WORK/filter/hard.jsonl" --model "$MODEL" --max-fraction 0.2
     --out "$WORK/prefixes.jsonl"
 
 # 4. What training will take, without loading weights; then POPE (1:1 guided:unguided) and plain GRPO.
-#    Under torchrun pope generates with the hf engine (vLLM is one-GPU only for now), 16 sequences
-#    at a time to fit their KV cache next to the policy.
+#    Under torchrun every rank runs its own vLLM engine for its share of the prompts.
 TRAIN=(pope train "$WORK/prefixes.jsonl" --model "$MODEL" --config "$HERE/train.toml")
-if [ "$GPUS" -gt 1 ]; then
-    TRAIN+=(--backend hf --batch-size 16)
-fi
 "${TRAIN[@]}" --out "$WORK/runs/pope" --dry-run --gpus "$GPUS" --model-config "$HERE/model_config.json"
 if [ "$GPUS" -gt 1 ]; then
     TRAIN=(torchrun --nproc-per-node "$GPUS" -m pope_cli.cli "${TRAIN[@]:1}")

@@ -98,12 +98,6 @@ def _message(error: Exception) -> tuple[str, int]:
 SOLO = Ranks()
 
 
-def check_backend(backend: str, world: int) -> None:
-    """Refuse vLLM on several ranks: it is wired for one GPU only so far (`auto` means hf there)."""
-    if world > 1 and backend == "vllm":
-        raise PopeError("--backend vllm: not supported under torchrun yet; use --backend hf", exit_code=2)
-
-
 def main_process() -> bool:
     """Whether this process is rank 0 of a torchrun launch, or not under torchrun at all."""
     return os.environ.get("RANK", "0") == "0"

@@ -5,7 +5,8 @@ with `seed + j`, which is the seeding rule of `base.py`. Prompts go in as token 
 never re-tokenises them. Logprobs are asked for in vLLM's `processed_logprobs` mode (after
 temperature), where the installed version has it. That mode also applies top-p, so with
 top_p < 1 vLLM's logprobs are under the truncated, renormalised distribution, unlike the hf
-engine's (they agree at top_p = 1).
+engine's (they agree at top_p = 1). Under torchrun each rank builds its own engine in-process
+(`external_launcher`, tensor parallel 1), which `pope train` puts to sleep during each update.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ class VLLMEngine:
             llm_kwargs["logprobs_mode"] = "processed_logprobs"
         if max_lora_rank is not None:
             llm_kwargs.update(enable_lora=True, max_lora_rank=lora_rank_limit(max_lora_rank), max_loras=1)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under torchrun every rank runs its own engine (tensor parallel 1) on its GPU inside
+            # this process, on the process group torchrun set up, as TRL's "colocate" mode does.
+            llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+        # A full run's weights are replaced at every sync, so sleeping may drop them (level 2)
+        # rather than copy them to CPU memory (level 1); a LoRA run's base must be kept.
+        self.sleep_level = 2 if in_process else 1
+        self.asleep: set[str] = set()
         self.llm = vllm.LLM(
             model=model, tokenizer=tokenizer.name_or_path or None, dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -108,18 +117,30 @@ class VLLMEngine:
 
     def load_weights(self, weights) -> None:
         """Copy (name, tensor) pairs in the Hugging Face naming into the served model, for full
-        fine-tuning. The model's own `load_weights` maps the names (fused qkv, tied embeddings).
-        Cached prefixes were computed with the old weights, so the prefix cache is dropped."""
-        named = list(weights)
-        self.llm.apply_model(lambda model: model.load_weights(named))
+        fine-tuning, one weight at a time (so a sharded trainer gathers one at a time). The
+        model's own `load_weights` maps the names (fused qkv, tied embeddings). Weights dropped
+        by a level-2 sleep are given their memory back first. Cached prefixes were computed with
+        the old weights, so the prefix cache is dropped."""
+        if "weights" in self.asleep:
+            self.llm.wake_up(tags=["weights"])
+            self.asleep.discard("weights")
+        for pair in weights:
+            self.llm.apply_model(lambda model, pair=pair: model.load_weights([pair]))
         self.llm.reset_prefix_cache()
 
-    def sleep(self, level: int = 1) -> None:
-        """Free GPU memory for training (level 2 also drops the weights, which must then be reloaded)."""
+    def sleep(self, level: int | None = None) -> None:
+        """Free GPU memory for training: the KV cache, and at level 2 the weights too, which
+        must then be reloaded (`load_weights`). Default level: 2 for a full-weight-sync engine."""
+        level = level or self.sleep_level
         self.llm.sleep(level=level)
+        self.asleep = {"weights", "kv_cache"}
 
     def wake_up(self, tags: list[str] | None = None) -> None:
+        """Give back what `sleep` freed (all of it, or the parts named in `tags`)."""
+        if tags is None and self.asleep == {"kv_cache"}:
+            tags = ["kv_cache"]  # the weights already woke for `load_weights`
         self.llm.wake_up(tags=tags)
+        self.asleep -= set(tags) if tags else self.asleep
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
         if sampling.logprobs and not self.processed_logprobs and sampling.temperature not in (0, 1):

@@ -155,6 +155,8 @@ class Sample:
     prompt: list[int]
     completion: list[int]
     advantage: float
+    sampler_logprobs: list[float] | None = None
+    """The engine's log-prob of each completion token (for the rollout correction), if it gave them."""
 
 
 def training_samples(result: Rollout, advantages: torch.Tensor, trained_groups: torch.Tensor,
@@ -168,7 +170,7 @@ def training_samples(result: Rollout, advantages: torch.Tensor, trained_groups: 
         for j, completion in enumerate(group):
             if not completion.token_ids or (mask_truncated and completion.finish_reason == "length"):
                 continue
-            samples.append(Sample(prompt, list(completion.token_ids), float(advantages[g, j])))
+            samples.append(Sample(prompt, list(completion.token_ids), float(advantages[g, j]), completion.logprobs))
     return samples
 
 

@@ -24,6 +24,8 @@ LORA_DEFAULT_LR = 1e-5
 or the 5e-7 of trl#2872, a LoRA run barely moves)."""
 FULL_DEFAULT_LR = 1e-6
 
+ROLLOUT_IS_MODES = ("token-truncate", "sequence-truncate", "sequence-mask", "token-mask", "none")
+
 
 @dataclass
 class TrainConfig:
@@ -68,6 +70,14 @@ class TrainConfig:
                                       "old-log-prob pass).", panel=OBJECTIVE_PANEL)
     mini_batch_size: int | None = option(None, "Sequences per optimizer step (default: the whole batch).",
                                          panel=OBJECTIVE_PANEL)
+    rollout_is: str = option("auto", "Rollout importance-sampling correction by the ratio trainer/sampler of the sampled "
+                                     "tokens: token-truncate, sequence-truncate, token-mask, sequence-mask or none; "
+                                     "auto = token-truncate with vllm, none with hf (it samples with the policy itself).",
+                             panel=OBJECTIVE_PANEL)
+    rollout_is_cap: float = option(2.0, "Upper bound C of the rollout ratio: truncate modes use min(ratio, C), mask "
+                                        "modes zero a ratio above C.", panel=OBJECTIVE_PANEL)
+    rollout_is_min: float | None = option(None, "Mask modes: zero a ratio below this (default 1 / --rollout-is-cap).",
+                                          panel=OBJECTIVE_PANEL, show_default=False)
     micro_batch_size: int = option(8, "Sequences per forward/backward; memory only, the gradient is the same.",
                                    panel=OPTIM_PANEL)
     lora: bool = option(True, "Train a LoRA adapter (peft) or every weight.", flags=("--lora/--full",), panel=OPTIM_PANEL)
@@ -81,6 +91,11 @@ class TrainConfig:
     warmup_steps: int = option(10, "Linear learning-rate warmup steps, then constant.", panel=OPTIM_PANEL)
     weight_decay: float = option(0.0, "AdamW weight decay.", panel=OPTIM_PANEL)
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", panel=OPTIM_PANEL)
+    logprob_chunk: int = option(512, "Positions whose vocabulary-wide logits exist at once in the loss (each chunk "
+                                     "recomputed in backward); 0 = all at once (micro-batch x completion x vocabulary).",
+                                panel=OPTIM_PANEL)
+    """512: at Qwen's 152k vocabulary one chunk's logits and their gradients take ~1.3 GB in bf16/fp32,
+    while its LM-head matmul (512 x hidden x 152k) is still large enough to keep a GPU busy."""
     grad_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, slower).",
                                       flags=("--grad-checkpointing",), panel=OPTIM_PANEL)
     data_parallel: str = option("auto", "Under torchrun: ddp (a whole model per rank), fsdp (FSDP2 shards, --full only) "
@@ -132,6 +147,11 @@ class TrainConfig:
             ("--updates-per-step", self.updates_per_step >= 1, "must be at least 1"),
             ("--mini-batch-size", self.mini_batch_size is None or self.mini_batch_size >= 1, "must be at least 1"),
             ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
+            ("--logprob-chunk", self.logprob_chunk >= 0, "must be >= 0 (0 = off)"),
+            ("--rollout-is", self.rollout_is in ("auto",) + ROLLOUT_IS_MODES,
+             f"must be auto, {', '.join(ROLLOUT_IS_MODES)}, not {self.rollout_is!r}"),
+            ("--rollout-is-cap", self.rollout_is_cap >= 1, "must be >= 1"),
+            ("--rollout-is-min", self.rollout_is_min is None or 0 <= self.rollout_is_min <= 1, "must be in [0, 1]"),
             ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
             ("--lora-alpha", self.lora_alpha > 0, "must be > 0"),
             ("--lr", self.lr > 0, "must be > 0"),

@@ -11,21 +11,27 @@ The numbers are estimates for sizing hardware and catching a run that cannot fit
   trained param), AdamW keeps two fp32 moments (8 B), a full run with KL keeps an fp32 frozen
   copy. Under torchrun, DDP repeats all of it on every GPU; FSDP (full runs) divides it by the
   GPU count (`--data-parallel`).
-- Logits: the loss builds (micro-batch, completion, vocabulary) logits in bf16 and then fp32
-  copies for the temperature-scaled log-softmax and its exp, about 14 B per entry.
+- Logits: each (position, vocabulary) entry costs about 14 B (bf16 logits, then fp32 copies for
+  the temperature-scaled log-softmax and its exp). With --logprob-chunk N (the default) only N
+  positions' logits exist at once, each chunk recomputed in the backward pass
+  (`pope_cli/stages/train/logprobs.py`): min(N, micro-batch x (completion + 1)) x vocabulary x
+  14 B, whatever the micro-batch and length. With --logprob-chunk 0 the whole
+  micro-batch x (completion + 1) x vocabulary x 14 B.
 - Activations: 34 x tokens x hidden bytes per layer with 16-bit activations and flash attention
   (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models");
   with --grad-checkpointing each layer keeps only its input (2 B per token and hidden unit), plus
   one layer's full set while it is recomputed.
-- vLLM (backend vllm or auto, one GPU; under torchrun generation uses the hf engine, whose KV
-  cache holds --batch-size sequences at once): its own bf16 weights and a KV cache of 2 x layers x KV heads x
-  head dim x 2 B per token, inside --gpu-memory-utilization of the GPU. It sleeps while the
-  policy trains, so the two phases peak separately; the policy's weights and optimizer stay.
+- vLLM (backend vllm or auto; under torchrun one engine per GPU, tensor parallel 1, for that
+  rank's prompts): its own bf16 weights and a KV cache of 2 x layers x KV heads x head dim x 2 B
+  per token, inside --gpu-memory-utilization of the GPU. It sleeps while the policy trains, so
+  the two phases peak separately; the policy's weights and optimizer stay. With --backend hf
+  the KV cache of `generate` holds --batch-size sequences at once.
 - Time: generation at --gen-tokens-per-s per GPU; training FLOPs per token = 2 x params forward
   (plus 2 x layers x attention width x sequence length for attention), backward twice the
   forward for a full run and once for LoRA (a frozen weight needs no weight gradient), one more
-  forward with --grad-checkpointing, and the extra forwards for old log-probs and KL, at
-  --mfu x --peak-tflops per GPU.
+  forward with --grad-checkpointing, one more LM-head projection (2 x hidden x vocabulary) with
+  --logprob-chunk, and the extra forwards for old log-probs and KL, at --mfu x --peak-tflops per
+  GPU.
 - Upper bounds: every completion is counted at --max-new-tokens and every group as trained
   (a real run skips groups whose rewards are all equal).
 """
@@ -35,7 +41,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pope_cli.shared.distributed import check_backend
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.train.config import DryRunConfig, TrainConfig
 
@@ -176,7 +181,10 @@ def policy_memory(cfg: TrainConfig, shape: Shape, shards: int) -> dict:
 
 def pass_memory(cfg: TrainConfig, shape: Shape, seq_len: int, micro_batch: int) -> dict:
     """Bytes per GPU for one micro-batch's logits and activations at full length."""
-    logits = micro_batch * (cfg.sampling.max_new_tokens + 1) * shape.vocab * LOGIT_BYTES
+    positions = micro_batch * (cfg.sampling.max_new_tokens + 1)
+    if cfg.logprob_chunk:
+        positions = min(positions, cfg.logprob_chunk)
+    logits = positions * shape.vocab * LOGIT_BYTES
     per_layer = micro_batch * seq_len * shape.hidden
     if cfg.grad_checkpointing:
         activations = per_layer * (2 * shape.layers + ACTIVATION_BYTES)
@@ -188,7 +196,7 @@ def pass_memory(cfg: TrainConfig, shape: Shape, seq_len: int, micro_batch: int) 
 def engine_memory(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples_per_gpu: float, seq_len: int) -> dict:
     """The generation phase: vLLM's share of the GPU, or the hf engine's KV cache for one batch."""
     per_sequence = seq_len * shape.kv_bytes_per_token
-    if cfg.model.backend == "hf" or dry.gpus > 1:  # under torchrun, auto means hf
+    if cfg.model.backend == "hf":
         return {"engine": "hf", "kv": cfg.model.batch_size * per_sequence, "total": cfg.model.batch_size * per_sequence}
     total = cfg.model.gpu_memory_utilization * dry.gpu_memory_gb * GB
     kv = total - 2 * shape.params
@@ -203,6 +211,7 @@ def step_time(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples: int, m
     seq = mean_prompt + cfg.sampling.max_new_tokens
     forward = 2 * shape.compute_params + 2 * shape.layers * shape.attention_width * seq  # FLOPs per token
     update = forward * (2 if cfg.lora else 3) + (forward if cfg.grad_checkpointing else 0)
+    update += 2 * shape.hidden * shape.vocab if cfg.logprob_chunk else 0
     extra = (cfg.updates_per_step > 1 or cfg.mini_batch_size is not None) + (cfg.kl_coef > 0)
     flops = samples * seq * (cfg.updates_per_step * update + extra * forward)
     generate = samples * cfg.sampling.max_new_tokens / (dry.gen_tokens_per_s * dry.gpus)
@@ -212,7 +221,6 @@ def step_time(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples: int, m
 
 def plan(cfg: TrainConfig, dry: DryRunConfig) -> dict:
     """Everything the dry run prints, as numbers (bytes, tokens, seconds)."""
-    check_backend(cfg.model.backend, dry.gpus)  # what the run itself would say under torchrun
     data = data_plan(cfg)
     config = load_model_config(cfg.model.model, dry.model_config, cfg.model.trust_remote_code)
     shape = model_shape(config, cfg.lora, cfg.lora_rank, cfg.lora_targets)
@@ -223,9 +231,12 @@ def plan(cfg: TrainConfig, dry: DryRunConfig) -> dict:
     seq_len = max_prompt + cfg.sampling.max_new_tokens
     strategy = _strategy(cfg, dry.gpus)
     policy = policy_memory(cfg, shape, dry.gpus if strategy == "fsdp" else 1)
-    # A micro-batch's logits and activations grow linearly with its size.
-    per_sequence = sum(pass_memory(cfg, shape, seq_len, 1).values())
-    room = dry.gpu_memory_gb * GB - sum(policy.values())
+    # A micro-batch's activations grow linearly with its size, and so do its logits unless
+    # they are chunked, when one chunk's logits are a fixed cost.
+    one = pass_memory(cfg, shape, seq_len, 1)
+    fixed = pass_memory(cfg, shape, seq_len, samples)["logits"] if cfg.logprob_chunk else 0
+    per_sequence = one["activations"] + (0 if cfg.logprob_chunk else one["logits"])
+    room = dry.gpu_memory_gb * GB - sum(policy.values()) - fixed
     largest = min(max(0, int(room // per_sequence)), -(-samples // dry.gpus))
     return {"data": data, "shape": shape, "config_source": dry.model_config or cfg.model.model, "samples": samples,
             "mean_prompt": mean_prompt, "max_prompt": max_prompt, "seq_len": seq_len, "strategy": strategy,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pope_cli.stages.train.config import ROLLOUT_IS_MODES
+
 AGGREGATIONS = ("token-mean", "seq-mean", "dr-grpo")
 
 
@@ -91,7 +93,7 @@ def aggregate(
 def policy_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     settings: LossSettings, *, ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
-    num_seqs: int | None = None, num_tokens: int | None = None,
+    num_seqs: int | None = None, num_tokens: int | None = None, is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate (+ k3 KL, − entropy bonus), aggregated; returns (loss, metrics).
 
@@ -99,13 +101,17 @@ def policy_loss(
     The ratio is clipped to [1 - clip_low, 1 + clip_high]. Fully on-policy with one update per
     batch, old_logp is logp.detach(): the ratio is exactly 1 and the gradient is the plain
     policy gradient. `metrics` holds sums over the masked tokens plus `tokens`, their count,
-    so micro-batches add up; divide by `tokens` for per-token means.
+    so micro-batches add up; divide by `tokens` for per-token means. `is_weights` (B, T), the
+    rollout correction's weights (`rollout_weights`), multiply the surrogate term alone, as in
+    TRL: the KL and entropy terms are not policy-gradient estimates of sampled tokens.
     """
     mask = mask.bool()  # (B, T)
     adv = advantages.float().unsqueeze(1)  # (B, 1)
     ratio = torch.exp(logp - old_logp)  # (B, T)
     clipped_ratio = ratio.clamp(1 - settings.clip_low, 1 + settings.clip_high)  # (B, T)
     per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)  # (B, T)
+    if is_weights is not None:
+        per_token = per_token * is_weights
     # Tokens whose clipped term wins: their gradient is zero for this update.
     clipped_low = (ratio < 1 - settings.clip_low) & (adv < 0)  # (B, T)
     clipped_high = (ratio > 1 + settings.clip_high) & (adv > 0)  # (B, T)
@@ -129,3 +135,45 @@ def policy_loss(
     if entropy is not None:
         metrics["entropy"] = masked_sum(entropy)
     return loss, metrics
+
+
+def rollout_weights(train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, mode: str,
+                    cap: float, low: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Importance weights correcting for the sampler's distribution, and mismatch sums.
+
+    train_logp, sampler_logp, mask: (B, T). With the token ratio r_t = exp(train_logp_t -
+    sampler_logp_t) and the sequence ratio R = exp(sum over the sequence's tokens of
+    (train_logp_t - sampler_logp_t)), the weight of token t is
+    - token-truncate: min(r_t, cap); sequence-truncate: min(R, cap) on every token;
+    - token-mask: r_t if low <= r_t <= cap, else 0; sequence-mask: R if low <= R <= cap, else 0;
+    - none: 1.
+    A weight of 0 drops the token from the gradient but not from the loss denominators.
+    Metrics are sums over the masked tokens, so micro-batches add up: `mismatch_kl` of the k3
+    estimate r_t - log r_t - 1 of KL(sampler || trainer) (unbiased: the tokens were drawn from the
+    sampler), `mismatch_ratio` of r_t, `mismatch_masked` of the tokens a mask mode zeroed, and
+    `mismatch_ratio_max`, the largest r_t.
+    """
+    if mode not in ROLLOUT_IS_MODES:
+        raise ValueError(f"mode must be one of {ROLLOUT_IS_MODES}, not {mode!r}")
+    mask = mask.bool()  # (B, T)
+    # float64 and expm1: a sampler that agrees to 1e-6 has a k3 of ~1e-12, which float32 rounds to 0.
+    log_ratio = torch.where(mask, train_logp.detach().double() - sampler_logp.double(), 0.0)  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    weights = ratio
+    if mode.startswith("sequence"):
+        weights = torch.exp(log_ratio.sum(dim=1, keepdim=True)).expand_as(ratio)  # (B, T)
+    kept = torch.ones_like(mask)  # (B, T)
+    if mode.endswith("truncate"):
+        weights = weights.clamp(max=cap)
+    elif mode.endswith("mask"):
+        kept = (weights >= low) & (weights <= cap)
+        weights = torch.where(kept, weights, 0.0)
+    else:
+        weights = torch.ones_like(ratio)
+    metrics = {
+        "mismatch_kl": torch.where(mask, torch.expm1(log_ratio) - log_ratio, 0.0).sum(),
+        "mismatch_ratio": torch.where(mask, ratio, 0.0).sum(),
+        "mismatch_masked": (mask & ~kept).sum(),
+        "mismatch_ratio_max": torch.where(mask, ratio, 0.0).max(),
+    }
+    return weights.float(), metrics

@@ -121,14 +121,18 @@ class EngineSync:
     """Keeps a vLLM engine generating with the current policy; a no-op for the hf engine,
     which generates with the policy object itself.
 
-    LoRA: the adapter is saved to RUN/.engine_adapter and loaded by a fresh `LoRARequest`.
-    Full: the weights go through the engine's `load_weights`. Around the update the engine
-    sleeps (weights offloaded, KV cache freed) so training has the GPU.
+    Around each update the engine sleeps (KV cache freed; the weights too for a full run, whose
+    weights are replaced anyway), so training has the GPU; then the new weights go in and it
+    wakes: sleep -> sync -> wake. LoRA: the adapter is saved to RUN/.engine_adapter (one per
+    rank under torchrun, each rank's engine reading its own) and loaded by a fresh
+    `LoRARequest`. Full: each weight goes through the engine's `load_weights`; a weight sharded
+    by FSDP2 is gathered whole first, one at a time, on every rank (a collective).
     """
 
-    def __init__(self, engine, policy: Policy, run_dir: Path, lora: bool, vllm: bool):
+    def __init__(self, engine, policy: Policy, run_dir: Path, lora: bool, vllm: bool, ranks: Ranks = SOLO):
         self.engine, self.policy, self.lora, self.vllm = engine, policy, lora, vllm
-        self.adapter_dir = Path(run_dir) / ".engine_adapter"
+        name = ".engine_adapter" if ranks.world == 1 else f".engine_adapter_rank{ranks.rank}"
+        self.adapter_dir = Path(run_dir) / name
 
     def before_update(self) -> None:
         if self.vllm:
@@ -136,8 +140,8 @@ class EngineSync:
 
     def after_update(self) -> None:
         if self.vllm:
-            self.engine.wake_up()
             self.sync()
+            self.engine.wake_up()
 
     def sync(self) -> None:
         """Push the policy's current weights to the engine (also needed once after a resume)."""
@@ -149,7 +153,13 @@ class EngineSync:
             self.policy.model.save_pretrained(self.adapter_dir)
             self.engine.set_lora(self.adapter_dir)
         else:
-            self.engine.load_weights((name, p.detach()) for name, p in self.policy.model.named_parameters())
+            self.engine.load_weights(_whole_parameters(self.policy.model))
+
+
+def _whole_parameters(model):
+    """(name, full tensor) for every parameter, gathering FSDP2 shards one weight at a time."""
+    for name, param in model.named_parameters():
+        yield name, (param.full_tensor() if hasattr(param, "full_tensor") else param).detach()
 
 
 def save_final(policy: Policy, run_dir: Path, merge: bool, ranks: Ranks = SOLO) -> list[Path]:

@@ -21,12 +21,33 @@ The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value m
   being trained: the importance ratio is 1, the clip never fires, no old-log-prob pass is spent,
   and the gradient is REINFORCE with a group baseline. Only `updates_per_step` > 1 or
   mini-batches make the ratio and the clip matter; old log-probs are then computed once.
+- Rollout correction. The engine returns the log-prob of every token it sampled; vLLM's kernels
+  (or bf16 `generate`) compute a slightly different distribution than the training forward.
+  With l_t the trainer's log-prob of sampled token t under the policy that sampled (the old
+  log-probs: the update's own detached forward on-policy) and s_t the engine's, r_t = exp(l_t -
+  s_t) and, per sequence, R = exp(sum_t (l_t - s_t)). `--rollout-is` multiplies each token's
+  clipped surrogate term (not the KL or entropy terms) by a constant weight: token-truncate
+  min(r_t, C), sequence-truncate min(R, C), token-mask r_t inside [lo, C] else 0, sequence-mask
+  R inside [lo, C] else 0 (C = --rollout-is-cap, 2; lo = --rollout-is-min, default 1/C), none 1.
+  A zero weight leaves the token in the loss denominators. `auto` is token-truncate with vLLM
+  (TRL's correction of vLLM sampling, Yao et al.'s truncated IS) and none with the hf engine,
+  which samples with the policy object itself (on CPU in fp32 the toy model's mismatch/kl was
+  ~1e-12 and its largest ratio 1.00001: kernel noise; bf16 on a GPU is not measured yet).
+  Logged every step over the trained tokens, whatever the mode: `mismatch/kl`, the mean k3
+  estimate r_t - log r_t - 1 of KL(sampler || trainer); `mismatch/ratio_mean` and
+  `mismatch/ratio_max` of r_t; `mismatch/masked_fraction`, the share of tokens a mask mode zeroed.
+- Memory: log-probs are taken `--logprob-chunk` positions at a time, each chunk's LM-head
+  projection recomputed in backward (logprobs.py), and micro-batches are cut from the mini-batch
+  sorted by length (`train/pad_fraction`, and `train/pad_fraction_unsorted` for the order it
+  replaced); neither changes the gradient.
 Why on-policy with one update: that is the paper's setup, and any other choice would make a
 comparison with it say something about off-policy correction instead of about guidance.
 
 Data parallel (`torchrun --nproc-per-node N -m pope_cli.cli train ...`): every rank draws the
 same step, generates and scores its contiguous block of the prompts (whole groups, with the
-sample seeds a single process would use), and the ranks exchange their rollouts, so each holds
+sample seeds a single process would use; with vLLM each rank's own engine, tensor parallel 1,
+asleep during the update and given the new weights before it wakes, see policy.EngineSync),
+and the ranks exchange their rollouts, so each holds
 the whole step's rewards, advantages and metrics. Each rank trains on every N-th sequence of
 each mini-batch with the whole mini-batch's loss denominators, and DDP (LoRA; any run on CPU)
 or FSDP2 (full fine-tuning on GPU) averages the gradients: a step on N ranks is the step one
@@ -46,7 +67,7 @@ from pathlib import Path
 
 import torch
 
-from pope_cli.shared.distributed import SOLO, Ranks, check_backend, launched
+from pope_cli.shared.distributed import SOLO, Ranks, launched
 from pope_cli.shared.errors import Interrupted, PopeError
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
@@ -70,7 +91,9 @@ RESUME_IGNORED = ("overwrite", "steps", "save_every", "keep", "merge", "data_par
 
 _NO_UPDATE = {"loss": None, "grad_norm": None, "optimizer_steps": 0, "nan_skipped": 0, "entropy": None, "kl": None,
               "clip_fraction": None, "clip_low_fraction": None, "clip_high_fraction": None, "ratio_mean": None,
-              "trained_sequences": 0, "train_tokens": 0}
+              "trained_sequences": 0, "train_tokens": 0, "train/pad_fraction": None, "train/pad_fraction_unsorted": None,
+              "mismatch/kl": None, "mismatch/ratio_mean": None, "mismatch/ratio_max": None,
+              "mismatch/masked_fraction": None}
 
 
 class Run:
@@ -101,17 +124,20 @@ class Run:
                            state.get("data"))
         self.prompts = PromptBuilder(self.policy.tokenizer, cfg.prompt, cfg.template)
         self._prompt_cache: dict = {}
-        self.sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
-        vllm = ranks.world == 1 and choose_backend(cfg.model.backend) == "vllm"
+        # The sampled tokens' log-probs measure (and correct) the sampler/trainer mismatch.
+        self.sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens,
+                                 logprobs=True)
+        vllm = choose_backend(cfg.model.backend) == "vllm"
         self.engine = self._engine(vllm)
-        self.sync = EngineSync(self.engine, self.policy, self.out, cfg.lora, vllm)
+        self.sync = EngineSync(self.engine, self.policy, self.out, cfg.lora, vllm, ranks)
         if checkpoint is not None:
             self.sync.sync()
         self.settings = UpdateSettings(
             LossSettings(cfg.clip_low, cfg.clip_high, cfg.loss_agg, cfg.sampling.max_new_tokens, cfg.kl_coef,
                          cfg.entropy_coef),
             cfg.sampling.temperature, cfg.updates_per_step, cfg.mini_batch_size, cfg.micro_batch_size,
-            cfg.max_grad_norm, self.policy.autocast_dtype)
+            cfg.max_grad_norm, self.policy.autocast_dtype, cfg.logprob_chunk, rollout_mode(cfg.rollout_is, vllm),
+            cfg.rollout_is_cap, cfg.rollout_is_min if cfg.rollout_is_min is not None else 1 / cfg.rollout_is_cap)
         self.reference = None
         if cfg.kl_coef:
             self.reference = reference_scorer(self.policy.model, self.policy.frozen_reference, self.settings)
@@ -126,6 +152,11 @@ class Run:
 
         return make_engine(self.cfg.model, max_lora_rank=self.cfg.lora_rank if self.cfg.lora else None,
                            enable_sleep_mode=True, full_weight_sync=not self.cfg.lora)
+
+    def generating(self):
+        """The context generation runs in: a sharded policy gathered whole for the hf engine;
+        nothing for vLLM, which holds its own copy of the weights."""
+        return contextlib.nullcontext() if self.sync.vllm else generating(self.policy.model)
 
     def prompt_ids(self, kind: str, record: dict) -> list[int]:
         key = (kind, record["id"])
@@ -143,7 +174,7 @@ def train_step(run: Run, step: int) -> dict:
     items = run.mix.draw(step)
     mine = run.ranks.block(len(items))
     prompts = [run.prompt_ids(item.kind, item.record) for item in items[mine]]
-    with generating(run.policy.model):
+    with run.generating():
         result, times = rollout(items[mine], prompts, run.engine, run.scorer, run.sampling, cfg.group_size, cfg.seed,
                                 step, mine.start)
     result, times = _whole_step(run.ranks, result, times)
@@ -177,13 +208,21 @@ def train_step(run: Run, step: int) -> dict:
            "throughput/train_tokens_per_s": update["train_tokens"] / train_s if update["train_tokens"] else None}
     if run.evaluation and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
         eval_started = time.perf_counter()
-        with generating(run.policy.model):
+        with run.generating():
             if run.ranks.main:  # the others wait at the next collective
                 row.update(run.evaluation())
         row["time/eval_s"] = time.perf_counter() - eval_started
     row["time/step_s"] = time.perf_counter() - started
     # JSON has no NaN: a skipped non-finite update logs its loss as null (and nan_skipped > 0).
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def rollout_mode(requested: str, vllm: bool) -> str:
+    """`--rollout-is` with `auto` resolved: truncated per-token IS for vLLM, as TRL corrects vLLM
+    by default; none for the hf engine, which samples with the very model being trained."""
+    if requested != "auto":
+        return requested
+    return "token-truncate" if vllm else "none"
 
 
 def _whole_step(ranks: Ranks, result, times: dict):
@@ -238,7 +277,6 @@ def run_train(cfg: TrainConfig, reporter_stream=None) -> dict:
     started = time.time()
     data = read_training_data(cfg)  # before anything is written: bad data must leave no run behind
     with launched(resolve_device(cfg.model)) as ranks, contextlib.ExitStack() as claims:
-        check_backend(cfg.model.backend, ranks.world)
         return _train(cfg, data, ranks, started, reporter_stream, claims)
 
 

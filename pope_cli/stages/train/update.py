@@ -28,7 +28,8 @@ import torch
 from pope_cli.shared.distributed import SOLO, Ranks
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.stages.train.batch import Batch, Sample, collate
-from pope_cli.stages.train.loss import LossSettings, policy_loss, token_logprobs
+from pope_cli.stages.train.logprobs import completion_logprobs
+from pope_cli.stages.train.loss import LossSettings, policy_loss, rollout_weights
 from pope_cli.stages.train.parallel import accumulating, grad_norm
 
 
@@ -43,24 +44,28 @@ class UpdateSettings:
     max_grad_norm: float = 1.0
     autocast_dtype: torch.dtype | None = None
     """bf16 compute on GPU; None computes in the weights' dtype."""
+    logprob_chunk: int = 0
+    """Positions whose logits exist at once (logprobs.py); 0 builds them all."""
+    rollout_is: str = "none"
+    """The rollout correction (loss.rollout_weights), resolved: never `auto`."""
+    rollout_is_cap: float = 2.0
+    rollout_is_min: float = 0.5
 
 
 def sequence_logprobs(model, batch: Batch, temperature: float, entropy_grad: bool = False,
-                      autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      autocast_dtype: torch.dtype | None = None, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies (B, C) at the completion columns of `batch`.
 
     Position ids count real tokens only, as `generate` does for left-padded prompts, so a
     completion is scored at the positions it was sampled at. Only the C + 1 positions that
-    predict completion tokens go through the LM head (the prompt's logits are never built).
+    predict completion tokens go through the LM head (the prompt's logits are never built), and
+    with `chunk` > 0 only `chunk` positions' logits at a time (logprobs.py).
     """
-    width = batch.input_ids.shape[1] - batch.start  # C
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
     device_type = batch.input_ids.device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-                       logits_to_keep=width + 1, use_cache=False).logits  # (B, C + 1, V)
-    targets = batch.input_ids[:, batch.start:]  # (B, C)
-    return token_logprobs(logits[:, :-1], targets, temperature, entropy_grad)
+        return completion_logprobs(model, batch.input_ids, batch.attention_mask, position_ids, batch.start,
+                                   temperature, entropy_grad, chunk)
 
 
 def _pad_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -76,7 +81,7 @@ def frozen_logprobs(score: Callable[[Batch], torch.Tensor], samples: list[Sample
     """Per-sample log-probs (one 1-D tensor per completion) under a model that won't change;
     each rank scores its share and the ranks exchange them."""
     mine: dict[int, torch.Tensor] = {}
-    for part in ranks.micro_batches(list(range(len(samples))), micro_batch_size):
+    for part in ranks.micro_batches(by_length(samples, list(range(len(samples)))), micro_batch_size):
         # An idle rank still scores a sequence: a sharded model's forward is a collective.
         logp = score(collate([samples[i] for i in part or [0]], pad_id).to(device))  # (B, C)
         mine.update({i: logp[k, :len(samples[i].completion)].float() for k, i in enumerate(part)})
@@ -91,16 +96,26 @@ class Accumulator:
 
     def __init__(self):
         self.sums: dict[str, float] = {}
+        self.maxes: dict[str, float] = {}
+        """Keys ending in `_max` keep their largest value instead of a sum."""
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            if key.endswith("_max"):
+                self.maxes[key] = max(self.maxes.get(key, float(value)), float(value))
+            else:
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
 
     def total(self, ranks: Ranks) -> "Accumulator":
-        """The sums over all ranks."""
+        """The sums (and maxima) over all ranks."""
         merged = Accumulator()
         merged.sums = ranks.sum(self.sums)
+        for part in ranks.gather(self.maxes):
+            merged.add(part)
         return merged
+
+    def fraction(self, key: str, of: str) -> float | None:
+        return self.sums[key] / self.sums[of] if self.sums.get(of) else None
 
     def per_token(self, key: str) -> float | None:
         tokens = self.sums.get("tokens", 0.0)
@@ -121,7 +136,8 @@ def policy_update(model, optimizer, samples: list[Sample], settings: UpdateSetti
     epochs = settings.updates_per_step
 
     def score(batch: Batch) -> torch.Tensor:
-        return sequence_logprobs(model, batch, settings.temperature, False, settings.autocast_dtype)[0]
+        return sequence_logprobs(model, batch, settings.temperature, False, settings.autocast_dtype,
+                                 settings.logprob_chunk)[0]
 
     several_steps = epochs * math.ceil(n / mini) > 1
     micro = settings.micro_batch_size
@@ -156,7 +172,30 @@ def policy_update(model, optimizer, samples: list[Sample], settings: UpdateSetti
         "clip_fraction": _clip_fraction(acc), "clip_low_fraction": acc.per_token("clipped_low"),
         "clip_high_fraction": acc.per_token("clipped_high"), "ratio_mean": acc.per_token("ratio"),
         "trained_sequences": n, "train_tokens": tokens,
+        "train/pad_fraction": _pad_fraction(acc, "cells"),
+        "train/pad_fraction_unsorted": _pad_fraction(acc, "cells_unsorted"),
+        "mismatch/kl": acc.fraction("mismatch_kl", "mismatch_tokens"),
+        "mismatch/ratio_mean": acc.fraction("mismatch_ratio", "mismatch_tokens"),
+        "mismatch/ratio_max": acc.maxes.get("mismatch_ratio_max"),
+        "mismatch/masked_fraction": acc.fraction("mismatch_masked", "mismatch_tokens"),
     }
+
+
+def _pad_fraction(acc: Accumulator, cells: str) -> float | None:
+    """The padding share of the micro-batches' (rows x width) cells."""
+    return 1 - acc.sums["real_cells"] / acc.sums[cells] if acc.sums.get(cells) else None
+
+
+def by_length(samples: list[Sample], indices: list[int]) -> list[int]:
+    """`indices` ordered by sequence length (stable), so that micro-batches cut from the order
+    hold sequences of similar length and little padding."""
+    return sorted(indices, key=lambda i: len(samples[i].prompt) + len(samples[i].completion))
+
+
+def _cells(samples: list[Sample], parts: list[list[int]]) -> int:
+    """Cells of the padded (rows x width) tensors `collate` builds for these micro-batches."""
+    return sum(len(part) * (max(len(samples[i].prompt) for i in part) + max(len(samples[i].completion) for i in part))
+               for part in parts if part)
 
 
 def _clip_fraction(acc: Accumulator) -> float | None:
@@ -167,10 +206,16 @@ def _clip_fraction(acc: Accumulator) -> float | None:
 def _backward(model, samples: list[Sample], chunk: list[int], old, ref, settings: UpdateSettings, pad_id: int, device,
               acc: Accumulator, ranks: Ranks) -> dict[str, float]:
     """Accumulate this rank's part of the gradient of one mini-batch (the gradients are reduced
-    over ranks in its last backward); returns this rank's part of the loss and its tokens."""
+    over ranks in its last backward); returns this rank's part of the loss and its tokens.
+
+    The micro-batches are cut from the mini-batch sorted by length: the gradient is the same sum
+    over the same sequences with the mini-batch's denominators, with less padding to compute."""
     num_tokens = sum(len(samples[i].completion) for i in chunk)
     total, processed = 0.0, 0
-    parts = ranks.micro_batches(chunk, settings.micro_batch_size)
+    parts = ranks.micro_batches(by_length(samples, chunk), settings.micro_batch_size)
+    unsorted = ranks.micro_batches(chunk, settings.micro_batch_size)
+    acc.add({"cells": _cells(samples, parts), "cells_unsorted": _cells(samples, unsorted),
+             "real_cells": sum(len(samples[i].prompt) + len(samples[i].completion) for part in parts for i in part)})
     for k, part in enumerate(parts):
         with accumulating(model) if k < len(parts) - 1 else contextlib.nullcontext():
             if not part:
@@ -178,13 +223,15 @@ def _backward(model, samples: list[Sample], chunk: list[int], old, ref, settings
                 continue
             batch = collate([samples[i] for i in part], pad_id).to(device)
             logp, entropy = sequence_logprobs(model, batch, settings.temperature, settings.loss.entropy_coef != 0,
-                                              settings.autocast_dtype)  # (B, C), (B, C)
+                                              settings.autocast_dtype, settings.logprob_chunk)  # (B, C), (B, C)
             width = logp.shape[1]
             old_logp = _pad_rows([old[i] for i in part], width) if old is not None else logp.detach()  # (B, C)
             ref_logp = _pad_rows([ref[i] for i in part], width) if ref is not None else None  # (B, C)
             mask = batch.loss_mask[:, batch.start:]  # (B, C)
+            weights = _rollout_correction([samples[i] for i in part], old_logp, mask, settings, acc)
             loss, metrics = policy_loss(logp, old_logp, batch.advantages, mask, settings.loss, ref_logp=ref_logp,
-                                        entropy=entropy, num_seqs=len(chunk), num_tokens=num_tokens)
+                                        entropy=entropy, num_seqs=len(chunk), num_tokens=num_tokens,
+                                        is_weights=weights)
             (loss * ranks.world).backward()
         acc.add(metrics)
         total += loss.detach().item()
@@ -192,11 +239,28 @@ def _backward(model, samples: list[Sample], chunk: list[int], old, ref, settings
     return {"loss": total, "tokens": processed}
 
 
+def _rollout_correction(part: list[Sample], train_logp: torch.Tensor, mask: torch.Tensor, settings: UpdateSettings,
+                        acc: Accumulator) -> torch.Tensor | None:
+    """The rollout correction's weights (B, C) for a micro-batch, its mismatch sums added to
+    `acc`; None when the engine returned no log-probs or the correction is off. The trainer's
+    side is the policy that sampled (old log-probs), so the weights do not change between the
+    updates of one step."""
+    if any(s.sampler_logprobs is None for s in part):
+        return None
+    sampler = _pad_rows([torch.tensor(s.sampler_logprobs, device=train_logp.device) for s in part],
+                        train_logp.shape[1])  # (B, C)
+    weights, mismatch = rollout_weights(train_logp, sampler, mask, settings.rollout_is, settings.rollout_is_cap,
+                                        settings.rollout_is_min)
+    acc.add({**mismatch, "mismatch_tokens": mask.sum()})
+    return None if settings.rollout_is == "none" else weights
+
+
 def _idle_backward(model, sample: Sample, settings: UpdateSettings, pad_id: int, device) -> None:
     """A zero-loss forward/backward for a rank with no sequence in this micro-batch: the
     gradient reduction needs every rank."""
     batch = collate([sample], pad_id).to(device)
-    logp, _ = sequence_logprobs(model, batch, settings.temperature, False, settings.autocast_dtype)
+    logp, _ = sequence_logprobs(model, batch, settings.temperature, False, settings.autocast_dtype,
+                                settings.logprob_chunk)
     (logp.sum() * 0.0).backward()
 
 
@@ -207,5 +271,6 @@ def reference_scorer(model, frozen_copy, settings: UpdateSettings) -> Callable[[
         target = frozen_copy if frozen_copy is not None else model
         context = model.disable_adapter() if frozen_copy is None else contextlib.nullcontext()
         with context:
-            return sequence_logprobs(target, batch, settings.temperature, False, settings.autocast_dtype)[0]
+            return sequence_logprobs(target, batch, settings.temperature, False, settings.autocast_dtype,
+                                     settings.logprob_chunk)[0]
     return score
