@@ -18,16 +18,21 @@ from pope_cli.stages.sft.config import SftConfig
 
 
 def oracle_examples(cfg: SftConfig) -> list[dict]:
-    """One example per problem with an oracle solution; a problem without one is an error."""
-    from pope_cli.shared.data import read_problems
+    """One example per problem (of a problems or a prefixes file) with its oracle solution; a
+    problem without one is an error."""
+    from pope_cli.shared.data import PREFIX_FIELDS, iter_raw_records, read_prefix_records, read_problems
 
-    problems = read_problems(cfg.data, cfg.fields)
-    missing = [p.id for p in problems if not (p.solution or "").strip()]
+    first = next(iter_raw_records(cfg.data), (None, None))[1]
+    if isinstance(first, dict) and all(k in first for k in PREFIX_FIELDS):
+        problems = [(r["id"], r["problem"], r["answer"], r.get("solution")) for r in read_prefix_records(cfg.data)]
+    else:
+        problems = [(p.id, p.problem, p.answer, p.solution) for p in read_problems(cfg.data, cfg.fields)]
+    missing = [pid for pid, _, _, solution in problems if not isinstance(solution, str) or not solution.strip()]
     if missing:
         raise PopeError(f"{cfg.data}: {len(missing)} problem(s) have no oracle solution in field "
                         f"'{cfg.fields.solution}' (first: {missing[0]!r}); --source oracle needs one per problem")
-    return [{"id": p.id, "problem": p.problem, "answer": p.answer, "response": p.solution.strip(), "sample": None}
-            for p in problems]
+    return [{"id": pid, "problem": problem, "answer": answer, "response": solution.strip(), "sample": None}
+            for pid, problem, answer, solution in problems]
 
 
 def joined_response(prefix: str, completion: str) -> str:
