@@ -3,6 +3,8 @@
     python examples/toy/claims.py add RUN_DIR [RUN_DIR ...]   # keep a finished seed
     python examples/toy/claims.py table                        # the claim table and claims.png
 
+(`--seeds DIR` before the action reads and writes another seeds directory.)
+
 `add` copies a run's `results.json` and, per training arm, the metric columns the figure needs
 into `examples/toy/seeds/seed<N>/`, so that seeds run at different times accumulate instead of
 being rerun. `table` reads every kept seed, prints the markdown claim table (each claim: the
@@ -53,10 +55,10 @@ CLAIMS = [
 ]
 
 
-def add(runs: list[Path]) -> None:
+def add(runs: list[Path], root: Path = SEEDS) -> None:
     for run in runs:
         results = json.loads((run / "results.json").read_text())
-        target = SEEDS / f"seed{results['config']['seed']}"
+        target = root / f"seed{results['config']['seed']}"
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run / "results.json", target / "results.json")
         for arm in results["training"]:
@@ -133,19 +135,21 @@ def plot(seeds: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=Path, default=SEEDS, help="the kept seeds (default: examples/toy/seeds)")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("add", help="keep finished `pope demo --full` runs as seeds").add_argument("runs", nargs="+", type=Path)
     sub.add_parser("table", help="print the claim table and write claims.png")
     args = parser.parse_args()
     if args.action == "add":
-        add(args.runs)
+        add(args.runs, args.seeds)
         return
-    seeds = load_seeds()
+    seeds = load_seeds(args.seeds)
     if not seeds:
-        raise SystemExit(f"error: no seed under {SEEDS}; run `pope demo --full --seed N` and `claims.py add RUN` first")
+        raise SystemExit(f"error: no seed under {args.seeds}; run `pope demo --full --seed N` and `claims.py add RUN` "
+                         "first")
     print(f"{len(seeds)} seed(s): " + ", ".join(str(s["config"]["seed"]) for s in seeds) + "\n")
     print(table(claim_rows(seeds)))
-    plot(seeds, HERE / "claims.png")
+    plot(seeds, args.seeds.parent / "claims.png")
 
 
 if __name__ == "__main__":
