@@ -68,7 +68,8 @@ def arm_list(text) -> list[str] | None:
 
 @dataclass
 class DemoConfig:
-    """`pope demo`: the four stages on the shipped toy model, plain GRPO against POPE."""
+    """`pope demo`: the stages on the shipped toy model, for any of the paper's arms (plain GRPO against POPE by
+    default)."""
 
     out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, logs/.")
     model: str | None = option(None, "Starting model (default: the toy model shipped with pope).")
