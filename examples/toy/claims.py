@@ -124,7 +124,9 @@ def plot(seeds: list[dict], path: Path) -> None:
             series = [[row.get(key) for row in s["curves"][arm]] for s in seeds]
             mean = [statistics.mean(v for v in step if v is not None) if any(v is not None for v in step) else None
                     for step in zip(*series)]
-            ax.plot(smooth(mean) if key != "solved_unguided/ever" else mean, color=f"C{index}", label=arm)
+            steps = [row["step"] for row in seeds[0]["curves"][arm]]
+            # Entropy is logged only on steps that train (a step without signal has no update).
+            ax.plot(steps, smooth(mean) if key != "solved_unguided/ever" else mean, color=f"C{index}", label=arm)
             ax.set(title=title, xlabel="RL step")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"mean over {len(seeds)} seed(s)")
