@@ -14,13 +14,15 @@ mkdir -p "$WORK"
 [ -f "$WORK/problems.jsonl" ] || python "$HERE/prepare_pools.py" --out "$WORK/problems.jsonl"
 
 # 2. Hard = 0 correct of 128 samples at a 32k-token budget (sampling stops at the first correct one).
+#    One engine worker per GPU in each sampling stage (--ray auto to spread them over a Ray cluster).
 pope filter-hard "$WORK/problems.jsonl" --model "$MODEL" --k 128 --chunk 16 --max-new-tokens 32768 \
-    --backend vllm --max-model-len 36864 --out "$WORK/filter"
+    --backend vllm --max-model-len 36864 --workers "$GPUS" --out "$WORK/filter"
 
 # 3. The shortest oracle prefix (at most a quarter of the solution) that the model finishes at
 #    least once in 16 guided samples. Hard problems without a solution are reported and skipped.
 pope make-prefixes "$WORK/filter/hard.jsonl" --model "$MODEL" --max-fraction 0.25 --n 16 \
-    --max-new-tokens 16384 --temperature 0.8 --backend vllm --max-model-len 20480 --out "$WORK/prefixes.jsonl"
+    --max-new-tokens 16384 --temperature 0.8 --backend vllm --max-model-len 20480 --workers "$GPUS" \
+    --out "$WORK/prefixes.jsonl"
 
 # 4. What training will take, without loading weights; then POPE (1:1 guided:unguided) and plain GRPO.
 #    Under torchrun pope generates with the hf engine (vLLM is one-GPU only for now), 16 sequences
@@ -41,7 +43,7 @@ fi
 MODELS=(--model "$MODEL" --model "$WORK/runs/grpo/final" --model "$WORK/runs/pope/final")
 for BENCH in aime_2025 hmmt_feb_2025; do
     pope eval "hf:MathArena/$BENCH:train" --id-field problem_idx "${MODELS[@]}" --n 16 --k 1,16 \
-        --max-new-tokens 16384 --backend vllm --max-model-len 20480 --out "$WORK/eval/$BENCH"
+        --max-new-tokens 16384 --backend vllm --max-model-len 20480 --workers "$GPUS" --out "$WORK/eval/$BENCH"
 done
 pope eval "$WORK/prefixes.jsonl" --mode unguided,guided "${MODELS[@]}" --n 16 --k 1,16 \
-    --max-new-tokens 16384 --backend vllm --max-model-len 20480 --out "$WORK/eval/hard"
+    --max-new-tokens 16384 --backend vllm --max-model-len 20480 --workers "$GPUS" --out "$WORK/eval/hard"

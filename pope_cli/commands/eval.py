@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.evaluate import EvalConfig
 
@@ -12,7 +14,8 @@ def command(cfg: EvalConfig):
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_template, load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec
-    from pope_cli.shared.runtime import progress_reporter, scorer_factory
+    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.evaluate import run_eval
 
     validate_reward_spec(cfg.reward.spec)
@@ -21,15 +24,12 @@ def command(cfg: EvalConfig):
     load_unguided_template(cfg.prompt.unguided_template)
     if cfg.template:
         load_template(cfg.template)
+    plan = plan_workers(cfg.model, cfg.parallel)
+    if plan is not None:
+        print(f"eval: {plan.describe()}", file=sys.stderr)
     with progress_reporter("eval", total=0, unit="units") as progress:
-        summary = run_eval(cfg, _make_engine, scorer_factory(cfg.reward), progress)
+        summary = run_eval(cfg, lambda opts: engine_factory(opts, plan)(), scorer_factory(cfg.reward), progress)
     print_summary(summary)
-
-
-def _make_engine(opts):
-    from pope_cli.shared.engines import make_engine
-
-    return make_engine(opts)
 
 
 def print_summary(summary: dict) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pope_cli.commands.common import print_table
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.filter_hard import FilterHardConfig
@@ -14,16 +16,39 @@ def command(cfg: FilterHardConfig):
     from pope_cli.shared.prompts import load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec
     from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.filter_hard import run_filter_hard
 
     validate_reward_spec(cfg.reward.spec)
-    check_model_ref(cfg.model.model)
     load_unguided_template(cfg.prompt.unguided_template)
+    if cfg.dry_run:
+        print_plan(cfg)
+        return
+    check_model_ref(cfg.model.model)
+    plan = plan_workers(cfg.model, cfg.parallel)
+    if plan is not None:
+        print(f"filter-hard: {plan.describe()}", file=sys.stderr)
     with progress_reporter("filter-hard", total=0) as progress:
-        summary = run_filter_hard(cfg, engine_factory(cfg.model), scorer_factory(cfg.reward), progress)
+        summary = run_filter_hard(cfg, engine_factory(cfg.model, plan), scorer_factory(cfg.reward), progress)
     print_table("filter-hard", [
         ("problems", summary["problems"]), ("hard", summary["hard"]), ("easy", summary["easy"]),
         ("samples drawn", f"{summary['samples']} of {summary['naive_samples']} a naive filter draws"),
         ("tokens generated", summary["tokens"]), ("tokens/s (this run)", summary["tokens_per_second"]),
         ("time (s)", summary["seconds"]), ("written", f"{cfg.out}/hard.jsonl, {cfg.out}/easy.jsonl"),
+    ])
+
+
+def print_plan(cfg: FilterHardConfig) -> None:
+    from pope_cli.stages.filter_plan import plan_filter_hard
+
+    plan = plan_filter_hard(cfg)
+    speed = f"at {plan['gen_tokens_per_s']:g} tokens/s per worker x {plan['workers']}" if plan["gen_tokens_per_s"] else \
+        "give --gen-tokens-per-s"
+    print_table("filter-hard --dry-run (no model loaded)", [
+        ("problems", plan["problems"]), ("workers", plan["workers"]),
+        ("samples, worst case (all k)", plan["worst_samples"]),
+        (f"samples, expected ({100 * plan['assume_hard']:g}% hard)", plan["expected_samples"]),
+        ("tokens at --max-new-tokens, worst / expected", f"{plan['worst_tokens']} / {plan['expected_tokens']}"),
+        ("hours, worst / expected", f"{plan['worst_hours']} / {plan['expected_hours']} ({speed})"
+         if plan["worst_hours"] is not None else speed),
     ])

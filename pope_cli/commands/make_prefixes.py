@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pope_cli.commands.common import print_table
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.prefixes import PrefixConfig
@@ -13,12 +15,16 @@ def command(cfg: PrefixConfig):
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.reward.checker import validate_reward_spec
     from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.prefixes import run_make_prefixes
 
     validate_reward_spec(cfg.reward.spec)
     check_model_ref(cfg.model.model)
+    plan = plan_workers(cfg.model, cfg.parallel) if cfg.fixed_fraction is None else None
+    if plan is not None:
+        print(f"make-prefixes: {plan.describe()}", file=sys.stderr)
     with progress_reporter("make-prefixes", total=0) as progress:
-        summary = run_make_prefixes(cfg, engine_factory(cfg.model), scorer_factory(cfg.reward), progress)
+        summary = run_make_prefixes(cfg, engine_factory(cfg.model, plan), scorer_factory(cfg.reward), progress)
     print_table("make-prefixes", summary_rows(summary, cfg))
 
 

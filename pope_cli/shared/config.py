@@ -132,3 +132,38 @@ class RewardOptions:
             raise bad_option("--reward-timeout", "must be > 0")
         if self.workers < 1:
             raise bad_option("--reward-workers", "must be at least 1")
+
+
+WORKERS_PANEL = "Workers"
+
+
+@dataclass
+class WorkerOptions:
+    """How many engine workers sample, and where (local processes or Ray actors)."""
+
+    workers: int | None = option(None, "Engine worker processes; on GPUs each sees only its own device(s). Default 1, "
+                                       "with --ray one per GPU of the cluster (1 on a cluster without GPUs).",
+                                 panel=WORKERS_PANEL)
+    ray: str | None = option(None, "Run the workers as Ray actors: auto (this node's cluster), local (start one on "
+                                   "127.0.0.1 with token authentication) or HOST:PORT.", panel=WORKERS_PANEL)
+    tensor_parallel_size: int = option(1, "vllm backend: GPUs per worker (tensor parallel).", panel=WORKERS_PANEL)
+    max_restarts: int = option(3, "Restarts of crashed workers before the stage stops (finished work is kept).",
+                               panel=WORKERS_PANEL)
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 1:
+            raise bad_option("--workers", "must be at least 1")
+        if self.tensor_parallel_size < 1:
+            raise bad_option("--tensor-parallel-size", "must be at least 1")
+        if self.max_restarts < 0:
+            raise bad_option("--max-restarts", "must be >= 0")
+        if self.ray is not None and not self.ray:
+            raise bad_option("--ray", "give auto, local or HOST:PORT")
+
+    def pooled(self) -> bool:
+        """Whether the stage samples through worker processes rather than in the driver."""
+        return self.ray is not None or (self.workers or 1) > 1 or self.tensor_parallel_size > 1
+
+
+# The worker options change how fast a stage goes, never what it writes: a resume may change them.
+WORKER_RESUME_IGNORED = ("parallel.workers", "parallel.ray", "parallel.tensor_parallel_size", "parallel.max_restarts")

@@ -86,6 +86,7 @@ ALL = Group({}, None, {}, {})
 
 
 def group(*, defaults: dict | None = None, show: tuple[str, ...] | None = None, help: dict | None = None,
-          fixed: dict | None = None):
-    """A dataclass field holding an option group, as this stage shows it."""
-    return field(metadata={"group": Group(defaults or {}, show, help or {}, fixed or {})})
+          fixed: dict | None = None, default_factory: Any = MISSING):
+    """A dataclass field holding an option group, as this stage shows it; `default_factory` lets
+    code that builds the config leave the group out."""
+    return field(default_factory=default_factory, metadata={"group": Group(defaults or {}, show, help or {}, fixed or {})})

@@ -46,9 +46,13 @@ def run_rounds(jobs: Iterable[Job], engine: Engine, sampling: Sampling, scorer: 
     """Drive every job to completion, at most about `rows_per_round` samples per engine call.
 
     Jobs enter in the order given and `on_done` is called in a fixed order within a round, so
-    the same inputs give the same sequence of calls.
+    the same inputs give the same sequence of calls. An engine of many workers
+    (`workers.pool.PooledEngine`) drives the jobs itself, without lock-step rounds.
     """
     stats = stats or RoundStats()
+    drive = getattr(engine, "drive", None)
+    if drive is not None:
+        return drive(jobs, sampling, scorer, rows_per_round, on_done, stats)
     pending: Iterator[Job] = iter(jobs)
     active: list[tuple[Job, Request, dict]] = []
     while True:

@@ -14,8 +14,13 @@ from typing import Callable, Iterator
 from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions
 
 
-def engine_factory(opts: ModelOptions) -> Callable:
+def engine_factory(opts: ModelOptions, plan=None) -> Callable:
+    """The stage's engine: in-process, or with a `workers.factory.WorkerPlan` a pool of workers."""
     def build():
+        if plan is not None:
+            from pope_cli.shared.workers.factory import pooled_engine
+
+            return pooled_engine(opts, plan)
         from pope_cli.shared.engines import make_engine
 
         return make_engine(opts)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, bad_option, int_list, overwrite_option, seed_option)
+                                    SamplingOptions, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, int_list,
+                                    overwrite_option, seed_option)
 from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_problems, PREFIX_FIELDS
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError
@@ -48,6 +49,7 @@ class EvalConfig:
     prompt: PromptOptions = group()
     sampling: SamplingOptions = group(defaults={"temperature": 0.8})
     reward: RewardOptions = group()
+    parallel: WorkerOptions = group(default_factory=WorkerOptions)
     n: int = option(16, "Samples per problem and mode.")
     ks: list[int] = option(None, "Comma-separated k values for unbiased pass@k (each ≤ n).", param="k", cli_type=str,
                            cli_default="1,8,16", parse=int_list("--k"))
@@ -79,7 +81,8 @@ class EvalConfig:
             self.model.model = self.models[0]
 
 
-RESUME_IGNORED = ("overwrite", "model.batch_size", "model.gpu_memory_utilization", "reward.workers", "bootstrap")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
+                  "reward.workers", "bootstrap")
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pope_cli.shared.config import (FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
-                                    bad_option, overwrite_option, seed_option)
+from pope_cli.shared.config import (WORKER_RESUME_IGNORED, FieldMap, ModelOptions, PromptOptions, RewardOptions,
+                                    SamplingOptions, WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.options import group, option
@@ -40,6 +40,7 @@ class FilterHardConfig:
     prompt: PromptOptions = group()
     sampling: SamplingOptions = group()
     reward: RewardOptions = group()
+    parallel: WorkerOptions = group(default_factory=WorkerOptions)
     k: int = option(128, "Samples per problem; hard = 0 correct of k (the paper: 128 at a 32k-token budget).")
     chunk: int = option(16, "Samples per problem per round; sampling stops after the first round with a correct one.")
     exhaustive: bool = option(False, "Draw all k samples even after a correct one (exact pass rates).",
@@ -47,16 +48,25 @@ class FilterHardConfig:
     save_samples: bool = option(False, "Also write every completion to samples.jsonl.", flags=("--save-samples",))
     seed: int = seed_option()
     overwrite: bool = overwrite_option()
+    dry_run: bool = option(False, "Print the plan (problems, samples, tokens, hours) and exit; loads no model.",
+                           flags=("--dry-run",))
+    assume_hard: float = option(0.2, "--dry-run: share of problems assumed hard (k samples each; the others one chunk).")
+    gen_tokens_per_s: float | None = option(None, "--dry-run: tokens per second one worker generates, for the hours.")
 
     def __post_init__(self):
         if self.k < 1:
             raise bad_option("--k", "must be at least 1")
         if self.chunk < 1:
             raise bad_option("--chunk", "must be at least 1")
+        if not 0 <= self.assume_hard <= 1:
+            raise bad_option("--assume-hard", "must be in [0, 1]")
+        if self.gen_tokens_per_s is not None and self.gen_tokens_per_s <= 0:
+            raise bad_option("--gen-tokens-per-s", "must be > 0")
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
-RESUME_IGNORED = ("overwrite", "model.batch_size", "model.gpu_memory_utilization", "reward.workers")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
+                  "reward.workers", "dry_run", "assume_hard", "gen_tokens_per_s")
 
 
 @dataclass

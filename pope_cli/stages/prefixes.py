@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, bad_option, overwrite_option, seed_option)
+                                    SamplingOptions, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, overwrite_option,
+                                    seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError
@@ -55,6 +56,7 @@ class PrefixConfig:
     prompt: PromptOptions = group(show=("chat_template", "system_prompt"))
     sampling: SamplingOptions = group()
     reward: RewardOptions = group()
+    parallel: WorkerOptions = group(default_factory=WorkerOptions)
     template: str = option("pope", "Guided template: pope, no-restate, or a text file with {problem} and {prefix}; recorded "
                                    "in each record.", panel=PROMPT_PANEL)
     split: str = option("units", "Cut solutions into 'units' (paragraph, line and sentence boundaries outside math) or "
@@ -90,7 +92,8 @@ class PrefixConfig:
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
-RESUME_IGNORED = ("overwrite", "model.batch_size", "model.gpu_memory_utilization", "reward.workers")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
+                  "reward.workers")
 
 # Every stats row has all of these (None where they do not apply), whatever its status.
 STATS_FIELDS = ("id", "status", "kept", "prefix", "prefix_units", "prefix_tokens", "prefix_fraction", "rung",

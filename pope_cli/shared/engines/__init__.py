@@ -23,15 +23,20 @@ def choose_backend(backend: str) -> str:
 
 
 def make_engine(opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
-                full_weight_sync: bool = False) -> Engine:
+                full_weight_sync: bool = False, tensor_parallel_size: int = 1) -> Engine:
     """The engine for a `ModelOptions`. The keyword options only concern vLLM: a LoRA rank to
-    serve trained adapters with, sleep mode to free the GPU between rollouts, and full-weight
-    updates from a trainer in this process."""
+    serve trained adapters with, sleep mode to free the GPU between rollouts, full-weight
+    updates from a trainer in this process, and the GPUs to split the model over."""
     if choose_backend(opts.backend) == "vllm":
         from pope_cli.shared.engines.vllm import VLLMEngine
 
         return VLLMEngine.from_options(opts, max_lora_rank=max_lora_rank, enable_sleep_mode=enable_sleep_mode,
-                                       in_process=full_weight_sync)
+                                       in_process=full_weight_sync, tensor_parallel_size=tensor_parallel_size)
+    if tensor_parallel_size > 1:
+        from pope_cli.shared.errors import PopeError
+
+        raise PopeError("--tensor-parallel-size: needs the vllm backend; vLLM is not installed or CUDA is absent",
+                        exit_code=2)
     from pope_cli.shared.engines.hf import HFEngine
 
     return HFEngine.from_options(opts)

@@ -72,7 +72,7 @@ class VLLMEngine:
 
     @classmethod
     def from_options(cls, opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
-                     in_process: bool = False) -> "VLLMEngine":
+                     in_process: bool = False, tensor_parallel_size: int = 1) -> "VLLMEngine":
         """An engine for a `ModelOptions`; a PEFT adapter dir serves its base model plus the adapter."""
         from pope_cli.shared.models import adapter_base, adapter_rank, check_model_ref, load_tokenizer
 
@@ -85,7 +85,7 @@ class VLLMEngine:
             dtype="bfloat16" if opts.dtype == "auto" else opts.dtype,
             gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
             trust_remote_code=opts.trust_remote_code, max_lora_rank=max_lora_rank,
-            enable_sleep_mode=enable_sleep_mode, in_process=in_process,
+            enable_sleep_mode=enable_sleep_mode, in_process=in_process, tensor_parallel_size=tensor_parallel_size,
         )
         if base is not None:
             engine.set_lora(opts.model)
