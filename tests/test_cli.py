@@ -14,7 +14,7 @@ import pytest
 from conftest import default_sigint
 
 TESTS = Path(__file__).parent
-COMMANDS = ["filter-hard", "make-prefixes", "eval", "train", "demo", "toy"]
+COMMANDS = ["filter-hard", "make-prefixes", "eval", "train", "sft", "demo", "toy"]
 
 
 def pope(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:

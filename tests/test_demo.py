@@ -13,11 +13,19 @@ import pytest
 def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--steps", "2", "--n-easy", "4", "--n-hard", "4", "--n-heldout", "2", "--k", "4",
-            "--prefix-n", "2", "--eval-n", "2", "--prompts-per-step", "2", "--group-size", "2", "--parallel", "2"]
+            "--prefix-n", "2", "--eval-n", "2", "--prompts-per-step", "2", "--group-size", "2", "--parallel", "2",
+            "--arms", "pope,pope-no-restate,sft-grpo", "--sft-steps", "2"]
     proc = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"start", "grpo", "pope"}
+    assert set(results["arms"]) == {"start", "pope", "pope-no-restate", "sft-grpo"}
+    assert set(results["arms"]["pope-no-restate"]) == {"unguided", "guided", "guided_own_template"}
+    sft = results["training"]["sft-grpo"]
+    assert sft["sft_steps"] == 2 and sft["steps"] == 2 and sft["sft_data"]["kept"] == results["filter"]["hard"]
+    sft_metrics = (out / "runs" / "sft-grpo.sft" / "metrics.jsonl").read_text().splitlines()
+    assert len(sft_metrics) == 2 and "token_accuracy" in json.loads(sft_metrics[0])
+    rl_config = json.loads((out / "runs" / "sft-grpo" / "config.json").read_text())
+    assert rl_config["model"]["model"] == str(out / "runs" / "sft-grpo.sft" / "final")
     assert set(results["arms"]["pope"]) == {"unguided", "guided"}
     assert results["training"]["pope"]["steps"] == 2 and results["filter"]["problems"] == 8
     assert results["heldout_filter"]["problems"] == 2 and results["heldout_filter"]["hard"] >= 1
@@ -33,7 +41,7 @@ def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     assert figures["reward.png"]["panels"][1] == {"title": "unguided prompts", "series": ["grpo", "pope"]}
     assert all(panel["series"] == ["unguided", "guided"] for panel in figures["evals.png"]["panels"])
     assert (out / "report" / "index.html").exists() and (out / "report" / "report.md").exists()
-    for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/grpo/final/config.json", "eval/start/summary.json"):
+    for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/sft-grpo/final/config.json", "eval/start/summary.json"):
         assert (out / stage_file).exists(), stage_file
     assert "held-out hard problems" in proc.stdout
     rerun = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
@@ -65,21 +73,87 @@ def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp
             require_hard_problems(tmp_path)
 
 
-def test_full_demo_plans_the_papers_arms_on_filtered_sets(tmp_path):
-    from pope_cli.stages.demo import DemoConfig
-    from pope_cli.stages.demo import stage_commands
+def plan(tmp_path, **options) -> dict[str, dict[str, list[str]]]:
+    """Each phase's commands, keyed by their --out directory's name."""
+    from pope_cli.stages.demo import DemoConfig, stage_commands
 
-    phases = stage_commands(DemoConfig(out=str(tmp_path), full=True), tmp_path)
-    filters = phases["filter"]
+    phases = stage_commands(DemoConfig(out=str(tmp_path), **options), tmp_path)
+    return {phase: {c[c.index("--out") + 1].rsplit("/", 1)[1]: c for c in commands} for phase, commands in phases.items()}
+
+
+def value(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_default_demo_plans_grpo_against_pope(tmp_path):
+    phases = plan(tmp_path)
+    assert list(phases) == ["data", "filter", "prefixes", "train", "eval"]  # no SFT phase
+    assert set(phases["train"]) == {"grpo", "pope"} and set(phases["eval"]) == {"start", "grpo", "pope"}
+    assert value(phases["train"]["grpo"], "--mode") == "grpo" and value(phases["train"]["pope"], "--mode") == "pope"
+
+
+def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
+    from pope_cli.stages.demo import ARMS, templates
+
+    phases = plan(tmp_path, full=True)
+    filters = list(phases["filter"].values())
     assert [c[1] for c in filters] == [str(tmp_path / "data" / "mix.jsonl"), str(tmp_path / "data" / "heldout.jsonl")]
-    assert all(c[c.index("--k") + 1] == "128" for c in filters)
-    train = {c[c.index("--out") + 1]: c for c in phases["train"]}
-    easy_arm = train[str(tmp_path / "runs" / "grpo-easy")]
-    assert easy_arm[easy_arm.index("--easy") + 1] == str(tmp_path / "data" / "easy.jsonl")
-    assert "--template" in train[str(tmp_path / "runs" / "pope-no-restate")]
+    assert all(value(c, "--k") == "128" for c in filters)
+    train = phases["train"]
+    assert set(train) == set(ARMS) and len(ARMS) == 9
+    easy = str(tmp_path / "data" / "easy.jsonl")
+    start = value(train["grpo"], "--model")
+    expected = {  # arm → (mode, the options it adds to the shared ones)
+        "grpo": ("grpo", {}), "pope": ("pope", {}),
+        "grpo-easy": ("grpo", {"--easy": easy, "--easy-fraction": "0.5"}),
+        "pope-easy": ("pope", {"--easy": easy, "--easy-fraction": "0.5"}),
+        "pope-no-restate": ("pope", {"--template": templates()["guided-no-restate"]}),
+        "entropy": ("grpo", {"--entropy-coef": "0.01"}),
+        "clip-higher": ("grpo", {"--clip-high": "0.28", "--mini-batch-size": "32"}),
+        "sft-grpo": ("grpo", {"--model": str(tmp_path / "runs" / "sft-grpo.sft" / "final")}),
+        "rs-sft-grpo": ("grpo", {"--model": str(tmp_path / "runs" / "rs-sft-grpo.sft" / "final")}),
+    }
+    shared = {flag: value(train["grpo"], flag) for flag in ("--steps", "--seed", "--lr", "--prompts-per-step",
+                                                              "--group-size", "--adv-norm", "--max-new-tokens")}
+    assert shared["--steps"] == "250" and shared["--seed"] == "0"
+    for arm, (mode, added) in expected.items():
+        command = train[arm]
+        assert value(command, "--mode") == mode and value(command, "--out") == str(tmp_path / "runs" / arm)
+        assert command[1] == str(tmp_path / "prefixes.jsonl")
+        assert {flag: value(command, flag) for flag in shared} == shared, arm
+        assert {flag: value(command, flag) for flag in added} == added, arm
+        assert arm.endswith("sft-grpo") or value(command, "--model") == start
+        others = {"--easy", "--template", "--entropy-coef", "--clip-high", "--mini-batch-size"} - set(added)
+        assert not others & set(command), arm
+    sft = phases["sft"]
+    assert set(sft) == {"sft-grpo.sft", "rs-sft-grpo.sft"}
+    assert value(sft["sft-grpo.sft"], "--source") == "oracle"
+    assert value(sft["rs-sft-grpo.sft"], "--source") == "guided-samples"
+    assert all(value(c, "--steps") == "50" and value(c, "--model") == start and c[1] == str(tmp_path / "prefixes.jsonl")
+               for c in sft.values())
     evals = phases["eval"]
-    assert {c[c.index("--out") + 1].rsplit("/", 1)[1] for c in evals} == {"start", "grpo", "pope", "grpo-easy", "pope-no-restate"}
-    assert all(c[1] == str(tmp_path / "heldout_filter" / "hard.jsonl") for c in evals)
+    assert set(evals) == {"start", *ARMS, "pope-no-restate.own-template"}
+    assert all(c[1] == str(tmp_path / "heldout_filter" / "hard.jsonl") for c in evals.values())
+    assert all(value(c, "--mode") == "unguided,guided" and "--template" not in c
+               for name, c in evals.items() if name != "pope-no-restate.own-template")
+    own = evals["pope-no-restate.own-template"]
+    assert value(own, "--mode") == "guided" and value(own, "--template") == templates()["guided-no-restate"]
+    assert value(own, "--model") == str(tmp_path / "runs" / "pope-no-restate" / "final")
+    setting = ("--prefixes", "--n", "--k", "--seed", "--max-new-tokens", "--reward", "--unguided-template")
+    assert len({tuple(value(c, flag) for flag in setting) for c in evals.values()}) == 1  # one evaluation setting
+
+
+def test_arms_pick_the_plan_and_unknown_arms_are_refused(tmp_path):
+    from pope_cli.shared.errors import PopeError
+
+    phases = plan(tmp_path, arms=["entropy", "rs-sft-grpo"])
+    assert set(phases["train"]) == {"entropy", "rs-sft-grpo"} and set(phases["sft"]) == {"rs-sft-grpo.sft"}
+    assert set(phases["eval"]) == {"start", "entropy", "rs-sft-grpo"}
+    from pope_cli.stages.demo import arm_list
+
+    assert arm_list("pope, grpo,pope") == ["pope", "grpo"]
+    with pytest.raises(PopeError, match="--arms: unknown arm 'ppo'; choose from grpo, pope, grpo-easy"):
+        arm_list("grpo,ppo")
 
 
 def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):

@@ -53,6 +53,10 @@ def print_results(results: dict, cfg) -> None:
     # A log file gets rich's 80 columns, too narrow for the arm names and nine columns of numbers.
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=130)
     console.print(table)
+    for arm, modes in results["arms"].items():
+        if "guided_own_template" in modes:
+            console.print(f"{arm}, guided under its own template: avg@{cfg.eval_n} "
+                          f"{_pct(modes['guided_own_template'].get('avg@n'))}")
     console.print(f"wrote {cfg.out}/results.json, {cfg.out}/curves.png and {cfg.out}/report/index.html in "
                   f"{results['seconds']['total']:.0f} s")
 

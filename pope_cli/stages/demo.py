@@ -7,7 +7,10 @@ make-prefixes runs, the training arms, one evaluation per model) run side by sid
 thread each. A rerun resumes: every stage picks up its own outputs.
 
 The demo's question is the paper's: on problems the start model never solves, does plain GRPO
-get any signal, and does POPE's guidance transfer to held-out problems asked unguided?
+get any signal, and does POPE's guidance transfer to held-out problems asked unguided? `--arms`
+picks the paper's baselines (see ARMS); `--full` runs them all. Every arm starts from the same
+model with the same seed, data, RL step budget and evaluation; the two SFT arms first spend
+`--sft-steps` supervised steps (a phase of their own), then the same RL steps.
 """
 
 from __future__ import annotations
@@ -32,18 +35,54 @@ from pope_cli.shared.outputs import atomic_write_json
 from pope_cli.shared.runtime import PROGRESS_SECONDS_ENV
 
 
+ENTROPY_COEF = 0.01
+CLIP_HIGHER = 0.28
+CLIP_MINI_BATCH = 32
+"""The clip only acts off-policy: with one optimizer step per batch the ratio is exactly 1, so
+the clip-higher arm takes its batch in mini-batches (4 optimizer steps per RL step at the
+defaults' 128 sequences), as DAPO does."""
+SFT_EXAMPLES_PER_STEP = 16
+
+ARMS = {
+    "grpo": "plain GRPO on the unguided hard pool",
+    "pope": "POPE: guided (shortest solving prefix) and unguided copies, 1:1",
+    "grpo-easy": "plain GRPO, half of each step's prompts from the toy's easy problems",
+    "pope-easy": "POPE, half of each step's prompts from the toy's easy problems",
+    "pope-no-restate": "POPE with the guided template that says not to restate the prefix",
+    "entropy": f"plain GRPO with an entropy bonus ({ENTROPY_COEF})",
+    "clip-higher": f"plain GRPO with clip-high {CLIP_HIGHER}, in mini-batches of {CLIP_MINI_BATCH} sequences",
+    "sft-grpo": "SFT on the hard pool's oracle solutions, then plain GRPO",
+    "rs-sft-grpo": "SFT on correct guided samples (prefix + completion, unguided prompt), then plain GRPO",
+}
+DEFAULT_ARMS = ("grpo", "pope")
+
+
+def arm_list(text) -> list[str] | None:
+    """`--arms grpo,pope` → ["grpo", "pope"], every name checked."""
+    if text is None:
+        return None
+    names = [n.strip() for n in (text if isinstance(text, (list, tuple)) else str(text).split(",")) if n.strip()]
+    unknown = [n for n in names if n not in ARMS]
+    if unknown or not names:
+        raise bad_option("--arms", f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}" if unknown
+                         else "name at least one arm")
+    return list(dict.fromkeys(names))
+
+
 @dataclass
 class DemoConfig:
-    """`pope demo`: the four stages on the shipped toy model, plain GRPO against POPE."""
+    """`pope demo`: the stages on the shipped toy model, for any of the paper's arms (plain GRPO against POPE by
+    default)."""
 
     out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, report/, logs/.")
     model: str | None = option(None, "Starting model (default: the toy model shipped with pope).")
     seed: int = seed_option()
-    full: bool = option(False, "Add GRPO on easy + hard (interference) and POPE with the no-restate template.",
-                        flags=("--full",))
+    arms: list[str] = option(None, "Comma-separated training arms: " + ", ".join(ARMS) + ".", cli_type=str,
+                             parse=arm_list, cli_default="grpo,pope")
+    full: bool = option(False, "Run every arm (overrides --arms).", flags=("--full",))
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
     n_hard: int = option(192, "Hard problems in the training pool before filtering.")
-    n_heldout: int = option(128, "Held-out candidates; filter-hard keeps those the start model never solves.")
+    n_heldout: int = option(320, "Held-out candidates; filter-hard keeps those the start model never solves (~70%).")
     k: int = option(128, "filter-hard samples per problem, for the pool and the held-out set (the paper: 0 of 128).")
     prefix_n: int = option(16, "make-prefixes samples per rung.")
     max_fraction: float = 0.85
@@ -52,19 +91,23 @@ class DemoConfig:
     steps: int = option(250, "RL steps per training arm.")
     prompts_per_step: int = option(16, "Prompts per RL step.")
     group_size: int = option(8, "Completions per prompt.")
-    lr: float = option(2e-4, "Learning rate (full fine-tuning of the toy model).")
+    lr: float = option(2e-4, "Learning rate (full fine-tuning of the toy model), RL and SFT alike.")
+    sft_steps: int = option(50, "SFT arms: supervised steps of 16 examples before the RL steps.")
+    sft_n: int = option(8, "rs-sft-grpo: guided samples per hard problem, the correct ones kept.")
     warmup_steps: int = 20
     adv_norm: str = "none"
-    eval_n: int = option(32, "Evaluation samples per problem and mode.")
+    eval_n: int = option(16, "Evaluation samples per problem and mode (16: the paper's pass@16).")
     eval_k: list[int] = None
     parallel: int = option(2, "Commands of one phase (filters, training arms, evaluations) run at once, one CPU thread "
                               "each.")
     overwrite: bool = overwrite_option("Start again instead of resuming an earlier demo in --out.")
 
     def __post_init__(self):
-        self.eval_k = sorted(set(self.eval_k or [1, min(8, self.eval_n), self.eval_n]))
+        self.arms = list(ARMS) if self.full else (self.arms or list(DEFAULT_ARMS))
+        self.eval_k = sorted(set(self.eval_k or [1, min(8, self.eval_n), min(16, self.eval_n), self.eval_n]))
         for option, value in (("--steps", self.steps), ("--k", self.k), ("--eval-n", self.eval_n),
-                              ("--parallel", self.parallel), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout)):
+                              ("--parallel", self.parallel), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout),
+                              ("--sft-steps", self.sft_steps), ("--sft-n", self.sft_n)):
             if value < 1:
                 raise bad_option(option, "must be at least 1")
         if any(k < 1 or k > self.eval_n for k in self.eval_k):
@@ -74,8 +117,11 @@ class DemoConfig:
 
 
 REWARD = "pope_cli.toy.reward:score"
+# 256 rows per generate call: on one CPU thread the toy model samples ~30% more rows per CPU
+# second than at the default 64, and every row's sample depends on its own seed only, so the
+# files are the same.
 GENERATION = ["--backend", "hf", "--device", "cpu", "--max-new-tokens", "64", "--reward", REWARD,
-              "--reward-workers", "1"]
+              "--reward-workers", "1", "--batch-size", "256"]
 
 
 def templates() -> dict[str, str]:
@@ -90,21 +136,57 @@ def start_model(cfg: DemoConfig) -> str:
     return cfg.model or str(SHIPPED_MODEL_DIR)
 
 
+SFT_SOURCES = {"sft-grpo": "oracle", "rs-sft-grpo": "guided-samples"}
+
+
 def arms(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
-    """Training arms: the same start, seed, budget and hyperparameters; only the data differ."""
-    chosen = {"grpo": ["--mode", "grpo"], "pope": ["--mode", "pope"]}
-    if cfg.full:
-        # The toy's easy tier, which the start model solves (the paper's easy set: problems the
-        # base model already solves). filter-hard's easy.jsonl would also hold the pool's hard
-        # problems solved once in k samples: near-hard problems that train the hard skill directly.
-        chosen["grpo-easy"] = ["--mode", "grpo", "--easy", str(out / "data" / "easy.jsonl"), "--easy-fraction", "0.5"]
-        chosen["pope-no-restate"] = ["--mode", "pope", "--template", templates()["guided-no-restate"]]
-    return chosen
+    """Training arm → its `pope train` arguments beyond the shared ones: the same start, seed,
+    budget and hyperparameters; only the data, the objective or the starting weights differ."""
+    # The toy's easy tier, which the start model solves (the paper's easy set: problems the
+    # base model already solves). filter-hard's easy.jsonl would also hold the pool's hard
+    # problems solved once in k samples: near-hard problems that train the hard skill directly.
+    easy = ["--easy", str(out / "data" / "easy.jsonl"), "--easy-fraction", "0.5"]
+    grpo = ["--mode", "grpo"]
+    every = {
+        "grpo": grpo,
+        "pope": ["--mode", "pope"],
+        "grpo-easy": [*grpo, *easy],
+        "pope-easy": ["--mode", "pope", *easy],
+        "pope-no-restate": ["--mode", "pope", "--template", templates()["guided-no-restate"]],
+        "entropy": [*grpo, "--entropy-coef", str(ENTROPY_COEF)],
+        "clip-higher": [*grpo, "--clip-high", str(CLIP_HIGHER), "--mini-batch-size", str(CLIP_MINI_BATCH)],
+        **{arm: grpo for arm in SFT_SOURCES},
+    }
+    return {arm: every[arm] for arm in cfg.arms}
+
+
+def sft_run(out: Path, arm: str) -> Path:
+    return out / "runs" / f"{arm}.sft"
+
+
+def arm_start(cfg: DemoConfig, out: Path, arm: str) -> str:
+    """The weights an arm's RL starts from: its SFT run's, or the start model."""
+    return str(sft_run(out, arm) / "final") if arm in SFT_SOURCES else start_model(cfg)
+
+
+def own_templates(cfg: DemoConfig) -> dict[str, str]:
+    """Arms trained with a guided template other than the default → that template, for a second
+    guided evaluation under the arm's own instruction."""
+    return {"pope-no-restate": templates()["guided-no-restate"]} if "pope-no-restate" in cfg.arms else {}
 
 
 def evaluated_models(cfg: DemoConfig, out: Path) -> dict[str, str]:
     """Arm name → the model directory it evaluates: the start model and each arm's final weights."""
     return {"start": start_model(cfg), **{name: str(out / "runs" / name / "final") for name in arms(cfg, out)}}
+
+
+def sft_commands(cfg: DemoConfig, out: Path, model: str, prompts: list[str]) -> list[list[str]]:
+    """The SFT arms' warm starts, on the training pool's hard problems (prefixes.jsonl)."""
+    common = ["--model", model, "--full", "--lr", str(cfg.lr), "--steps", str(cfg.sft_steps), "--examples-per-step",
+              str(SFT_EXAMPLES_PER_STEP), "--save-every", "50", "--seed", str(cfg.seed), "--n", str(cfg.sft_n),
+              "--temperature", "0.8", "--template", templates()["guided"], *prompts, *GENERATION]
+    return [["sft", str(out / "prefixes.jsonl"), "--source", SFT_SOURCES[arm], "--out", str(sft_run(out, arm)), *common]
+            for arm in cfg.arms if arm in SFT_SOURCES]
 
 
 def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
@@ -119,26 +201,30 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
     filter_args = ["--model", model, "--k", str(cfg.k), "--chunk", "32", "--seed", seed, *prompts, *GENERATION]
     prefix_args = ["--model", model, "--template", tpl["guided"], "--n", str(cfg.prefix_n), "--max-fraction",
                    str(cfg.max_fraction), "--seed", seed, *GENERATION]
-    train_common = ["--model", model, "--steps", str(cfg.steps), "--prompts-per-step", str(cfg.prompts_per_step),
+    train_common = ["--steps", str(cfg.steps), "--prompts-per-step", str(cfg.prompts_per_step),
                     "--group-size", str(cfg.group_size), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
                     "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full",
                     "--log-completions", "4", "--log-every", str(max(1, cfg.steps // 10)), *prompts, *GENERATION]
     heldout = out / "heldout_filter" / "hard.jsonl"
-    eval_args = [str(heldout), "--prefixes", str(out / "heldout_prefixes.jsonl"), "--mode", "unguided,guided",
-                 "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)), "--seed", seed, "--batch-size", "256",
-                 *prompts, *GENERATION]
-    return {
+    eval_args = [str(heldout), "--prefixes", str(out / "heldout_prefixes.jsonl"), "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)), "--seed", seed, *prompts,
+                 *GENERATION]
+    phases = {
         "data": [["toy", "make-data", "--out", str(out / "data"), "--seed", seed, "--n-easy", str(cfg.n_easy),
                   "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout)]],
         "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args],
                    ["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"), *filter_args]],
         "prefixes": [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"), *prefix_args],
                      ["make-prefixes", str(heldout), "--out", str(out / "heldout_prefixes.jsonl"), *prefix_args]],
-        "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), *extra, *train_common]
-                  for name, extra in arms(cfg, out).items()],
-        "eval": [["eval", *eval_args, "--model", path, "--out", str(out / "eval" / name)]
-                 for name, path in evaluated_models(cfg, out).items()],
+        "sft": sft_commands(cfg, out, model, prompts),
+        "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), "--model",
+                   arm_start(cfg, out, name), *extra, *train_common] for name, extra in arms(cfg, out).items()],
+        "eval": [["eval", *eval_args, "--mode", "unguided,guided", "--model", path, "--out", str(out / "eval" / name)]
+                 for name, path in evaluated_models(cfg, out).items()]
+                + [["eval", *eval_args, "--model", str(out / "runs" / name / "final"), "--mode", "guided", "--template",
+                    template, "--out", str(out / "eval" / f"{name}.own-template")]
+                   for name, template in own_templates(cfg).items()],
     }
+    return {name: commands for name, commands in phases.items() if commands}
 
 
 def require_hard_problems(out: Path) -> None:
@@ -191,13 +277,15 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print,
     # The stages check their own resumes; the demo's claim is the lock and a safe --overwrite.
     with claim_output(cfg.out, out / "demo.json", config, None, cfg.overwrite, ignored=config) as claim:
         claim.started()
-        return _run_phases(cfg, out, say, started)
+        return _run_phases(cfg, out, say, started, watch)
 
 
-def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started: float) -> dict:
+def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started: float,
+                watch: Callable[[str, list[Job]], None] | None) -> dict:
     phases = stage_commands(cfg, out)
-    timings = {}
+    timings, cpu = {}, {}
     for name, commands in phases.items():
+        cpu_before = _children_cpu()
         say(f"[{time.time() - started:6.0f}s] {name}: " + " | ".join(f"pope {shlex.join(c[:2])} …" for c in commands))
         phase_started = time.time()
         # One thread per command: the toy model's matrices are too small for a second thread to
@@ -206,8 +294,10 @@ def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started:
         if name == "filter":
             require_hard_problems(out)
         timings[name] = round(time.time() - phase_started, 1)
+        cpu[name] = round(_children_cpu() - cpu_before, 1)
     curves = {arm: training_rows(out, arm) for arm in arms(cfg, out)}
     results = collect_results(cfg, out, curves, phases, timings, started)
+    results["cpu_seconds"] = {**cpu, "total": round(sum(cpu.values()), 1)}
     atomic_write_json(out / "results.json", results)
     write_report(out, list(curves), list(evaluated_models(cfg, out)))
     return results
@@ -225,6 +315,15 @@ def write_report(out: Path, arm_names: list[str], evaluated: list[str]) -> None:
     run_report(ReportConfig(dirs=runs + [str(out / "eval" / name) for name in evaluated], out=str(out / "report")))
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished commands: a phase's cost, apart from how busy
+    the machine was."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def training_rows(out: Path, arm: str) -> list[dict]:
     """An arm's metrics.jsonl, one dict per step."""
     return [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
@@ -239,12 +338,22 @@ def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], p
         summary = json.loads((out / "eval" / arm / "summary.json").read_text())
         (modes,) = summary["models"].values()
         results["arms"][arm] = {mode: {k: v for k, v in metrics.items() if k != "ci95"} for mode, metrics in modes.items()}
+    for arm in own_templates(cfg):
+        summary = json.loads((out / "eval" / f"{arm}.own-template" / "summary.json").read_text())
+        (modes,) = summary["models"].values()
+        results["arms"][arm]["guided_own_template"] = {k: v for k, v in modes["guided"].items() if k != "ci95"}
     for arm, rows in curves.items():
+        late = [r["entropy"] for r in rows[-max(1, len(rows) // 10):] if r.get("entropy") is not None]
         results["training"][arm] = {
             "steps": len(rows),
+            "sft_steps": cfg.sft_steps if arm in SFT_SOURCES else 0,
             "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
             "steps_with_unguided_signal": sum(1 for r in rows if (r.get("reward/unguided") or 0) > 0),
+            "entropy_last_tenth": sum(late) / len(late) if late else None,
         }
+    for arm in SFT_SOURCES:
+        if arm in cfg.arms:
+            results["training"][arm]["sft_data"] = json.loads((sft_run(out, arm) / "manifest.json").read_text())["counts"]["data"]
     for name in ("filter", "heldout_filter"):
         counts = json.loads((out / name / "manifest.json").read_text())["counts"]
         results[name] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}

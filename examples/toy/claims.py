@@ -1,0 +1,158 @@
+"""The paper's claims over seeds of `pope demo --full`: paired differences, intervals, a figure.
+
+    python examples/toy/claims.py add RUN_DIR [RUN_DIR ...]   # keep a finished seed
+    python examples/toy/claims.py table                        # the claim table and claims.png
+
+(`--seeds DIR` before the action reads and writes another seeds directory.)
+
+`add` copies a run's `results.json` and, per training arm, the metric columns the figure needs
+into `examples/toy/seeds/seed<N>/`, so that seeds run at different times accumulate instead of
+being rerun. `table` reads every kept seed, prints the markdown claim table (each claim: the
+paper's difference, the toy's mean paired difference with its 95% bootstrap interval over seeds,
+and in how many seeds its sign holds) and writes `claims.png` (every arm: unguided training
+reward, hard problems ever solved unguided, token entropy per step; mean over seeds). Nothing is
+recomputed: the numbers are the demo's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from pope_cli.shared.paired import paired_difference
+
+HERE = Path(__file__).parent
+SEEDS = HERE / "seeds"
+CURVE_KEYS = ("step", "reward/unguided", "solved_unguided/ever", "entropy")
+
+# (claim, treated arm, reference arm, metric, the paper's difference in points or words).
+# Metrics: "unguided/avg@n" etc. are held-out eval numbers (x100); "train/<fact>" training facts.
+PAPER_P1 = {"grpo": 13.55, "pope": 15.50, "grpo-easy": 2.24, "pope-easy": 13.98, "sft-grpo": 2.00, "rs-sft-grpo": 5.14}
+PAPER_P16 = {"grpo": 32.89, "pope": 42.53, "pope-easy": 36.42, "sft-grpo": 12.37, "rs-sft-grpo": 24.50}
+
+
+def _paper(table: dict, treated: str, reference: str) -> str:
+    if treated in table and reference in table:
+        return f"{table[treated] - table[reference]:+.2f}"
+    return "–"
+
+
+CLAIMS = [
+    *[(f"{t} − {r}", t, r, metric, _paper(table, t, r))
+      for t, r in (("pope", "grpo"), ("grpo-easy", "grpo"), ("pope-easy", "pope"), ("sft-grpo", "grpo"),
+                   ("rs-sft-grpo", "grpo"))
+      for metric, table in (("unguided/avg@n", PAPER_P1), ("unguided/pass@16", PAPER_P16))],
+    ("pope-no-restate − pope", "pope-no-restate", "pope", "unguided/avg@n", "lower (text)"),
+    ("pope-no-restate (own template) − pope, guided", "pope-no-restate", "pope", "guided_own_template/avg@n",
+     "higher (text)"),
+    ("entropy − grpo", "entropy", "grpo", "train/entropy_last_tenth", "entropy blows up (text)"),
+    ("entropy − grpo", "entropy", "grpo", "train/hard_solved_unguided_ever", "no gain (text)"),
+    ("clip-higher − grpo", "clip-higher", "grpo", "train/entropy_last_tenth", "entropy blows up (text)"),
+    ("clip-higher − grpo", "clip-higher", "grpo", "train/hard_solved_unguided_ever", "no gain (text)"),
+]
+
+
+def add(runs: list[Path], root: Path = SEEDS) -> None:
+    for run in runs:
+        results = json.loads((run / "results.json").read_text())
+        target = root / f"seed{results['config']['seed']}"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "results.json", target / "results.json")
+        for arm in results["training"]:
+            rows = [json.loads(line) for line in (run / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
+            (target / f"{arm}.metrics.jsonl").write_text(
+                "".join(json.dumps({k: row.get(k) for k in CURVE_KEYS}) + "\n" for row in rows))
+        print(f"kept {run} as {target}")
+
+
+def load_seeds(root: Path = SEEDS) -> list[dict]:
+    seeds = []
+    for directory in sorted(root.glob("seed*"), key=lambda p: int(p.name[4:])):
+        results = json.loads((directory / "results.json").read_text())
+        results["curves"] = {arm: [json.loads(line) for line in (directory / f"{arm}.metrics.jsonl").read_text().splitlines()]
+                             for arm in results["training"]}
+        seeds.append(results)
+    return seeds
+
+
+def metric(results: dict, arm: str, name: str) -> float | None:
+    """One arm's number in one seed: eval metrics in points (x100), training facts as logged."""
+    group, key = name.split("/", 1)
+    if group == "train":
+        return results["training"].get(arm, {}).get(key)
+    value = results["arms"].get(arm, {}).get(group, {}).get(key)
+    return None if value is None else 100 * value
+
+
+def claim_rows(seeds: list[dict]) -> list[dict]:
+    rows = []
+    for claim, treated, reference, name, paper in CLAIMS:
+        pairs = [(metric(s, treated, name), metric(s, reference, name)) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        row = {"claim": claim, "metric": name, "paper": paper, "seeds": len(pairs)}
+        if pairs:
+            row.update(paired_difference([a for a, _ in pairs], [b for _, b in pairs]))
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| claim | metric | paper | toy: mean paired difference [95% CI] | seeds holding |", "|---|---|---|---|---|"]
+    for row in rows:
+        toy = f"{row['mean']:+.2f} [{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if "mean" in row else "no seed yet"
+        holding = f"{row['holds']} of {row['seeds']}" if "mean" in row else "–"
+        lines.append(f"| {row['claim']} | {row['metric']} | {row['paper']} | {toy} | {holding} |")
+    return "\n".join(lines)
+
+
+def plot(seeds: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pope_cli.stages.demo import ARMS, smooth
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    panels = (("reward/unguided", "unguided training reward (10-step mean)"),
+              ("solved_unguided/ever", "hard problems ever solved unguided"), ("entropy", "token entropy"))
+    for index, arm in enumerate(a for a in ARMS if all(a in s["curves"] for s in seeds)):
+        for ax, (key, title) in zip(axes, panels):
+            series = [[row.get(key) for row in s["curves"][arm]] for s in seeds]
+            mean = [statistics.mean(v for v in step if v is not None) if any(v is not None for v in step) else None
+                    for step in zip(*series)]
+            steps = [row["step"] for row in seeds[0]["curves"][arm]]
+            # Entropy is logged only on steps that train (a step without signal has no update).
+            ax.plot(steps, smooth(mean) if key != "solved_unguided/ever" else mean, color=f"C{index}", label=arm)
+            ax.set(title=title, xlabel="RL step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"mean over {len(seeds)} seed(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=Path, default=SEEDS, help="the kept seeds (default: examples/toy/seeds)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("add", help="keep finished `pope demo --full` runs as seeds").add_argument("runs", nargs="+", type=Path)
+    sub.add_parser("table", help="print the claim table and write claims.png")
+    args = parser.parse_args()
+    if args.action == "add":
+        add(args.runs, args.seeds)
+        return
+    seeds = load_seeds(args.seeds)
+    if not seeds:
+        raise SystemExit(f"error: no seed under {args.seeds}; run `pope demo --full --seed N` and `claims.py add RUN` "
+                         "first")
+    print(f"{len(seeds)} seed(s): " + ", ".join(str(s["config"]["seed"]) for s in seeds) + "\n")
+    print(table(claim_rows(seeds)))
+    plot(seeds, args.seeds.parent / "claims.png")
+
+
+if __name__ == "__main__":
+    main()

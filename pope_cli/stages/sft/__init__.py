@@ -1,0 +1,1 @@
+"""`pope sft`: supervised warm starts (oracle solutions or rejection-sampled guided completions)."""

@@ -1,0 +1,59 @@
+"""examples/toy/claims.py: seeds kept from demo runs become the claim table and the figure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLAIMS = Path(__file__).parent.parent / "examples" / "toy" / "claims.py"
+
+
+def claims_module():
+    spec = importlib.util.spec_from_file_location("claims", CLAIMS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(root: Path, seed: int, pope: float, grpo: float) -> Path:
+    """A finished demo directory with two arms: unguided avg@n `pope` and `grpo` (fractions)."""
+    run = root / f"run{seed}"
+    arms = {"start": {"unguided": {"avg@n": 0.0}}, "pope": {"unguided": {"avg@n": pope, "pass@16": pope}},
+            "grpo": {"unguided": {"avg@n": grpo, "pass@16": grpo}}}
+    training = {arm: {"hard_solved_unguided_ever": 3, "entropy_last_tenth": 0.5} for arm in ("pope", "grpo")}
+    (run / "runs").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"arms": arms, "training": training, "config": {"seed": seed}}))
+    for arm in training:
+        (run / "runs" / arm).mkdir()
+        rows = [{"step": s, "reward/unguided": 0.1 * s, "solved_unguided/ever": s, "entropy": 1.0, "loss": 0.2}
+                for s in (1, 2)]
+        (run / "runs" / arm / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_kept_seeds_give_the_paired_claims_and_a_figure(tmp_path):
+    claims = claims_module()
+    seeds = tmp_path / "toy" / "seeds"
+    runs = [fake_run(tmp_path, 0, 0.30, 0.10), fake_run(tmp_path, 1, 0.20, 0.25)]
+    done = subprocess.run([sys.executable, str(CLAIMS), "--seeds", str(seeds), "add", *map(str, runs)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    kept = (seeds / "seed1" / "pope.metrics.jsonl").read_text().splitlines()
+    assert json.loads(kept[0]) == {"step": 1, "reward/unguided": 0.1, "solved_unguided/ever": 1, "entropy": 1.0}
+    rows = claims.claim_rows(claims.load_seeds(seeds))
+    (pope_p1,) = [r for r in rows if r["claim"] == "pope − grpo" and r["metric"] == "unguided/avg@n"]
+    # differences +20 and -5 points: mean 7.5, resample means -5, 7.5, 20 with weights 1/4, 1/2, 1/4
+    assert pope_p1["mean"] == pytest.approx(7.5) and pope_p1["ci95"] == pytest.approx([-5.0, 20.0])
+    assert (pope_p1["holds"], pope_p1["seeds"], pope_p1["paper"]) == (1, 2, "+1.95")
+    (easy,) = [r for r in rows if r["claim"] == "grpo-easy − grpo" and r["metric"] == "unguided/avg@n"]
+    assert easy["seeds"] == 0 and "no seed yet" in claims.table([easy])
+    printed = subprocess.run([sys.executable, str(CLAIMS), "--seeds", str(seeds), "table"], capture_output=True,
+                             text=True)
+    assert printed.returncode == 0, printed.stderr
+    assert "| pope − grpo | unguided/avg@n | +1.95 | +7.50 [-5.00, +20.00] | 1 of 2 |" in printed.stdout
+    assert (tmp_path / "toy" / "claims.png").read_bytes()[:4] == b"\x89PNG"
