@@ -35,10 +35,12 @@ def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     assert any(c.startswith("pope train ") and "--mode pope" in c for c in results["commands"])
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report" / "manifest.json").read_text())
-    assert report["runs"] == ["grpo", "pope"] and report["evals"] == ["start", "grpo", "pope"]
+    assert report["runs"] == ["pope", "pope-no-restate", "sft-grpo"]
+    assert report["evals"] == ["start", "pope", "pope-no-restate", "sft-grpo", "pope-no-restate.own-template"]
     figures = {figure["file"]: figure for figure in report["figures"]}
     assert {"reward.png", "solved.png", "entropy.png", "length.png", "evals.png"} <= set(figures)
-    assert figures["reward.png"]["panels"][1] == {"title": "unguided prompts", "series": ["grpo", "pope"]}
+    assert figures["reward.png"]["panels"][1] == {"title": "unguided prompts",
+                                                  "series": ["pope", "pope-no-restate", "sft-grpo"]}
     assert all(panel["series"] == ["unguided", "guided"] for panel in figures["evals.png"]["panels"])
     assert (out / "report" / "index.html").exists() and (out / "report" / "report.md").exists()
     for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/sft-grpo/final/config.json", "eval/start/summary.json"):

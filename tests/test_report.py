@@ -61,7 +61,8 @@ def test_two_runs_overlay_in_every_training_figure(runs, tmp_path):
     result = run_report(ReportConfig(dirs=[str(runs / "pope"), str(runs / "grpo"), str(runs / "eval")],
                                      out=str(tmp_path / "report"), smooth=2))
     figures = figures_by_file(result)
-    assert list(figures) == ["reward.png", "solved.png", "entropy.png", "length.png", "clipping.png", "evals.png"]
+    assert list(figures) == ["reward.png", "solved.png", "entropy.png", "length.png", "clipping.png", "kl.png",
+                             "evals.png"]
     reward = figures["reward.png"]["panels"]
     assert [p["title"] for p in reward] == ["guided prompts", "unguided prompts"]  # no run mixed in easy problems
     assert reward[0]["series"] == ["pope"] and reward[1]["series"] == ["pope", "grpo"]  # grpo has no guided prompts
@@ -69,7 +70,10 @@ def test_two_runs_overlay_in_every_training_figure(runs, tmp_path):
         assert all(p["series"] == ["pope", "grpo"] for p in figures[name]["panels"]), name
     assert [p["title"] for p in figures["length.png"]["panels"]] == ["mean response length", "longest response",
                                                                     "truncated at max-new-tokens"]
-    # No KL term, no mismatch metric, no evaluation during training: those figures are left out.
+    # No KL term and no evaluation during training: only the sampler/trainer mismatch (logged every step) is drawn.
+    assert [p["title"] for p in figures["kl.png"]["panels"]] == ["mismatch/kl", "mismatch/ratio_mean", "mismatch/ratio_max",
+                                                                  "mismatch/masked_fraction"]
+    assert all(p["series"] == ["pope", "grpo"] for p in figures["kl.png"]["panels"])
     assert [p["title"] for p in figures["clipping.png"]["panels"]] == ["clipped (either side)", "clipped low",
                                                                       "clipped high"]
     evals = figures["evals.png"]["panels"]

@@ -114,7 +114,8 @@ def plot(seeds: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pope_cli.stages.demo import ARMS, smooth
+    from pope_cli.stages.demo import ARMS
+    from pope_cli.stages.report.figures import smooth
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     panels = (("reward/unguided", "unguided training reward (10-step mean)"),
@@ -126,7 +127,7 @@ def plot(seeds: list[dict], path: Path) -> None:
                     for step in zip(*series)]
             steps = [row["step"] for row in seeds[0]["curves"][arm]]
             # Entropy is logged only on steps that train (a step without signal has no update).
-            ax.plot(steps, smooth(mean) if key != "solved_unguided/ever" else mean, color=f"C{index}", label=arm)
+            ax.plot(steps, smooth(mean, 10) if key != "solved_unguided/ever" else mean, color=f"C{index}", label=arm)
             ax.set(title=title, xlabel="RL step")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"mean over {len(seeds)} seed(s)")

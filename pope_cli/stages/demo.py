@@ -299,7 +299,7 @@ def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started:
     results = collect_results(cfg, out, curves, phases, timings, started)
     results["cpu_seconds"] = {**cpu, "total": round(sum(cpu.values()), 1)}
     atomic_write_json(out / "results.json", results)
-    write_report(out, list(curves), list(evaluated_models(cfg, out)))
+    write_report(out, list(curves), [*evaluated_models(cfg, out), *(f"{arm}.own-template" for arm in own_templates(cfg))])
     return results
 
 

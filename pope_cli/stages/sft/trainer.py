@@ -33,8 +33,8 @@ from typing import Callable
 import torch
 
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing,
-                                     manifest, prepare_output)
+from pope_cli.shared.claim import claim_output
+from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.stages.sft.config import SftConfig
 from pope_cli.stages.train.batch import Batch, Sample, collate
@@ -139,21 +139,20 @@ def _validate_input(cfg: SftConfig) -> None:
         read_prefix_records(cfg.data)
 
 
-def _prepare(cfg: SftConfig) -> tuple[Path | None, int, list[dict]]:
-    """RUN ready: the checkpoint to resume from, its step, and the metric rows up to it."""
+def _prepare(cfg: SftConfig, resuming: bool) -> tuple[Path | None, int, list[dict]]:
+    """Where the claimed RUN stands: the checkpoint to resume from, its step, the metric rows up to it."""
     from pope_cli.stages.train.checkpoint import latest_checkpoint
 
     out = Path(cfg.out)
-    metrics_path = out / "metrics.jsonl"
-    resuming = prepare_output(out / "config.json", asdict(cfg),
-                              [metrics_path, out / "checkpoints", out / "final", out / "sft_data.jsonl"], cfg.overwrite,
-                              RESUME_IGNORED)
-    atomic_write_json(out / "config.json", asdict(cfg))
     checkpoint = latest_checkpoint(out) if resuming else None
     done = json.loads((checkpoint / "state.json").read_text())["step"] if checkpoint else 0
-    rows = [row for row in load_jsonl_repairing(metrics_path) if row["step"] <= done]
-    atomic_write_jsonl(metrics_path, rows)
+    rows = [row for row in load_jsonl_repairing(out / "metrics.jsonl") if row["step"] <= done] if resuming else []
     return checkpoint, done, rows
+
+
+def _outputs(out: Path) -> list[Path]:
+    return [out / name for name in ("metrics.jsonl", "checkpoints", "final", "sft_data.jsonl", "sft_data.counts.json",
+                                    "manifest.json")]
 
 
 def _examples(cfg: SftConfig, make_engine, make_scorer, tokenizer) -> tuple[list[dict], dict]:
@@ -177,16 +176,26 @@ def run_sft(cfg: SftConfig, make_engine: Callable, make_scorer: Callable,
     from transformers.utils import logging as hf_logging
 
     from pope_cli.shared.models import load_tokenizer
-    from pope_cli.stages.train.checkpoint import load_training_state, save_checkpoint
-    from pope_cli.stages.train.policy import build_policy, make_optimizer, save_final
 
     hf_logging.disable_progress_bar()  # checkpoint saves would draw a bar each
     started = time.time()
     _validate_input(cfg)
     out = Path(cfg.out)
-    checkpoint, done, rows = _prepare(cfg)
-    examples, counts = _examples(cfg, make_engine, make_scorer, load_tokenizer(cfg.model.model,
-                                                                                cfg.model.trust_remote_code))
+    with claim_output(cfg.out, out / "config.json", asdict(cfg), _outputs(out), cfg.overwrite, RESUME_IGNORED) as claim:
+        checkpoint, done, rows = _prepare(cfg, claim.resuming)
+        tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)  # checks the model before any write
+        claim.started()
+        atomic_write_json(out / "config.json", asdict(cfg))
+        atomic_write_jsonl(out / "metrics.jsonl", rows)
+        return _train(cfg, out, checkpoint, done, rows, tokenizer, make_engine, make_scorer, say, started)
+
+
+def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], tokenizer, make_engine, make_scorer,
+           say, started: float) -> dict:
+    from pope_cli.stages.train.checkpoint import load_training_state, save_checkpoint
+    from pope_cli.stages.train.policy import build_policy, make_optimizer, save_final
+
+    examples, counts = _examples(cfg, make_engine, make_scorer, tokenizer)
     steps = total_steps(cfg, len(examples))
     if done >= steps and (out / "final").is_dir():
         return _summary(cfg, rows, counts, steps, done, started)
