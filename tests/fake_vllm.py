@@ -31,7 +31,9 @@ class FakeVLLM:
         self.log = Path(os.environ["FAKE_VLLM_LOG"]) / f"rank{os.environ.get('RANK', '0')}.jsonl"
 
     @classmethod
-    def from_options(cls, opts, *, max_lora_rank=None, enable_sleep_mode=False, in_process=False) -> "FakeVLLM":
+    def from_options(cls, opts, *, max_lora_rank=None, enable_sleep_mode=False, in_process=False,
+                     tensor_parallel_size=1) -> "FakeVLLM":
+        assert tensor_parallel_size == 1, "pope runs one engine per rank, tensor parallel 1"
         return cls(opts)
 
     def _record(self, event: str, **details) -> None:

@@ -51,7 +51,7 @@ and the ranks exchange their rollouts, so each holds
 the whole step's rewards, advantages and metrics. Each rank trains on every N-th sequence of
 each mini-batch with the whole mini-batch's loss denominators, and DDP (LoRA; any run on CPU)
 or FSDP2 (full fine-tuning on GPU) averages the gradients: a step on N ranks is the step one
-process takes on the same batch. Rank 0 alone logs and writes; see rl/parallel.py.
+process takes on the same batch. Rank 0 alone logs and writes; see parallel.py.
 """
 
 from __future__ import annotations
