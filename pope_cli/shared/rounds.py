@@ -62,23 +62,31 @@ def run_rounds(jobs: Iterable[Job], engine: Engine, sampling: Sampling, scorer: 
         started = time.perf_counter()
         results = engine.generate([request for _, request, _ in active], sampling)
         stats.generate_seconds += time.perf_counter() - started
-        texts = [c.text for completions in results for c in completions]
-        records = [record for (_, request, record) in active for _ in range(request.n)]
-        started = time.perf_counter()
-        scores = scorer.score(texts, records)
-        stats.score_seconds += time.perf_counter() - started
-        stats.samples += len(texts)
-        stats.tokens += sum(len(c.token_ids) for completions in results for c in completions)
-        offset, still_active = 0, []
-        for (job, request, _), completions in zip(active, results):
-            job.observe(completions, scores[offset:offset + request.n])
-            offset += request.n
-            follow_up = job.next_request()
-            if follow_up is None:
-                on_done(job)
-            else:
-                still_active.append((job, *follow_up))
-        active = still_active
+        active, seconds = score_and_advance(active, results, scorer, stats, on_done)
+        stats.score_seconds += seconds
+
+
+def score_and_advance(items: list[tuple[Job, Request, dict]], results: list[list[Completion]], scorer: Scorer,
+                      stats: RoundStats, on_done: Callable[[Job], None]) -> tuple[list, float]:
+    """Score a generated batch, let each job see its samples, and return the follow-up requests of
+    the jobs not done (the others go to `on_done`) with the seconds scoring took."""
+    texts = [c.text for completions in results for c in completions]
+    records = [record for (_, request, record) in items for _ in range(request.n)]
+    started = time.perf_counter()
+    scores = scorer.score(texts, records)
+    seconds = time.perf_counter() - started
+    stats.samples += len(texts)
+    stats.tokens += sum(len(c.token_ids) for completions in results for c in completions)
+    offset, follow_ups = 0, []
+    for (job, request, _), completions in zip(items, results):
+        job.observe(completions, scores[offset:offset + request.n])
+        offset += request.n
+        follow_up = job.next_request()
+        if follow_up is None:
+            on_done(job)
+        else:
+            follow_ups.append((job, *follow_up))
+    return follow_ups, seconds
 
 
 def _refill(active: list, pending: Iterator[Job], rows_per_round: int, on_done: Callable[[Job], None]) -> None:

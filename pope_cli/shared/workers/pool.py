@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 from pope_cli.shared.engines.base import Completion, Request, Sampling
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.rounds import Job, RoundStats, Scorer
+from pope_cli.shared.rounds import Job, RoundStats, Scorer, score_and_advance
 
 DEPTH = 2
 """Batches queued per worker: one generating, one waiting, so no worker idles while the driver scores."""
@@ -134,22 +134,7 @@ class PooledEngine:
     @staticmethod
     def _observe(batch: _Batch, results, scorer: Scorer, state: _State, on_done, stats: RoundStats) -> float:
         """Score a finished batch, let each job see its samples, queue follow-ups; the seconds scoring took."""
-        texts = [c.text for completions in results for c in completions]
-        records = [record for (_, request, record) in batch.items for _ in range(request.n)]
-        started = time.perf_counter()
-        scores = scorer.score(texts, records)
-        seconds = time.perf_counter() - started
-        stats.samples += len(texts)
-        stats.tokens += sum(len(c.token_ids) for completions in results for c in completions)
-        offset, follow_ups = 0, []
-        for (job, request, _), completions in zip(batch.items, results):
-            job.observe(completions, scores[offset:offset + request.n])
-            offset += request.n
-            follow_up = job.next_request()
-            if follow_up is None:
-                on_done(job)
-            else:
-                follow_ups.append((job, *follow_up))
+        follow_ups, seconds = score_and_advance(batch.items, results, scorer, stats, on_done)
         # Follow-ups first: an admitted job finishes (and is written) before new ones start.
         state.ready.extendleft(reversed(follow_ups))
         return seconds
