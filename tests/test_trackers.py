@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions, TrackerOptions
+from pope_cli.shared.config import SamplingOptions, TrackerOptions
 from pope_cli.shared.engines.base import Completion
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.train.batch import Item, Rollout
 from pope_cli.stages.train.config import TrainConfig
 from pope_cli.stages.train.watch import picked
+from test_trainer import make_cfg as trainer_cfg
 
 TESTS = Path(__file__).parent
 TIMING = ("time/", "throughput/")
@@ -139,14 +140,9 @@ def test_every_tracker_gets_every_step_once_across_a_resume(data, tiny_model_dir
 
 
 def make_cfg(data: Path, model_dir, **overrides) -> TrainConfig:
-    fields = dict(prefixes=str(data / "prefixes.jsonl"), out=str(data / "run"),
-                  model=ModelOptions(str(model_dir), backend="hf", device="cpu"),
-                  prompt=PromptOptions(unguided_template=str(data / "unguided.txt")),
-                  sampling=SamplingOptions(temperature=1.0, max_new_tokens=6),
-                  reward=RewardOptions("train_rewards:starts_lower", workers=1),
-                  steps=4, prompts_per_step=4, group_size=4, lora=False, lr=1e-2, warmup_steps=0, save_every=100)
-    fields.update(overrides)
-    return TrainConfig(**fields)
+    """test_trainer's tiny run, with shorter completions and smaller groups."""
+    return trainer_cfg(data, model_dir, **{"sampling": SamplingOptions(temperature=1.0, max_new_tokens=6),
+                                           "group_size": 4, **overrides})
 
 
 def test_a_tracker_that_raises_warns_once_and_training_goes_on(data, tiny_model_dir, monkeypatch):
