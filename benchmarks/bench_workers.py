@@ -52,7 +52,7 @@ def command(data: Path, out: Path, args, arm: str) -> list[str]:
     return [sys.executable, "-m", "pope_cli.cli", "filter-hard", str(data), "--out", str(out), "--overwrite",
             "--model", str(SHIPPED_MODEL_DIR), "--unguided-template", str(TEMPLATES_DIR / "unguided.txt"),
             "--backend", "hf", "--device", "cpu", "--max-new-tokens", str(args.max_new_tokens),
-            "--reward", "pope_cli.toy.reward:score", "--reward-workers", "1", "--batch-size", "64",
+            "--reward", "pope_cli.toy.reward:score", "--reward-workers", "1", "--batch-size", str(args.batch_size),
             "--k", str(args.k), "--chunk", str(args.chunk), "--seed", str(SEED), *workers[arm]]
 
 
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per generate call (the demo's 256)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="total thread budget (cores) of every arm")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray arm")

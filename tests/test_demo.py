@@ -14,7 +14,7 @@ def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--steps", "2", "--n-easy", "4", "--n-hard", "4", "--n-heldout", "2", "--k", "4",
             "--prefix-n", "2", "--eval-n", "2", "--prompts-per-step", "2", "--group-size", "2", "--parallel", "2",
-            "--arms", "pope,pope-no-restate,sft-grpo", "--sft-steps", "2"]
+            "--arms", "pope,pope-no-restate,sft-grpo", "--sft-steps", "2", "--heldout", "filter"]
     proc = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
@@ -92,15 +92,18 @@ def test_default_demo_plans_grpo_against_pope(tmp_path):
     assert list(phases) == ["data", "filter", "prefixes", "train", "eval"]  # no SFT phase
     assert set(phases["train"]) == {"grpo", "pope"} and set(phases["eval"]) == {"start", "grpo", "pope"}
     assert value(phases["train"]["grpo"], "--mode") == "grpo" and value(phases["train"]["pope"], "--mode") == "pope"
+    assert [value(c, "--workers") if "--workers" in c else None for c in phases["eval"].values()] == [None, None, "2"]
 
 
 def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     from pope_cli.stages.demo import ARMS, templates
+    from pope_cli.toy.heldout import HARD, PREFIXES
 
     phases = plan(tmp_path, full=True)
-    filters = list(phases["filter"].values())
-    assert [c[1] for c in filters] == [str(tmp_path / "data" / "mix.jsonl"), str(tmp_path / "data" / "heldout.jsonl")]
-    assert all(value(c, "--k") == "128" for c in filters)
+    (pool_filter,), (pool_prefixes,) = phases["filter"].values(), phases["prefixes"].values()
+    assert pool_filter[1] == str(tmp_path / "data" / "mix.jsonl") and value(pool_filter, "--k") == "128"
+    assert pool_prefixes[1] == str(tmp_path / "filter" / "hard.jsonl")
+    assert value(pool_filter, "--workers") == value(pool_prefixes, "--workers") == "2"  # one command: both cores
     train = phases["train"]
     assert set(train) == set(ARMS) and len(ARMS) == 9
     easy = str(tmp_path / "data" / "easy.jsonl")
@@ -135,7 +138,8 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
                for c in sft.values())
     evals = phases["eval"]
     assert set(evals) == {"start", *ARMS, "pope-no-restate.own-template"}
-    assert all(c[1] == str(tmp_path / "heldout_filter" / "hard.jsonl") for c in evals.values())
+    assert all(c[1] == str(HARD) and value(c, "--prefixes") == str(PREFIXES) for c in evals.values())
+    assert [name for name, c in evals.items() if "--workers" in c] == ["pope-no-restate.own-template"]  # 11th of 11
     assert all(value(c, "--mode") == "unguided,guided" and "--template" not in c
                for name, c in evals.items() if name != "pope-no-restate.own-template")
     own = evals["pope-no-restate.own-template"]
@@ -143,6 +147,39 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     assert value(own, "--model") == str(tmp_path / "runs" / "pope-no-restate" / "final")
     setting = ("--prefixes", "--n", "--k", "--seed", "--max-new-tokens", "--reward", "--unguided-template")
     assert len({tuple(value(c, flag) for flag in setting) for c in evals.values()}) == 1  # one evaluation setting
+
+
+def test_heldout_filter_plans_both_sets_side_by_side_and_the_shipped_set_needs_the_shipped_model(tmp_path):
+    from pope_cli.stages.demo import DemoConfig
+    from pope_cli.shared.errors import PopeError
+
+    phases = plan(tmp_path, heldout="filter")
+    assert set(phases["filter"]) == {"filter", "heldout_filter"} and set(phases["prefixes"]) == {
+        "prefixes.jsonl", "heldout_prefixes.jsonl"}
+    assert not any("--workers" in c for phase in ("filter", "prefixes") for c in phases[phase].values())
+    heldout = str(tmp_path / "heldout_filter" / "hard.jsonl")
+    assert phases["prefixes"]["heldout_prefixes.jsonl"][1] == heldout
+    assert all(c[1] == heldout and value(c, "--prefixes") == str(tmp_path / "heldout_prefixes.jsonl")
+               for c in phases["eval"].values())
+    assert not any("--workers" in c for c in plan(tmp_path, parallel=1)["filter"].values())
+    with pytest.raises(PopeError, match="--heldout: the shipped held-out set is hard for the shipped toy model only"):
+        DemoConfig(out=str(tmp_path), model=str(tmp_path))
+    with pytest.raises(PopeError, match="--heldout: choose from shipped, filter"):
+        DemoConfig(out=str(tmp_path), heldout="mine")
+
+
+def test_a_training_pool_that_holds_a_heldout_problem_is_refused(tmp_path):
+    from pope_cli.stages.demo import require_disjoint_heldout
+    from pope_cli.shared.errors import PopeError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mix.jsonl").write_text('{"id": "hard-00001", "problem": "7*9-5"}\n')
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text('{"id": "heldout-00000", "problem": "3+4"}\n')
+    require_disjoint_heldout(tmp_path, heldout)
+    heldout.write_text('{"id": "heldout-00000", "problem": "7*9-5"}\n')
+    with pytest.raises(PopeError, match=r"the training pool holds held-out problems \(hard-00001\)"):
+        require_disjoint_heldout(tmp_path, heldout)
 
 
 def test_arms_pick_the_plan_and_unknown_arms_are_refused(tmp_path):
@@ -162,7 +199,12 @@ def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):
     from pope_cli.stages.demo import DemoConfig
     from pope_cli.stages.demo import stage_commands
 
+    def without_workers(command: list[str]) -> list[str]:  # a resume ignores --workers: same files
+        at = command.index("--workers") if "--workers" in command else len(command)
+        return command[:at] + command[at + 2:]
+
     default = stage_commands(DemoConfig(out=str(tmp_path)), tmp_path)
     full = stage_commands(DemoConfig(out=str(tmp_path), full=True), tmp_path)
     for phase, commands in default.items():
-        assert all(command in full[phase] for command in commands), phase
+        full_commands = [without_workers(c) for c in full[phase]]
+        assert all(without_workers(command) in full_commands for command in commands), phase

@@ -62,6 +62,18 @@ def test_oracle_solutions_score_one_and_verify():
             assert score("\n".join(lines[given:]), guided) == 1.0  # continuing after them
 
 
+def test_the_cached_answer_check_agrees_with_math_verify_on_the_whole_completion():
+    from pope_cli.toy.reward import answer_matches
+
+    (record,), _ = hard_problems(0, 1, 0)
+    steps = record["solution"].split("\n")[:-1]
+    for box in [f"\\boxed{{{d}}}" for d in range(10)] + ["\\boxed{ 4 }", "\\boxed{04}", "\\boxed{x}"]:
+        for gold in map(str, range(10)):
+            whole = bool(is_correct("\n".join([*steps, box]), gold))
+            assert answer_matches(box, gold) == whole, (box, gold)
+            assert score("\n".join([*steps, box, ""]), dict(record, answer=gold)) == float(whole)
+
+
 def corruptions(record):
     lines = record["solution"].split("\n")
     wrong_step = lines[:2] + [lines[2][:-1] + str((int(lines[2][-1]) + 1) % 10)] + lines[3:]

@@ -31,9 +31,10 @@ def print_results(results: dict, cfg) -> None:
     from rich.table import Table
 
     ks = [k for k in cfg.eval_k if k != 1]
-    hard = results["heldout_filter"]["hard"]
-    table = Table(title=f"held-out hard problems ({hard} of {cfg.n_heldout} never solved by the start model in "
-                        f"{cfg.k} samples), n={cfg.eval_n} samples each, % correct")
+    heldout = results["heldout_filter"]
+    k = 128 if cfg.heldout == "shipped" else cfg.k
+    table = Table(title=f"held-out hard problems ({heldout['hard']} of {heldout['problems']} never solved by the start "
+                        f"model in {k} samples), n={cfg.eval_n} samples each, % correct")
     table.add_column("arm", style="bold", no_wrap=True)
     for mode in ("unguided", "guided"):
         table.add_column(f"{mode}\navg@{cfg.eval_n}", justify="right")

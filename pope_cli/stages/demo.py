@@ -2,9 +2,12 @@
 
 Every stage runs as its ordinary command in a subprocess (the commands are recorded in
 `results.json`), so each arm's outputs are the usual files of that stage and the user can
-reopen them with the other commands. The commands of a phase (the two filter-hard and the two
-make-prefixes runs, the training arms, one evaluation per model) run side by side, one CPU
-thread each. A rerun resumes: every stage picks up its own outputs.
+reopen them with the other commands. The commands of a phase (the training arms, one evaluation
+per model) run side by side, one CPU thread each; a sampling command that would leave cores
+idle (filter-hard on the training pool and make-prefixes on its hard problems, alone in their
+phases; the last of an odd number of evaluations) gets them as workers. The
+held-out set is the one shipped with the toy (pope_cli/toy/heldout/), or filtered in the run
+with `--heldout filter`. A rerun resumes: every stage picks up its own outputs.
 
 The demo's question is the paper's: on problems the start model never solves, does plain GRPO
 get any signal, and does POPE's guidance transfer to held-out problems asked unguided? `--arms`
@@ -42,6 +45,7 @@ CLIP_MINI_BATCH = 32
 the clip-higher arm takes its batch in mini-batches (4 optimizer steps per RL step at the
 defaults' 128 sequences), as DAPO does."""
 SFT_EXAMPLES_PER_STEP = 16
+HELDOUT_SOURCES = ("shipped", "filter")
 
 ARMS = {
     "grpo": "plain GRPO on the unguided hard pool",
@@ -82,7 +86,11 @@ class DemoConfig:
     full: bool = option(False, "Run every arm (overrides --arms).", flags=("--full",))
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
     n_hard: int = option(192, "Hard problems in the training pool before filtering.")
-    n_heldout: int = option(320, "Held-out candidates; filter-hard keeps those the start model never solves (~70%).")
+    heldout: str = option("shipped", "Held-out set: 'shipped' (the shipped toy model's hard problems, never solved in 128 "
+                                     "samples, filtered and prefixed once: pope_cli/toy/heldout/) or 'filter' (filter "
+                                     "--n-heldout new candidates in this run; needed with --model).")
+    n_heldout: int = option(320, "With --heldout filter: held-out candidates; filter-hard keeps those the start model "
+                                 "never solves (~70%).")
     k: int = option(128, "filter-hard samples per problem, for the pool and the held-out set (the paper: 0 of 128).")
     prefix_n: int = option(16, "make-prefixes samples per rung.")
     max_fraction: float = 0.85
@@ -110,6 +118,11 @@ class DemoConfig:
                               ("--sft-steps", self.sft_steps), ("--sft-n", self.sft_n)):
             if value < 1:
                 raise bad_option(option, "must be at least 1")
+        if self.heldout not in HELDOUT_SOURCES:
+            raise bad_option("--heldout", f"choose from {', '.join(HELDOUT_SOURCES)}")
+        if self.model and self.heldout == "shipped":
+            raise bad_option("--heldout", "the shipped held-out set is hard for the shipped toy model only; with "
+                                          "--model, use --heldout filter")
         if any(k < 1 or k > self.eval_n for k in self.eval_k):
             raise bad_option("--eval-k", f"each k must be in [1, eval-n={self.eval_n}]")
         if not 0 < self.max_fraction <= 1:
@@ -175,6 +188,25 @@ def own_templates(cfg: DemoConfig) -> dict[str, str]:
     return {"pope-no-restate": templates()["guided-no-restate"]} if "pope-no-restate" in cfg.arms else {}
 
 
+def heldout_files(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
+    """The held-out problems and their prefixes: shipped with the toy, or filtered in this run."""
+    if cfg.heldout == "shipped":
+        from pope_cli.toy.heldout import HARD, PREFIXES
+
+        return HARD, PREFIXES
+    return out / "heldout_filter" / "hard.jsonl", out / "heldout_prefixes.jsonl"
+
+
+def sampling_phase(commands: list[list[str]], parallel: int) -> list[list[str]]:
+    """Sampling commands that would run with cores to spare (a phase of one, or the last of an odd
+    number on two cores) get those cores as workers: the same files as one engine, sooner."""
+    tail = len(commands) % parallel
+    if not tail or parallel // tail < 2:
+        return commands
+    workers = ["--workers", str(parallel // tail)]
+    return commands[:-tail] + [[*command, *workers] for command in commands[-tail:]]
+
+
 def evaluated_models(cfg: DemoConfig, out: Path) -> dict[str, str]:
     """Arm name → the model directory it evaluates: the start model and each arm's final weights."""
     return {"start": start_model(cfg), **{name: str(out / "runs" / name / "final") for name in arms(cfg, out)}}
@@ -192,8 +224,9 @@ def sft_commands(cfg: DemoConfig, out: Path, model: str, prompts: list[str]) -> 
 def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
     """The demo as phases of `pope` argument lists; the commands of one phase run side by side.
 
-    The held-out set goes through filter-hard like the training pool, so both hold only problems
-    the start model never solved in `k` samples: the paper's definition of hard (0 of 128).
+    The held-out set went through filter-hard like the training pool (shipped, or in this run with
+    `--heldout filter`), so both hold only problems the start model never solved in `k` samples:
+    the paper's definition of hard (0 of 128).
     """
     model, tpl, seed = start_model(cfg), templates(), str(cfg.seed)
     prompts = ["--unguided-template", tpl["unguided"]]
@@ -205,35 +238,52 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
                     "--group-size", str(cfg.group_size), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
                     "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full",
                     "--log-completions", "4", "--log-every", str(max(1, cfg.steps // 10)), *prompts, *GENERATION]
-    heldout = out / "heldout_filter" / "hard.jsonl"
-    eval_args = [str(heldout), "--prefixes", str(out / "heldout_prefixes.jsonl"), "--n", str(cfg.eval_n), "--k", ",".join(map(str, cfg.eval_k)), "--seed", seed, *prompts,
-                 *GENERATION]
+    heldout, heldout_prefixes = heldout_files(cfg, out)
+    eval_args = [str(heldout), "--prefixes", str(heldout_prefixes), "--n", str(cfg.eval_n), "--k",
+                 ",".join(map(str, cfg.eval_k)), "--seed", seed, *prompts, *GENERATION]
+    filtered = cfg.heldout == "filter"
     phases = {
         "data": [["toy", "make-data", "--out", str(out / "data"), "--seed", seed, "--n-easy", str(cfg.n_easy),
                   "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout)]],
-        "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args],
-                   ["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"), *filter_args]],
-        "prefixes": [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"), *prefix_args],
-                     ["make-prefixes", str(heldout), "--out", str(out / "heldout_prefixes.jsonl"), *prefix_args]],
+        "filter": sampling_phase(
+            [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args]]
+            + [["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"),
+                *filter_args]] * filtered, cfg.parallel),
+        "prefixes": sampling_phase(
+            [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"), *prefix_args]]
+            + [["make-prefixes", str(heldout), "--out", str(heldout_prefixes), *prefix_args]] * filtered,
+            cfg.parallel),
         "sft": sft_commands(cfg, out, model, prompts),
         "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), "--model",
                    arm_start(cfg, out, name), *extra, *train_common] for name, extra in arms(cfg, out).items()],
-        "eval": [["eval", *eval_args, "--mode", "unguided,guided", "--model", path, "--out", str(out / "eval" / name)]
-                 for name, path in evaluated_models(cfg, out).items()]
-                + [["eval", *eval_args, "--model", str(out / "runs" / name / "final"), "--mode", "guided", "--template",
-                    template, "--out", str(out / "eval" / f"{name}.own-template")]
-                   for name, template in own_templates(cfg).items()],
+        "eval": sampling_phase(
+            [["eval", *eval_args, "--mode", "unguided,guided", "--model", path, "--out", str(out / "eval" / name)]
+             for name, path in evaluated_models(cfg, out).items()]
+            + [["eval", *eval_args, "--model", str(out / "runs" / name / "final"), "--mode", "guided", "--template",
+                template, "--out", str(out / "eval" / f"{name}.own-template")]
+               for name, template in own_templates(cfg).items()], cfg.parallel),
     }
     return {name: commands for name, commands in phases.items() if commands}
 
 
-def require_hard_problems(out: Path) -> None:
+def require_hard_problems(out: Path, heldout_filtered: bool = True) -> None:
     """After filtering: both sets must keep a hard problem, or nothing downstream has data."""
-    for name, what in (("filter", "training pool"), ("heldout_filter", "held-out set")):
+    for name, what in (("filter", "training pool"), ("heldout_filter", "held-out set"))[:1 + heldout_filtered]:
         hard = out / name / "hard.jsonl"
         if not hard.read_text().strip():
             raise PopeError(f"demo: the start model solved every problem of the {what} at least once ({hard} is "
                             "empty); use more problems (--n-hard, --n-heldout) or a larger --k")
+
+
+def require_disjoint_heldout(out: Path, heldout: Path) -> None:
+    """The training pool must not hold a held-out problem (possible only with the shipped set and
+    another seed's pool, and then unlikely: the toy has millions of hard problems)."""
+    held = {json.loads(line)["problem"] for line in heldout.read_text().splitlines()}
+    pool = [json.loads(line) for line in (out / "data" / "mix.jsonl").read_text().splitlines()]
+    shared = [record["id"] for record in pool if record["problem"] in held]
+    if shared:
+        raise PopeError(f"demo: the training pool holds held-out problems ({', '.join(shared[:5])}); use another "
+                        "--seed or --heldout filter")
 
 
 def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int,
@@ -291,8 +341,10 @@ def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started:
         # One thread per command: the toy model's matrices are too small for a second thread to
         # pay, and a second thread on a busy core slows generation many times over.
         run_phase(name, commands, out / "logs", cfg.parallel, threads=1, watch=watch)
+        if name == "data":
+            require_disjoint_heldout(out, heldout_files(cfg, out)[0])
         if name == "filter":
-            require_hard_problems(out)
+            require_hard_problems(out, cfg.heldout == "filter")
         timings[name] = round(time.time() - phase_started, 1)
         cpu[name] = round(_children_cpu() - cpu_before, 1)
     curves = {arm: training_rows(out, arm) for arm in arms(cfg, out)}
@@ -313,6 +365,13 @@ def write_report(out: Path, arm_names: list[str], evaluated: list[str]) -> None:
     runs = [str(out / "runs" / arm) for arm in arm_names]
     draw_training(CURVES, load_inputs(runs)[0], out / "curves.png", window=10)
     run_report(ReportConfig(dirs=runs + [str(out / "eval" / name) for name in evaluated], out=str(out / "report")))
+
+
+def shipped_heldout_counts() -> dict:
+    """The shipped held-out set's filter-hard counts (candidates, hard, samples), as built."""
+    from pope_cli.toy.heldout import BUILD
+
+    return json.loads(BUILD.read_text())["filter"]
 
 
 def _children_cpu() -> float:
@@ -355,7 +414,8 @@ def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], p
         if arm in cfg.arms:
             results["training"][arm]["sft_data"] = json.loads((sft_run(out, arm) / "manifest.json").read_text())["counts"]["data"]
     for name in ("filter", "heldout_filter"):
-        counts = json.loads((out / name / "manifest.json").read_text())["counts"]
+        counts = json.loads((out / name / "manifest.json").read_text())["counts"] if name == "filter" or \
+            cfg.heldout == "filter" else shipped_heldout_counts()
         results[name] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
     results["commands"] = ["pope " + shlex.join(c) for commands in phases.values() for c in commands]
     results["seconds"] = {**timings, "total": round(time.time() - started, 1)}

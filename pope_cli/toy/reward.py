@@ -17,6 +17,7 @@ Anything else scores 0.0; a record whose problem is not a toy problem scores Non
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from pope_cli.toy.task import solution_lines
 
@@ -67,6 +68,15 @@ def score(completion: str, record: dict) -> float | None:
     oracle = solution_lines(*parsed)
     if not derivation_ok(completion, oracle, given_steps(record.get("prefix"), oracle)):
         return 0.0
+    boxed = [line for line in completion.splitlines() if line.strip()][-1].strip()
+    return 1.0 if answer_matches(boxed, gold) else 0.0
+
+
+@lru_cache(maxsize=4096)
+def answer_matches(boxed: str, gold: str) -> bool:
+    """math-verify on the boxed last line alone. derivation_ok leaves no other box in the
+    completion, so this is its whole answer; and a toy answer is one digit, so each (box, gold)
+    pair is checked once per process instead of once per sample (milliseconds each)."""
     from pope_cli.shared.reward.checker import is_correct
 
-    return 1.0 if is_correct(completion, gold) else 0.0
+    return bool(is_correct(boxed, gold))
