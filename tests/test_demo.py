@@ -61,6 +61,41 @@ def test_phase_runs_commands_in_a_pool_and_reports_a_failure(tmp_path):
         run_phase("bad", [["--help"], ["no-such-command"], ["--help"]], tmp_path, parallel=2, threads=1)
 
 
+def test_a_sampling_command_started_last_gets_the_free_slots_as_workers():
+    from pope_cli.stages.demo import launch_argv
+
+    assert launch_argv(["filter-hard", "x"], 2, others_waiting=False) == ["filter-hard", "x", "--workers", "2"]
+    assert launch_argv(["eval", "x"], 2, others_waiting=True) == ["eval", "x"]  # the slot is someone else's
+    assert launch_argv(["eval", "x"], 1, others_waiting=False) == ["eval", "x"]
+    assert launch_argv(["train", "x"], 2, others_waiting=False) == ["train", "x"]  # not a sampling stage
+    assert launch_argv(["eval", "--workers", "3"], 2, others_waiting=False) == ["eval", "--workers", "3"]
+
+
+def test_training_and_evaluation_share_a_pool_each_evaluation_after_its_training(tmp_path):
+    from pope_cli.stages.demo import DemoConfig, pooled, stage_commands
+
+    runs = pooled(stage_commands(DemoConfig(out=str(tmp_path), arms=["grpo", "pope-no-restate"]), tmp_path))
+    assert [name for name, _, _ in runs] == ["data", "filter", "prefixes", "train-eval"]
+    _, commands, needs = runs[-1]
+    names = [c[c.index("--out") + 1].rsplit("/", 1)[1] for c in commands]
+    assert names == ["grpo", "pope-no-restate", "start", "grpo", "pope-no-restate", "pope-no-restate.own-template"]
+    assert needs == {3: 0, 4: 1, 5: 1}  # the start model's evaluation waits for nothing
+
+
+def test_phase_starts_a_command_only_after_the_one_it_needs(tmp_path):
+    from pope_cli.stages.demo import run_phase
+
+    seen = []
+
+    def watch(name, jobs):
+        seen.append([(job.started, job.ended) for job in jobs])
+
+    run_phase("dep", [["--help"], ["eval", "--help"], ["train", "--help"]], tmp_path, parallel=3, threads=1,
+              watch=watch, needs={0: 2})
+    (first, _), _, (_, needed_end) = seen[-1]
+    assert first >= needed_end  # job 0 waited for job 2 although a slot was free
+
+
 def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp_path):
     from pope_cli.stages.demo import require_hard_problems
     from pope_cli.shared.errors import PopeError
@@ -92,7 +127,6 @@ def test_default_demo_plans_grpo_against_pope(tmp_path):
     assert list(phases) == ["data", "filter", "prefixes", "train", "eval"]  # no SFT phase
     assert set(phases["train"]) == {"grpo", "pope"} and set(phases["eval"]) == {"start", "grpo", "pope"}
     assert value(phases["train"]["grpo"], "--mode") == "grpo" and value(phases["train"]["pope"], "--mode") == "pope"
-    assert [value(c, "--workers") if "--workers" in c else None for c in phases["eval"].values()] == [None, None, "2"]
 
 
 def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
@@ -103,7 +137,7 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     (pool_filter,), (pool_prefixes,) = phases["filter"].values(), phases["prefixes"].values()
     assert pool_filter[1] == str(tmp_path / "data" / "mix.jsonl") and value(pool_filter, "--k") == "128"
     assert pool_prefixes[1] == str(tmp_path / "filter" / "hard.jsonl")
-    assert value(pool_filter, "--workers") == value(pool_prefixes, "--workers") == "2"  # one command: both cores
+
     train = phases["train"]
     assert set(train) == set(ARMS) and len(ARMS) == 9
     easy = str(tmp_path / "data" / "easy.jsonl")
@@ -120,7 +154,7 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     }
     shared = {flag: value(train["grpo"], flag) for flag in ("--steps", "--seed", "--lr", "--prompts-per-step",
                                                               "--group-size", "--adv-norm", "--max-new-tokens")}
-    assert shared["--steps"] == "250" and shared["--seed"] == "0"
+    assert shared["--steps"] == "150" and shared["--seed"] == "0"
     for arm, (mode, added) in expected.items():
         command = train[arm]
         assert value(command, "--mode") == mode and value(command, "--out") == str(tmp_path / "runs" / arm)
@@ -139,7 +173,6 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     evals = phases["eval"]
     assert set(evals) == {"start", *ARMS, "pope-no-restate.own-template"}
     assert all(c[1] == str(HARD) and value(c, "--prefixes") == str(PREFIXES) for c in evals.values())
-    assert [name for name, c in evals.items() if "--workers" in c] == ["pope-no-restate.own-template"]  # 11th of 11
     assert all(value(c, "--mode") == "unguided,guided" and "--template" not in c
                for name, c in evals.items() if name != "pope-no-restate.own-template")
     own = evals["pope-no-restate.own-template"]
@@ -156,12 +189,10 @@ def test_heldout_filter_plans_both_sets_side_by_side_and_the_shipped_set_needs_t
     phases = plan(tmp_path, heldout="filter")
     assert set(phases["filter"]) == {"filter", "heldout_filter"} and set(phases["prefixes"]) == {
         "prefixes.jsonl", "heldout_prefixes.jsonl"}
-    assert not any("--workers" in c for phase in ("filter", "prefixes") for c in phases[phase].values())
     heldout = str(tmp_path / "heldout_filter" / "hard.jsonl")
     assert phases["prefixes"]["heldout_prefixes.jsonl"][1] == heldout
     assert all(c[1] == heldout and value(c, "--prefixes") == str(tmp_path / "heldout_prefixes.jsonl")
                for c in phases["eval"].values())
-    assert not any("--workers" in c for c in plan(tmp_path, parallel=1)["filter"].values())
     with pytest.raises(PopeError, match="--heldout: the shipped held-out set is hard for the shipped toy model only"):
         DemoConfig(out=str(tmp_path), model=str(tmp_path))
     with pytest.raises(PopeError, match="--heldout: choose from shipped, filter"):
@@ -199,12 +230,7 @@ def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):
     from pope_cli.stages.demo import DemoConfig
     from pope_cli.stages.demo import stage_commands
 
-    def without_workers(command: list[str]) -> list[str]:  # a resume ignores --workers: same files
-        at = command.index("--workers") if "--workers" in command else len(command)
-        return command[:at] + command[at + 2:]
-
     default = stage_commands(DemoConfig(out=str(tmp_path)), tmp_path)
     full = stage_commands(DemoConfig(out=str(tmp_path), full=True), tmp_path)
     for phase, commands in default.items():
-        full_commands = [without_workers(c) for c in full[phase]]
-        assert all(without_workers(command) in full_commands for command in commands), phase
+        assert all(command in full[phase] for command in commands), phase

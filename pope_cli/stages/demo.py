@@ -2,10 +2,11 @@
 
 Every stage runs as its ordinary command in a subprocess (the commands are recorded in
 `results.json`), so each arm's outputs are the usual files of that stage and the user can
-reopen them with the other commands. The commands of a phase (the training arms, one evaluation
-per model) run side by side, one CPU thread each; a sampling command that would leave cores
-idle (filter-hard on the training pool and make-prefixes on its hard problems, alone in their
-phases; the last of an odd number of evaluations) gets them as workers. The
+reopen them with the other commands. The commands of a phase run side by side in a pool, one
+CPU thread each; training and evaluation share one pool, each evaluation starting once its
+model is trained; a sampling command started with nothing left to start after it (filter-hard
+on the training pool, make-prefixes on its hard problems, the last evaluation) gets the free
+cores as workers. The
 held-out set is the one shipped with the toy (pope_cli/toy/heldout/), or filtered in the run
 with `--heldout filter`. A rerun resumes: every stage picks up its own outputs.
 
@@ -96,7 +97,7 @@ class DemoConfig:
     max_fraction: float = 0.85
     """Largest prefix as a fraction of the solution's tokens: toy solutions are short, so a
     prefix that leaves one or two look-ups to the model is most of the solution."""
-    steps: int = option(250, "RL steps per training arm.")
+    steps: int = option(150, "RL steps per training arm.")
     prompts_per_step: int = option(16, "Prompts per RL step.")
     group_size: int = option(8, "Completions per prompt.")
     lr: float = option(2e-4, "Learning rate (full fine-tuning of the toy model), RL and SFT alike.")
@@ -197,16 +198,6 @@ def heldout_files(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
     return out / "heldout_filter" / "hard.jsonl", out / "heldout_prefixes.jsonl"
 
 
-def sampling_phase(commands: list[list[str]], parallel: int) -> list[list[str]]:
-    """Sampling commands that would run with cores to spare (a phase of one, or the last of an odd
-    number on two cores) get those cores as workers: the same files as one engine, sooner."""
-    tail = len(commands) % parallel
-    if not tail or parallel // tail < 2:
-        return commands
-    workers = ["--workers", str(parallel // tail)]
-    return commands[:-tail] + [[*command, *workers] for command in commands[-tail:]]
-
-
 def evaluated_models(cfg: DemoConfig, out: Path) -> dict[str, str]:
     """Arm name → the model directory it evaluates: the start model and each arm's final weights."""
     return {"start": start_model(cfg), **{name: str(out / "runs" / name / "final") for name in arms(cfg, out)}}
@@ -245,23 +236,20 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
     phases = {
         "data": [["toy", "make-data", "--out", str(out / "data"), "--seed", seed, "--n-easy", str(cfg.n_easy),
                   "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout)]],
-        "filter": sampling_phase(
-            [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args]]
-            + [["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"),
-                *filter_args]] * filtered, cfg.parallel),
-        "prefixes": sampling_phase(
-            [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"), *prefix_args]]
-            + [["make-prefixes", str(heldout), "--out", str(heldout_prefixes), *prefix_args]] * filtered,
-            cfg.parallel),
+        "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args]]
+                  + [["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"),
+                      *filter_args]] * filtered,
+        "prefixes": [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"),
+                      *prefix_args]]
+                    + [["make-prefixes", str(heldout), "--out", str(heldout_prefixes), *prefix_args]] * filtered,
         "sft": sft_commands(cfg, out, model, prompts),
         "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), "--model",
                    arm_start(cfg, out, name), *extra, *train_common] for name, extra in arms(cfg, out).items()],
-        "eval": sampling_phase(
-            [["eval", *eval_args, "--mode", "unguided,guided", "--model", path, "--out", str(out / "eval" / name)]
-             for name, path in evaluated_models(cfg, out).items()]
-            + [["eval", *eval_args, "--model", str(out / "runs" / name / "final"), "--mode", "guided", "--template",
-                template, "--out", str(out / "eval" / f"{name}.own-template")]
-               for name, template in own_templates(cfg).items()], cfg.parallel),
+        "eval": [["eval", *eval_args, "--mode", "unguided,guided", "--model", path, "--out", str(out / "eval" / name)]
+                 for name, path in evaluated_models(cfg, out).items()]
+                + [["eval", *eval_args, "--model", str(out / "runs" / name / "final"), "--mode", "guided", "--template",
+                    template, "--out", str(out / "eval" / f"{name}.own-template")]
+                   for name, template in own_templates(cfg).items()],
     }
     return {name: commands for name, commands in phases.items() if commands}
 
@@ -286,34 +274,64 @@ def require_disjoint_heldout(out: Path, heldout: Path) -> None:
                         "--seed or --heldout filter")
 
 
+SAMPLING_COMMANDS = ("filter-hard", "make-prefixes", "eval")
+
+
+def launch_argv(argv: list[str], free_slots: int, others_waiting: bool) -> list[str]:
+    """A sampling command started with nothing else left to start gets every free slot as a
+    worker (the same files as one engine, sooner); any other command runs as planned."""
+    if argv[0] in SAMPLING_COMMANDS and not others_waiting and free_slots > 1 and "--workers" not in argv:
+        return [*argv, "--workers", str(free_slots)]
+    return argv
+
+
 def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int,
-              watch: Callable[[str, list[Job]], None] | None = None) -> None:
-    """Run a phase's commands, up to `parallel` at a time (the next starts as soon as one ends),
-    each logging to its own file; `watch(name, jobs)` sees every job's state on each poll."""
+              watch: Callable[[str, list[Job]], None] | None = None, needs: dict[int, int] | None = None) -> None:
+    """Run a phase's commands, up to `parallel` at a time (the next runnable one starts as soon as
+    one ends; `needs` maps a command's index to one that must have finished first), each logging
+    to its own file; `watch(name, jobs)` sees every job's state on each poll."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if watch is not None:
         env[PROGRESS_SECONDS_ENV] = "1"  # the live view reads the progress lines from the logs
     jobs = [Job(argv, logs / f"{name}-{index}.log") for index, argv in enumerate(commands)]
-    queue, running = list(jobs), {}
+    needs = needs or {}
+    queue, running = list(range(len(jobs))), {}
     while queue or running:
-        while queue and len(running) < parallel:
-            job = queue.pop(0)
+        for index in [i for i in queue if i not in needs or jobs[needs[i]].returncode == 0]:
+            if len(running) >= parallel:
+                break
+            queue.remove(index)
+            job = jobs[index]
+            job.argv = launch_argv(job.argv, parallel - len(running), bool(queue))
             with job.log.open("w") as handle:
-                running[id(job)] = (job, subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *job.argv],
-                                                          stdout=handle, stderr=subprocess.STDOUT, env=env))
+                running[index] = subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *job.argv], stdout=handle,
+                                                  stderr=subprocess.STDOUT, env=env)
             job.started = time.time()
         time.sleep(0.2)
-        for job, proc in [entry for entry in running.values() if entry[1].poll() is not None]:
-            del running[id(job)]
+        for index, proc in [(i, proc) for i, proc in running.items() if proc.poll() is not None]:
+            del running[index]
+            job = jobs[index]
             job.returncode, job.ended = proc.returncode, time.time()
             if proc.returncode != 0:
-                for _, other in running.values():
+                for other in running.values():
                     other.terminate()
                 tail = job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
                 raise PopeError(f"demo: `pope {job.argv[0]}` failed ({tail[0]}); full log: {job.log}")
         if watch is not None:
             watch(name, jobs)
+
+
+def pooled(phases: dict[str, list[list[str]]]) -> list[tuple[str, list[list[str]], dict[int, int]]]:
+    """The phases as runs of the pool: training and evaluation share one, each evaluation of a
+    trained model waiting for its training only, so the start model's evaluation and those of
+    arms that finish early fill the cores a longer arm leaves idle."""
+    runs = [(name, commands, {}) for name, commands in phases.items() if name not in ("train", "eval")]
+    train, evals = phases.get("train", []), phases.get("eval", [])
+    trained = {str(Path(c[c.index("--out") + 1]) / "final"): i for i, c in enumerate(train)}
+    needs = {len(train) + i: trained[c[c.index("--model") + 1]] for i, c in enumerate(evals)
+             if c[c.index("--model") + 1] in trained}
+    return runs + [("train-eval", train + evals, needs)]
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print,
@@ -334,13 +352,13 @@ def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started:
                 watch: Callable[[str, list[Job]], None] | None) -> dict:
     phases = stage_commands(cfg, out)
     timings, cpu = {}, {}
-    for name, commands in phases.items():
+    for name, commands, needs in pooled(phases):
         cpu_before = _children_cpu()
         say(f"[{time.time() - started:6.0f}s] {name}: " + " | ".join(f"pope {shlex.join(c[:2])} …" for c in commands))
         phase_started = time.time()
         # One thread per command: the toy model's matrices are too small for a second thread to
         # pay, and a second thread on a busy core slows generation many times over.
-        run_phase(name, commands, out / "logs", cfg.parallel, threads=1, watch=watch)
+        run_phase(name, commands, out / "logs", cfg.parallel, threads=1, watch=watch, needs=needs)
         if name == "data":
             require_disjoint_heldout(out, heldout_files(cfg, out)[0])
         if name == "filter":

@@ -62,6 +62,16 @@ def _check_generation_config(model, eos: list[int]) -> None:
                         "change the sampling distribution; unset them to generate with pope")
 
 
+def kv_cache(model) -> dict:
+    """A static KV cache on CPU, where the model supports one. The default dynamic cache
+    concatenates every layer's keys and values at every step: 40% of a toy generate call on one
+    thread, which a preallocated cache skips (3.6 -> 2.8 s for 256 rows of 64 tokens, the same
+    tokens). GPUs keep transformers' default: not measured there, and mostly served by vLLM."""
+    if model.device.type == "cpu" and getattr(model, "_can_compile_fullgraph", False):
+        return {"cache_implementation": "static"}
+    return {}
+
+
 class HFEngine:
     """Generates with `model.generate` (a transformers or peft causal LM) in batches of rows."""
 
@@ -108,7 +118,7 @@ class HFEngine:
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
             logits_processor=LogitsProcessorList([sampler]), max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
-            return_dict_in_generate=False, **_NEUTRAL_GENERATION,
+            return_dict_in_generate=False, **_NEUTRAL_GENERATION, **kv_cache(self.model),
         )
         completions = [self._completion(tokens) for tokens in sequences[:, width:].tolist()]
         if sampling.logprobs:
