@@ -154,7 +154,7 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     }
     shared = {flag: value(train["grpo"], flag) for flag in ("--steps", "--seed", "--lr", "--prompts-per-step",
                                                               "--group-size", "--adv-norm", "--max-new-tokens")}
-    assert shared["--steps"] == "150" and shared["--seed"] == "0"
+    assert shared["--steps"] == "120" and shared["--seed"] == "0"
     for arm, (mode, added) in expected.items():
         command = train[arm]
         assert value(command, "--mode") == mode and value(command, "--out") == str(tmp_path / "runs" / arm)

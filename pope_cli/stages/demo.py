@@ -86,7 +86,7 @@ class DemoConfig:
                              parse=arm_list, cli_default="grpo,pope")
     full: bool = option(False, "Run every arm (overrides --arms).", flags=("--full",))
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
-    n_hard: int = option(192, "Hard problems in the training pool before filtering.")
+    n_hard: int = option(160, "Hard problems in the training pool before filtering.")
     heldout: str = option("shipped", "Held-out set: 'shipped' (the shipped toy model's hard problems, never solved in 128 "
                                      "samples, filtered and prefixed once: pope_cli/toy/heldout/) or 'filter' (filter "
                                      "--n-heldout new candidates in this run; needed with --model).")
@@ -97,7 +97,7 @@ class DemoConfig:
     max_fraction: float = 0.85
     """Largest prefix as a fraction of the solution's tokens: toy solutions are short, so a
     prefix that leaves one or two look-ups to the model is most of the solution."""
-    steps: int = option(150, "RL steps per training arm.")
+    steps: int = option(120, "RL steps per training arm.")
     prompts_per_step: int = option(16, "Prompts per RL step.")
     group_size: int = option(8, "Completions per prompt.")
     lr: float = option(2e-4, "Learning rate (full fine-tuning of the toy model), RL and SFT alike.")

@@ -3,8 +3,9 @@
 `hard.jsonl` holds the problems, `prefixes.jsonl` their guided prompts' prefixes (make-prefixes'
 shortest solving prefix), `build.json` the commands that made them and their counts. They were
 made once by `python scripts/make_toy_heldout.py`, with the demo's own filter-hard and
-make-prefixes commands on the 320 held-out candidates of `pope toy make-data --seed 0` (the
-problems after seed 0's 192-problem training pool), the way the toy model itself is pretrained
+make-prefixes commands on the 320 held-out candidates of `pope toy make-data --seed 0 --n-hard 192`
+(seed 0's hard problems after its first 192; the demo's pool takes the first 160, so seed 0's
+pool and this set are disjoint by construction), the way the toy model itself is pretrained
 once and shipped: the set is the same for every demo run, so no run pays for filtering it.
 tests/test_toy_heldout.py rebuilds the first candidates and checks they give these rows.
 """
