@@ -57,3 +57,14 @@ def test_kept_seeds_give_the_paired_claims_and_a_figure(tmp_path):
     assert printed.returncode == 0, printed.stderr
     assert "| pope − grpo | unguided/avg@n | +1.95 | +7.50 [-5.00, +20.00] | 1 of 2 |" in printed.stdout
     assert (tmp_path / "toy" / "claims.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seeds_of_another_comparison_are_refused(tmp_path):
+    claims = claims_module()
+    seeds = tmp_path / "seeds"
+    claims.add([fake_run(tmp_path, 0, 0.3, 0.1), fake_run(tmp_path, 1, 0.2, 0.1)], seeds)
+    other = json.loads((seeds / "seed1" / "results.json").read_text())
+    other["config"]["steps"] = 250
+    (seeds / "seed1" / "results.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=r"seed 1 was run with other settings than seed 0 \(steps\)"):
+        claims.load_seeds(seeds)

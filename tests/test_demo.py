@@ -61,12 +61,12 @@ def test_phase_runs_commands_in_a_pool_and_reports_a_failure(tmp_path):
         run_phase("bad", [["--help"], ["no-such-command"], ["--help"]], tmp_path, parallel=2, threads=1)
 
 
-def test_a_sampling_command_started_last_gets_the_free_slots_as_workers():
+def test_a_sampling_command_started_last_gets_a_worker_per_slot():
     from pope_cli.stages.demo import launch_argv
 
     assert launch_argv(["filter-hard", "x"], 2, others_waiting=False) == ["filter-hard", "x", "--workers", "2"]
     assert launch_argv(["eval", "x"], 2, others_waiting=True) == ["eval", "x"]  # the slot is someone else's
-    assert launch_argv(["eval", "x"], 1, others_waiting=False) == ["eval", "x"]
+    assert launch_argv(["eval", "x"], 1, others_waiting=False) == ["eval", "x"]  # one slot: one engine
     assert launch_argv(["train", "x"], 2, others_waiting=False) == ["train", "x"]  # not a sampling stage
     assert launch_argv(["eval", "--workers", "3"], 2, others_waiting=False) == ["eval", "--workers", "3"]
 
@@ -154,7 +154,7 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     }
     shared = {flag: value(train["grpo"], flag) for flag in ("--steps", "--seed", "--lr", "--prompts-per-step",
                                                               "--group-size", "--adv-norm", "--max-new-tokens")}
-    assert shared["--steps"] == "120" and shared["--seed"] == "0"
+    assert shared["--steps"] == "110" and shared["--seed"] == "0"
     for arm, (mode, added) in expected.items():
         command = train[arm]
         assert value(command, "--mode") == mode and value(command, "--out") == str(tmp_path / "runs" / arm)

@@ -75,7 +75,23 @@ def load_seeds(root: Path = SEEDS) -> list[dict]:
         results["curves"] = {arm: [json.loads(line) for line in (directory / f"{arm}.metrics.jsonl").read_text().splitlines()]
                              for arm in results["training"]}
         seeds.append(results)
+    require_one_comparison(seeds)
     return seeds
+
+
+def require_one_comparison(seeds: list[dict]) -> None:
+    """Every seed must come from the same demo settings (its seed and output aside): a table that
+    mixed budgets or data sizes would compare nothing."""
+    def setting(results: dict) -> dict:
+        return {k: v for k, v in results["config"].items() if k not in ("seed", "out", "overwrite", "parallel")}
+
+    first = setting(seeds[0])
+    for results in seeds[1:]:
+        differ = sorted(k for k in set(first) | set(setting(results)) if first.get(k) != setting(results).get(k))
+        if differ:
+            raise SystemExit(f"error: seed {results['config']['seed']} was run with other settings than seed "
+                             f"{seeds[0]['config']['seed']} ({', '.join(differ)}); keep one comparison per seeds "
+                             "directory (--seeds DIR)")
 
 
 def metric(results: dict, arm: str, name: str) -> float | None:

@@ -5,8 +5,8 @@ Every stage runs as its ordinary command in a subprocess (the commands are recor
 reopen them with the other commands. The commands of a phase run side by side in a pool, one
 CPU thread each; training and evaluation share one pool, each evaluation starting once its
 model is trained; a sampling command started with nothing left to start after it (filter-hard
-on the training pool, make-prefixes on its hard problems, the last evaluation) gets the free
-cores as workers. The
+on the training pool, make-prefixes on its hard problems, the last evaluation) gets a worker per
+core. The
 held-out set is the one shipped with the toy (pope_cli/toy/heldout/), or filtered in the run
 with `--heldout filter`. A rerun resumes: every stage picks up its own outputs.
 
@@ -97,7 +97,7 @@ class DemoConfig:
     max_fraction: float = 0.85
     """Largest prefix as a fraction of the solution's tokens: toy solutions are short, so a
     prefix that leaves one or two look-ups to the model is most of the solution."""
-    steps: int = option(120, "RL steps per training arm.")
+    steps: int = option(110, "RL steps per training arm.")
     prompts_per_step: int = option(16, "Prompts per RL step.")
     group_size: int = option(8, "Completions per prompt.")
     lr: float = option(2e-4, "Learning rate (full fine-tuning of the toy model), RL and SFT alike.")
@@ -277,11 +277,12 @@ def require_disjoint_heldout(out: Path, heldout: Path) -> None:
 SAMPLING_COMMANDS = ("filter-hard", "make-prefixes", "eval")
 
 
-def launch_argv(argv: list[str], free_slots: int, others_waiting: bool) -> list[str]:
-    """A sampling command started with nothing else left to start gets every free slot as a
-    worker (the same files as one engine, sooner); any other command runs as planned."""
-    if argv[0] in SAMPLING_COMMANDS and not others_waiting and free_slots > 1 and "--workers" not in argv:
-        return [*argv, "--workers", str(free_slots)]
+def launch_argv(argv: list[str], parallel: int, others_waiting: bool) -> list[str]:
+    """A sampling command started with nothing else left to start gets a worker per slot (the same
+    files as one engine, sooner): the commands still running share the cores with it until they
+    end, and then none is idle. Any other command runs as planned."""
+    if argv[0] in SAMPLING_COMMANDS and not others_waiting and parallel > 1 and "--workers" not in argv:
+        return [*argv, "--workers", str(parallel)]
     return argv
 
 
@@ -303,7 +304,7 @@ def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, t
                 break
             queue.remove(index)
             job = jobs[index]
-            job.argv = launch_argv(job.argv, parallel - len(running), bool(queue))
+            job.argv = launch_argv(job.argv, parallel, bool(queue))
             with job.log.open("w") as handle:
                 running[index] = subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *job.argv], stdout=handle,
                                                   stderr=subprocess.STDOUT, env=env)
