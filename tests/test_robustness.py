@@ -511,11 +511,12 @@ def test_a_failed_start_leaves_the_output_as_it_was_and_the_corrected_command_ru
 def test_demo_failed_starts_leave_the_output_and_overwrite_keeps_the_earlier_demo(tmp_path):
     _start_workspace(tmp_path)
     for model, message in (("empty_model", "not a model directory"), ("some-org/not-cached", "HF_HUB_OFFLINE is set")):
-        _fails_leaving_all_as_it_was(tmp_path, ["demo", "--out", "demo", "--model", model], message, model)
+        # --heldout filter: the shipped held-out set is refused with another --model before the model is checked
+        demo = ["demo", "--out", "demo", "--model", model, "--heldout", "filter"]
+        _fails_leaving_all_as_it_was(tmp_path, demo, message, model)
         (tmp_path / "demo" / "filter").mkdir(parents=True, exist_ok=True)
         (tmp_path / "demo" / "filter" / "stats.jsonl").write_text('{"id": "earlier"}\n')
-        _fails_leaving_all_as_it_was(tmp_path, ["demo", "--out", "demo", "--model", model, "--overwrite"], message,
-                                     f"{model} --overwrite")
+        _fails_leaving_all_as_it_was(tmp_path, [*demo, "--overwrite"], message, f"{model} --overwrite")
     _fails_leaving_all_as_it_was(tmp_path, ["demo", "--out", ""], "--out: must be a non-empty path", "empty --out")
 
 
