@@ -178,7 +178,7 @@ def report(args, arms: list[str], problems: int, walls: dict, probes: dict) -> N
         print(line.format(f"{arm}: wall s", s["min"], s["median"], s["max"], ""))
     for key, name, goal in (("speedup_2_workers", f"2 workers vs 1 ({args.threads} threads)", "  (goal >= 1.7x)"),
                             ("speedup_2_workers_per_core", "2 workers vs 1 (1 thread)", ""),
-                            ("probe_ceiling", "probe: 2 x 1 thread vs 1 x 2 threads", "  (the most 2 workers gain)")):
+                            ("probe_ceiling", "probe: 2 procs vs 1 (2 threads)", "  (the most 2 workers gain)")):
         s = result[key]
         print(line.format(name + " x", s["min"], s["median"], s["max"], goal))
     if "ray_overhead_seconds_per_problem" in result:

@@ -22,7 +22,7 @@ HELDOUT_ROOT = Path(__file__).resolve().parents[1] / "pope_cli"
 
 def main() -> None:
     from pope_cli.stages.demo import DemoConfig, run_phase, stage_commands
-    from pope_cli.toy.heldout import BUILD, BUILD_CANDIDATES, BUILD_POOL, BUILD_SEED, HARD, PREFIXES
+    from pope_cli.toy.heldout import BUILD, BUILD_CANDIDATES, BUILD_POOL, BUILD_SEED, HARD, PREFIXES, portable
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="sampling workers (one CPU thread each)")
@@ -39,7 +39,8 @@ def main() -> None:
             print(f"pope {' '.join(command[:2])} …", flush=True)
             run_phase(name, [command], out / "logs", parallel=1, threads=1)
         shutil.copyfile(out / "heldout_filter" / "hard.jsonl", HARD)
-        shutil.copyfile(out / "heldout_prefixes.jsonl", PREFIXES)
+        PREFIXES.write_text("".join(json.dumps(portable(json.loads(line)), ensure_ascii=False) + "\n"
+                                    for line in (out / "heldout_prefixes.jsonl").read_text().splitlines()))
         counts = {"filter": json.loads((out / "heldout_filter" / "manifest.json").read_text())["counts"],
                   "prefixes": json.loads((out / "heldout_prefixes.jsonl.manifest.json").read_text())["counts"]}
     build = {"commands": {name: "pope " + " ".join(c).replace(tmp, "OUT").replace(str(HELDOUT_ROOT), "PKG") for name, c in commands.items()},

@@ -173,7 +173,7 @@ def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
     evals = phases["eval"]
     assert set(evals) == {"start", *ARMS, "pope-no-restate.own-template"}
     assert all(c[1] == str(HARD) and value(c, "--prefixes") == str(PREFIXES) for c in evals.values())
-    assert all(value(c, "--mode") == "unguided,guided" and "--template" not in c
+    assert all(value(c, "--mode") == "unguided,guided" and value(c, "--template") == templates()["guided"]
                for name, c in evals.items() if name != "pope-no-restate.own-template")
     own = evals["pope-no-restate.own-template"]
     assert value(own, "--mode") == "guided" and value(own, "--template") == templates()["guided-no-restate"]

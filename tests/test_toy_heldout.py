@@ -26,7 +26,7 @@ def run(command: list[str], inputs: str, out: str) -> None:
 def test_shipped_heldout_rows_are_those_the_demo_commands_make_for_the_first_candidates(tmp_path):
     from pope_cli.shared.outputs import atomic_write_jsonl
     from pope_cli.stages.demo import DemoConfig, stage_commands
-    from pope_cli.toy.heldout import BUILD, BUILD_CANDIDATES, BUILD_POOL, BUILD_SEED, HARD, PREFIXES
+    from pope_cli.toy.heldout import BUILD, BUILD_CANDIDATES, BUILD_POOL, BUILD_SEED, HARD, PREFIXES, portable
     from pope_cli.toy.task import hard_problems
 
     build = json.loads(BUILD.read_text())
@@ -43,4 +43,5 @@ def test_shipped_heldout_rows_are_those_the_demo_commands_make_for_the_first_can
     rebuilt = rows(tmp_path / "filter" / "hard.jsonl")
     assert rebuilt == [r for r in shipped_hard if r["id"] in first] and rebuilt
     run(phases["prefixes"][1], str(tmp_path / "filter" / "hard.jsonl"), str(tmp_path / "prefixes.jsonl"))
-    assert rows(tmp_path / "prefixes.jsonl") == [r for r in shipped_prefixes if r["id"] in first]
+    assert [portable(r) for r in rows(tmp_path / "prefixes.jsonl")] == [r for r in shipped_prefixes if r["id"] in first]
+    assert {r["template"] for r in shipped_prefixes} == {"pope_cli/toy/templates/guided.txt"}

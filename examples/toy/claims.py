@@ -46,8 +46,8 @@ CLAIMS = [
                    ("rs-sft-grpo", "grpo"))
       for metric, table in (("unguided/avg@n", PAPER_P1), ("unguided/pass@16", PAPER_P16))],
     ("pope-no-restate − pope", "pope-no-restate", "pope", "unguided/avg@n", "lower (text)"),
-    ("pope-no-restate (own template) − pope, guided", "pope-no-restate", "pope", "guided_own_template/avg@n",
-     "higher (text)"),
+    ("pope-no-restate (own template) − pope, guided", "pope-no-restate", "pope",
+     "guided_own_template/avg@n vs guided/avg@n", "higher (text)"),
     ("entropy − grpo", "entropy", "grpo", "train/entropy_last_tenth", "entropy blows up (text)"),
     ("entropy − grpo", "entropy", "grpo", "train/hard_solved_unguided_ever", "no gain (text)"),
     ("clip-higher − grpo", "clip-higher", "grpo", "train/entropy_last_tenth", "entropy blows up (text)"),
@@ -106,7 +106,11 @@ def metric(results: dict, arm: str, name: str) -> float | None:
 def claim_rows(seeds: list[dict]) -> list[dict]:
     rows = []
     for claim, treated, reference, name, paper in CLAIMS:
-        pairs = [(metric(s, treated, name), metric(s, reference, name)) for s in seeds]
+        # "A vs B": the treated arm's metric A against the reference arm's B (its own template
+        # against the default one); otherwise the same metric for both.
+        treated_name, _, reference_name = name.partition(" vs ")
+        pairs = [(metric(s, treated, treated_name), metric(s, reference, reference_name or treated_name))
+                 for s in seeds]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         row = {"claim": claim, "metric": name, "paper": paper, "seeds": len(pairs)}
         if pairs:

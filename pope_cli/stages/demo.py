@@ -245,8 +245,9 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
         "sft": sft_commands(cfg, out, model, prompts),
         "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), "--model",
                    arm_start(cfg, out, name), *extra, *train_common] for name, extra in arms(cfg, out).items()],
-        "eval": [["eval", *eval_args, "--mode", "unguided,guided", "--model", path, "--out", str(out / "eval" / name)]
-                 for name, path in evaluated_models(cfg, out).items()]
+        # The default guided template named outright: a shipped prefixes row cannot name this machine's copy.
+        "eval": [["eval", *eval_args, "--mode", "unguided,guided", "--template", tpl["guided"], "--model", path,
+                  "--out", str(out / "eval" / name)] for name, path in evaluated_models(cfg, out).items()]
                 + [["eval", *eval_args, "--model", str(out / "runs" / name / "final"), "--mode", "guided", "--template",
                     template, "--out", str(out / "eval" / f"{name}.own-template")]
                    for name, template in own_templates(cfg).items()],
@@ -360,7 +361,7 @@ def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started:
         # One thread per command: the toy model's matrices are too small for a second thread to
         # pay, and a second thread on a busy core slows generation many times over.
         run_phase(name, commands, out / "logs", cfg.parallel, threads=1, watch=watch, needs=needs)
-        if name == "data":
+        if name == "data" and cfg.heldout == "shipped":  # toy make-data keeps its own held-out set disjoint
             require_disjoint_heldout(out, heldout_files(cfg, out)[0])
         if name == "filter":
             require_hard_problems(out, cfg.heldout == "filter")

@@ -8,6 +8,10 @@ make-prefixes commands on the 320 held-out candidates of `pope toy make-data --s
 pool and this set are disjoint by construction), the way the toy model itself is pretrained
 once and shipped: the set is the same for every demo run, so no run pays for filtering it.
 tests/test_toy_heldout.py rebuilds the first candidates and checks they give these rows.
+
+A prefixes row names the guided template it was found with; the shipped rows name the toy's
+guided template relative to the repository (`pope_cli/toy/templates/guided.txt`) instead of the
+build machine's absolute path, so give `--template` when evaluating on them (the demo does).
 """
 
 from __future__ import annotations
@@ -21,3 +25,11 @@ BUILD = HELDOUT_DIR / "build.json"
 BUILD_SEED = 0
 BUILD_POOL = 192
 BUILD_CANDIDATES = 320
+
+
+def portable(row: dict) -> dict:
+    """A prefixes row with its template named relative to the repository, not to this machine."""
+    template = row.get("template")
+    if template and Path(template).is_absolute() and HELDOUT_DIR.parents[1] in Path(template).parents:
+        return {**row, "template": str(Path(template).relative_to(HELDOUT_DIR.parents[2]))}
+    return row
