@@ -6,9 +6,8 @@ reopen them with the other commands. The commands of a phase run side by side in
 CPU thread each; training and evaluation share one pool, each evaluation starting once its
 model is trained; a sampling command started with nothing left to start after it (filter-hard
 on the training pool, make-prefixes on its hard problems, the last evaluation) gets a worker per
-core. The
-held-out set is the one shipped with the toy (pope_cli/toy/heldout/), or filtered in the run
-with `--heldout filter`. A rerun resumes: every stage picks up its own outputs.
+core. The held-out set is the one shipped with the toy (pope_cli/toy/heldout/), or filtered in
+the run with `--heldout filter`. A rerun resumes: every stage picks up its own outputs.
 
 The demo's question is the paper's: on problems the start model never solves, does plain GRPO
 get any signal, and does POPE's guidance transfer to held-out problems asked unguided? `--arms`
@@ -387,11 +386,14 @@ def write_report(out: Path, arm_names: list[str], evaluated: list[str]) -> None:
     run_report(ReportConfig(dirs=runs + [str(out / "eval" / name) for name in evaluated], out=str(out / "report")))
 
 
-def shipped_heldout_counts() -> dict:
-    """The shipped held-out set's filter-hard counts (candidates, hard, samples), as built."""
-    from pope_cli.toy.heldout import BUILD
+def filter_counts(cfg: DemoConfig, out: Path, name: str) -> dict:
+    """A filter-hard run's counts (candidates, hard, samples): this run's, or the shipped
+    held-out set's as it was built."""
+    if name == "heldout_filter" and cfg.heldout == "shipped":
+        from pope_cli.toy.heldout import BUILD
 
-    return json.loads(BUILD.read_text())["filter"]
+        return json.loads(BUILD.read_text())["filter"]
+    return json.loads((out / name / "manifest.json").read_text())["counts"]
 
 
 def _children_cpu() -> float:
@@ -434,8 +436,7 @@ def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], p
         if arm in cfg.arms:
             results["training"][arm]["sft_data"] = json.loads((sft_run(out, arm) / "manifest.json").read_text())["counts"]["data"]
     for name in ("filter", "heldout_filter"):
-        counts = json.loads((out / name / "manifest.json").read_text())["counts"] if name == "filter" or \
-            cfg.heldout == "filter" else shipped_heldout_counts()
+        counts = filter_counts(cfg, out, name)
         results[name] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}
     results["commands"] = ["pope " + shlex.join(c) for commands in phases.values() for c in commands]
     results["seconds"] = {**timings, "total": round(time.time() - started, 1)}
