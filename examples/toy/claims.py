@@ -9,7 +9,7 @@
 into `examples/toy/seeds/seed<N>/`, so that seeds run at different times accumulate instead of
 being rerun. `table` reads every kept seed, prints the markdown claim table (each claim: the
 paper's difference, the toy's mean paired difference with its 95% bootstrap interval over seeds,
-and in how many seeds its sign holds) and writes `claims.png` (every arm: unguided training
+and in how many seeds the difference goes the paper's way) and writes `claims.png` (every arm: unguided training
 reward, hard problems ever solved unguided, token entropy per step; mean over seeds). Nothing is
 recomputed: the numbers are the demo's own.
 """
@@ -28,8 +28,10 @@ HERE = Path(__file__).parent
 SEEDS = HERE / "seeds"
 CURVE_KEYS = ("step", "reward/unguided", "solved_unguided/ever", "entropy")
 
-# (claim, treated arm, reference arm, metric, the paper's difference in points or words).
-# Metrics: "unguided/avg@n" etc. are held-out eval numbers (x100); "train/<fact>" training facts.
+# (claim, treated arm, reference arm, metric, the paper's difference in points or words, the
+# paper's direction). Metrics: "unguided/avg@n" etc. are held-out eval numbers (x100);
+# "train/<fact>" training facts. Direction: "+" treated above reference, "-" below, "<=" not above
+# ("no gain": a tie agrees with the paper).
 PAPER_P1 = {"grpo": 13.55, "pope": 15.50, "grpo-easy": 2.24, "pope-easy": 13.98, "sft-grpo": 2.00, "rs-sft-grpo": 5.14}
 PAPER_P16 = {"grpo": 32.89, "pope": 42.53, "pope-easy": 36.42, "sft-grpo": 12.37, "rs-sft-grpo": 24.50}
 
@@ -40,19 +42,31 @@ def _paper(table: dict, treated: str, reference: str) -> str:
     return "–"
 
 
+def _direction(table: dict, treated: str, reference: str) -> str | None:
+    if treated in table and reference in table:
+        return "+" if table[treated] > table[reference] else "-"
+    return None
+
+
+PAIRS = (("pope", "grpo"), ("grpo-easy", "grpo"), ("pope-easy", "pope"), ("sft-grpo", "grpo"), ("rs-sft-grpo", "grpo"))
+# Where Table 2 has no pass@16 for a pair, the paper's pass@1 direction stands for it.
 CLAIMS = [
-    *[(f"{t} − {r}", t, r, metric, _paper(table, t, r))
-      for t, r in (("pope", "grpo"), ("grpo-easy", "grpo"), ("pope-easy", "pope"), ("sft-grpo", "grpo"),
-                   ("rs-sft-grpo", "grpo"))
+    *[(f"{t} − {r}", t, r, metric, _paper(table, t, r), _direction(table, t, r) or _direction(PAPER_P1, t, r))
+      for t, r in PAIRS
       for metric, table in (("unguided/avg@n", PAPER_P1), ("unguided/pass@16", PAPER_P16))],
-    ("pope-no-restate − pope", "pope-no-restate", "pope", "unguided/avg@n", "lower (text)"),
+    ("pope-no-restate − pope", "pope-no-restate", "pope", "unguided/avg@n", "lower (text)", "-"),
     ("pope-no-restate (own template) − pope, guided", "pope-no-restate", "pope",
-     "guided_own_template/avg@n vs guided/avg@n", "higher (text)"),
-    ("entropy − grpo", "entropy", "grpo", "train/entropy_last_tenth", "entropy blows up (text)"),
-    ("entropy − grpo", "entropy", "grpo", "train/hard_solved_unguided_ever", "no gain (text)"),
-    ("clip-higher − grpo", "clip-higher", "grpo", "train/entropy_last_tenth", "entropy blows up (text)"),
-    ("clip-higher − grpo", "clip-higher", "grpo", "train/hard_solved_unguided_ever", "no gain (text)"),
+     "guided_own_template/avg@n vs guided/avg@n", "higher (text)", "+"),
+    ("entropy − grpo", "entropy", "grpo", "train/entropy_last_tenth", "entropy blows up (text)", "+"),
+    ("entropy − grpo", "entropy", "grpo", "train/hard_solved_unguided_ever", "no gain (text)", "<="),
+    ("clip-higher − grpo", "clip-higher", "grpo", "train/entropy_last_tenth", "entropy blows up (text)", "+"),
+    ("clip-higher − grpo", "clip-higher", "grpo", "train/hard_solved_unguided_ever", "no gain (text)", "<="),
 ]
+
+
+def agrees(difference: float, direction: str) -> bool:
+    """Whether one seed's paired difference goes the paper's way."""
+    return {"+": difference > 0, "-": difference < 0, "<=": difference <= 0}[direction]
 
 
 def add(runs: list[Path], root: Path = SEEDS) -> None:
@@ -105,7 +119,7 @@ def metric(results: dict, arm: str, name: str) -> float | None:
 
 def claim_rows(seeds: list[dict]) -> list[dict]:
     rows = []
-    for claim, treated, reference, name, paper in CLAIMS:
+    for claim, treated, reference, name, paper, direction in CLAIMS:
         # "A vs B": the treated arm's metric A against the reference arm's B (its own template
         # against the default one); otherwise the same metric for both.
         treated_name, _, reference_name = name.partition(" vs ")
@@ -115,15 +129,17 @@ def claim_rows(seeds: list[dict]) -> list[dict]:
         row = {"claim": claim, "metric": name, "paper": paper, "seeds": len(pairs)}
         if pairs:
             row.update(paired_difference([a for a, _ in pairs], [b for _, b in pairs]))
+            row["as_paper"] = sum(agrees(d, direction) for d in row["diffs"])
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| claim | metric | paper | toy: mean paired difference [95% CI] | seeds holding |", "|---|---|---|---|---|"]
+    lines = ["| claim | metric | paper | toy: mean paired difference [95% CI] | seeds going the paper's way |",
+             "|---|---|---|---|---|"]
     for row in rows:
         toy = f"{row['mean']:+.2f} [{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if "mean" in row else "no seed yet"
-        holding = f"{row['holds']} of {row['seeds']}" if "mean" in row else "–"
+        holding = f"{row['as_paper']} of {row['seeds']}" if "mean" in row else "–"
         lines.append(f"| {row['claim']} | {row['metric']} | {row['paper']} | {toy} | {holding} |")
     return "\n".join(lines)
 
