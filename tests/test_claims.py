@@ -56,6 +56,9 @@ def test_kept_seeds_give_the_paired_claims_and_a_figure(tmp_path):
                              text=True)
     assert printed.returncode == 0, printed.stderr
     assert "| pope − grpo | unguided/avg@n | +1.95 | +7.50 [-5.00, +20.00] | 1 of 2 |" in printed.stdout
+    # the arm table: mean over seeds, then each seed's value (30 and 20 points)
+    assert "| pope | 25.0 (30, 20) | 25.0 (30, 20) | – | – | 3.0 (3, 3) |" in printed.stdout
+    assert "| start | 0.0 (0, 0) | – | – | – | – |" in printed.stdout
     assert (tmp_path / "toy" / "claims.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -11,7 +11,8 @@ being rerun. `table` reads every kept seed, prints the markdown claim table (eac
 paper's difference, the toy's mean paired difference with its 95% bootstrap interval over seeds,
 and in how many seeds the difference goes the paper's way) and writes `claims.png` (every arm: unguided training
 reward, hard problems ever solved unguided, token entropy per step; mean over seeds). Nothing is
-recomputed: the numbers are the demo's own.
+recomputed: the numbers are the demo's own. Before the claims it prints every arm's held-out
+numbers and training count, the mean over seeds with each seed's value.
 """
 
 from __future__ import annotations
@@ -144,6 +145,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+ARM_COLUMNS = (("unguided/avg@n", "unguided avg@16"), ("unguided/pass@16", "unguided pass@16"),
+               ("guided/avg@n", "guided avg@16"), ("guided/pass@16", "guided pass@16"),
+               ("train/hard_solved_unguided_ever", "pool problems solved in training"))
+
+
+def arm_table(seeds: list[dict]) -> str:
+    """Every arm's numbers: the mean over seeds, each seed's value after it (seed order)."""
+    lines = ["| arm | " + " | ".join(title for _, title in ARM_COLUMNS) + " |", "|---" * (len(ARM_COLUMNS) + 1) + "|"]
+    for arm in seeds[0]["arms"]:
+        cells = []
+        for name, _ in ARM_COLUMNS:
+            values = [metric(s, arm, name) for s in seeds]
+            values = [v for v in values if v is not None]
+            cells.append(f"{statistics.mean(values):.1f} ({', '.join(f'{v:.0f}' for v in values)})" if values else "–")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(seeds: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -187,6 +206,7 @@ def main() -> None:
         raise SystemExit(f"error: no seed under {args.seeds}; run `pope demo --full --seed N` and `claims.py add RUN` "
                          "first")
     print(f"{len(seeds)} seed(s): " + ", ".join(str(s["config"]["seed"]) for s in seeds) + "\n")
+    print(arm_table(seeds) + "\n")
     print(table(claim_rows(seeds)))
     plot(seeds, args.seeds.parent / "claims.png")
 
