@@ -174,7 +174,7 @@ def plot(seeds: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     panels = (("reward/unguided", "unguided training reward (10-step mean)"),
-              ("solved_unguided/ever", "hard problems ever solved unguided"), ("entropy", "token entropy"))
+              ("solved_unguided/ever", "hard problems ever solved unguided"), ("entropy", "token entropy (nats, log scale)"))
     for index, arm in enumerate(a for a in ARMS if all(a in s["curves"] for s in seeds)):
         for ax, (key, title) in zip(axes, panels):
             series = [[row.get(key) for row in s["curves"][arm]] for s in seeds]
@@ -184,6 +184,8 @@ def plot(seeds: list[dict], path: Path) -> None:
             # Entropy is logged only on steps that train (a step without signal has no update).
             ax.plot(steps, smooth(mean, 10) if key != "solved_unguided/ever" else mean, color=f"C{index}", label=arm)
             ax.set(title=title, xlabel="RL step")
+    # The entropy bonus's ~5.5 nats would flatten every other arm's ~0.02 to a line at zero.
+    axes[2].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"mean over {len(seeds)} seed(s)")
     fig.tight_layout()
