@@ -120,6 +120,21 @@ def test_a_sample_does_not_depend_on_its_batch(engine, char_tokenizer):
     assert [c.token_ids for c in alone] == [c.token_ids for c in crowded] == [c.token_ids for c in wide]
 
 
+def test_a_batch_samples_the_same_log_probs_whatever_the_process_generated_before(char_tokenizer):
+    """A resumed run or another worker generates a batch after other batches than the first run
+    did: its log-probs must not depend on them (transformers' own static cache grows to the
+    longest batch so far, and attention over a longer cache rounds differently)."""
+    engine = HFEngine(build_tiny_model(len(char_tokenizer)), char_tokenizer, batch_size=4)
+    sampling = Sampling(temperature=1.0, max_new_tokens=6, logprobs=True)
+    short = [Request(ids(char_tokenizer, "ab"), 3, 7)]
+    first = engine.generate(short, sampling)[0]
+    engine.generate([Request(ids(char_tokenizer, "a prompt far longer than the short one"), 2, 1)],
+                    dataclasses.replace(sampling, max_new_tokens=40))
+    again = engine.generate(short, sampling)[0]
+    assert [c.token_ids for c in again] == [c.token_ids for c in first]
+    assert [c.logprobs for c in again] == [c.logprobs for c in first]  # exactly, not approximately
+
+
 def test_sample_j_of_seed_s_is_sample_0_of_seed_s_plus_j(engine, char_tokenizer):
     prompt = ids(char_tokenizer, "seed rule")
     many = engine.generate([Request(prompt, 4, 100)], SAMPLING)[0]

@@ -62,13 +62,19 @@ def _check_generation_config(model, eos: list[int]) -> None:
                         "change the sampling distribution; unset them to generate with pope")
 
 
-def kv_cache(model) -> dict:
-    """A static KV cache on CPU, where the model supports one. The default dynamic cache
-    concatenates every layer's keys and values at every step: 40% of a toy generate call on one
-    thread, which a preallocated cache skips (3.6 -> 2.8 s for 256 rows of 64 tokens, the same
-    tokens). GPUs keep transformers' default: not measured there, and mostly served by vLLM."""
+def kv_cache(model, length: int) -> dict:
+    """A static KV cache of `length` positions on CPU, where the model supports one. The default
+    dynamic cache concatenates every layer's keys and values at every step: 40% of a toy generate
+    call on one thread, which a preallocated cache skips (3.6 -> 2.8 s for 256 rows of 64 tokens,
+    the same tokens). GPUs keep transformers' default: not measured there, and mostly served by vLLM.
+
+    The cache is built here, sized to this batch: `cache_implementation="static"` would size it
+    to the longest batch the process has generated so far, and attention over a longer cache
+    rounds differently, so a resumed run or another worker would sample from other log-probs."""
     if model.device.type == "cpu" and getattr(model, "_can_compile_fullgraph", False):
-        return {"cache_implementation": "static"}
+        from transformers import StaticCache
+
+        return {"cache": StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)}
     return {}
 
 
@@ -118,7 +124,8 @@ class HFEngine:
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
             logits_processor=LogitsProcessorList([sampler]), max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
-            return_dict_in_generate=False, **_NEUTRAL_GENERATION, **kv_cache(self.model),
+            return_dict_in_generate=False, **_NEUTRAL_GENERATION,
+            **kv_cache(self.model, width + sampling.max_new_tokens),
         )
         completions = [self._completion(tokens) for tokens in sequences[:, width:].tolist()]
         if sampling.logprobs:
