@@ -7,12 +7,12 @@
 
 `add` copies a run's `results.json` and, per training arm, the metric columns the figure needs
 into `examples/toy/seeds/seed<N>/`, so that seeds run at different times accumulate instead of
-being rerun. `table` reads every kept seed, prints the markdown claim table (each claim: the
+being rerun. `table` reads every kept seed, prints every arm's held-out numbers and training
+count (the mean over seeds with each seed's value), then the markdown claim table (each claim: the
 paper's difference, the toy's mean paired difference with its 95% bootstrap interval over seeds,
-and in how many seeds the difference goes the paper's way) and writes `claims.png` (every arm: unguided training
-reward, hard problems ever solved unguided, token entropy per step; mean over seeds). Nothing is
-recomputed: the numbers are the demo's own. Before the claims it prints every arm's held-out
-numbers and training count, the mean over seeds with each seed's value.
+and in how many seeds the difference goes the paper's way), and writes `claims.png` (every arm:
+unguided training reward, hard problems ever solved unguided, token entropy per step; mean over
+seeds). Nothing is recomputed: the numbers are the demo's own.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def arm_table(seeds: list[dict]) -> str:
         for name, _ in ARM_COLUMNS:
             values = [metric(s, arm, name) for s in seeds]
             values = [v for v in values if v is not None]
-            cells.append(f"{statistics.mean(values):.1f} ({', '.join(f'{v:.0f}' for v in values)})" if values else "–")
+            each = ", ".join(f"{v:.0f}" for v in values)
+            cells.append(f"{statistics.mean(values):.1f} ({each})" if values else "–")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -174,7 +175,8 @@ def plot(seeds: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     panels = (("reward/unguided", "unguided training reward (10-step mean)"),
-              ("solved_unguided/ever", "hard problems ever solved unguided"), ("entropy", "token entropy (nats, log scale)"))
+              ("solved_unguided/ever", "hard problems ever solved unguided"),
+              ("entropy", "token entropy (nats, log scale)"))
     for index, arm in enumerate(a for a in ARMS if all(a in s["curves"] for s in seeds)):
         for ax, (key, title) in zip(axes, panels):
             series = [[row.get(key) for row in s["curves"][arm]] for s in seeds]
