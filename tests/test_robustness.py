@@ -761,7 +761,7 @@ print(json.dumps({{"calls": calls, "direct": direct}}))
 
 
 def test_trl_grpo_trainer_built_at_module_level_scores_with_the_exported_reward(tmp_path):
-    pytest.importorskip("trl", reason="TRL is in the bench extra: pip install 'pope-cli[bench]'")
+    pytest.importorskip("trl", reason="TRL is in the dev extra: pip install -e '.[dev]'")
     trl, _ = _exports(tmp_path)
     script = tmp_path / "train_trl.py"
     script.write_text(TRL_SCRIPT.format(export=str(trl.parent), toy=TOY, data=str(trl.parent / "train.jsonl")))
