@@ -65,11 +65,6 @@ CLAIMS = [
 ]
 
 
-def agrees(difference: float, direction: str) -> bool:
-    """Whether one seed's paired difference goes the paper's way."""
-    return {"+": difference > 0, "-": difference < 0, "<=": difference <= 0}[direction]
-
-
 def add(runs: list[Path], root: Path = SEEDS) -> None:
     for run in runs:
         results = json.loads((run / "results.json").read_text())
@@ -129,8 +124,7 @@ def claim_rows(seeds: list[dict]) -> list[dict]:
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         row = {"claim": claim, "metric": name, "paper": paper, "seeds": len(pairs)}
         if pairs:
-            row.update(paired_difference([a for a, _ in pairs], [b for _, b in pairs]))
-            row["as_paper"] = sum(agrees(d, direction) for d in row["diffs"])
+            row.update(paired_difference([a for a, _ in pairs], [b for _, b in pairs], direction))
         rows.append(row)
     return rows
 
@@ -140,7 +134,7 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|"]
     for row in rows:
         toy = f"{row['mean']:+.2f} [{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if "mean" in row else "no seed yet"
-        holding = f"{row['as_paper']} of {row['seeds']}" if "mean" in row else "–"
+        holding = f"{row['agree']} of {row['seeds']}" if "mean" in row else "–"
         lines.append(f"| {row['claim']} | {row['metric']} | {row['paper']} | {toy} | {holding} |")
     return "\n".join(lines)
 
