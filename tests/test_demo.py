@@ -46,6 +46,10 @@ def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/sft-grpo/final/config.json", "eval/start/summary.json"):
         assert (out / stage_file).exists(), stage_file
     assert "held-out hard problems" in proc.stdout
+    # in a pipe: one line per phase, then one per command as it finishes
+    assert "train-eval: 3 × pope train, 5 × pope eval" in proc.stdout
+    finished = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "  done in " in line]
+    assert len(finished) == len(results["commands"]) and f"pope train → {out / 'runs' / 'pope'}" in finished
     rerun = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]

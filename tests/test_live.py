@@ -68,3 +68,19 @@ def test_the_phase_runner_reports_every_job_to_the_watcher(tmp_path):
     assert all(phase == "ok" and len(states) == 3 for phase, states in seen)
     assert seen[-1][1] == ["done", "done", "done"]
     assert any("queued" in states for _, states in seen)  # the third waits for a free slot
+
+
+def test_a_command_is_named_by_its_first_word_or_its_groups_two():
+    from pope_cli.shared.live import command_of
+
+    assert command_of(["train", "prefixes.jsonl", "--out", "runs/pope"]) == "pope train"
+    assert command_of(["toy", "make-data", "--out", "data"]) == "pope toy make-data"
+
+
+def test_the_phase_runner_reports_each_job_once_as_it_succeeds(tmp_path):
+    from pope_cli.stages.demo import run_phase
+
+    ended = []
+    run_phase("ok", [["--help"], ["eval", "--help"], ["train", "--help"]], tmp_path, parallel=2, threads=1,
+              ended=lambda job: ended.append((job.argv[0], job.returncode, job.ended is not None)))
+    assert sorted(ended) == [("--help", 0, True), ("eval", 0, True), ("train", 0, True)]

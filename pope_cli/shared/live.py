@@ -68,6 +68,14 @@ def log_status(path: Path) -> Status | None:
         return parse_status(handle.read().decode("utf-8", errors="replace"))
 
 
+COMMAND_GROUPS = {"toy"}  # pope's sub-apps, whose command is their second word
+
+
+def command_of(argv: list[str]) -> str:
+    """`pope train` for `train data.jsonl ...`, `pope toy make-data` for the toy group's command."""
+    return "pope " + " ".join(argv[:2] if argv[0] in COMMAND_GROUPS else argv[:1])
+
+
 def output_of(argv: list[str]) -> str:
     """What a command writes, for its row: its --out, else its first argument."""
     return argv[argv.index("--out") + 1] if "--out" in argv else (argv[1] if len(argv) > 1 else "")
@@ -119,6 +127,6 @@ class LiveView:
             output = output_of(job.argv)
             if self.root is not None and output.startswith(str(self.root)):
                 output = output[len(str(self.root)):].lstrip("/") or "."
-            table.add_row(f"pope {job.argv[0]}", output, bar, done, status.detail if status else "",
+            table.add_row(command_of(job.argv), output, bar, done, status.detail if status else "",
                           _clock(job.elapsed(now)), job.state())
         return table

@@ -33,7 +33,7 @@ from pope_cli.shared.config import bad_option, overwrite_option, seed_option
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.models import check_model_loadable
 from pope_cli.shared.options import option
-from pope_cli.shared.live import Job
+from pope_cli.shared.live import Job, command_of, output_of
 from pope_cli.shared.outputs import atomic_write_json
 from pope_cli.shared.runtime import PROGRESS_SECONDS_ENV
 
@@ -287,10 +287,12 @@ def launch_argv(argv: list[str], parallel: int, others_waiting: bool) -> list[st
 
 
 def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, threads: int,
-              watch: Callable[[str, list[Job]], None] | None = None, needs: dict[int, int] | None = None) -> None:
+              watch: Callable[[str, list[Job]], None] | None = None, needs: dict[int, int] | None = None,
+              ended: Callable[[Job], None] | None = None) -> None:
     """Run a phase's commands, up to `parallel` at a time (the next runnable one starts as soon as
     one ends; `needs` maps a command's index to one that must have finished first), each logging
-    to its own file; `watch(name, jobs)` sees every job's state on each poll."""
+    to its own file; `watch(name, jobs)` sees every job's state on each poll, `ended(job)` each
+    job that has succeeded."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if watch is not None:
@@ -319,8 +321,21 @@ def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, t
                     other.terminate()
                 tail = job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
                 raise PopeError(f"demo: `pope {job.argv[0]}` failed ({tail[0]}); full log: {job.log}")
+            if ended is not None:
+                ended(job)
         if watch is not None:
             watch(name, jobs)
+
+
+def phase_line(commands: list[list[str]]) -> str:
+    """`pope filter-hard data/mix.jsonl …` for a phase of one command; `9 × pope train, 11 × pope
+    eval` for a phase of many (their outputs follow, one line each, as they finish)."""
+    if len(commands) == 1:
+        return f"pope {shlex.join(commands[0][:2])} …"
+    counts: dict[str, int] = {}
+    for command in commands:
+        counts[command[0]] = counts.get(command[0], 0) + 1
+    return ", ".join(f"{count} × pope {name}" for name, count in counts.items())
 
 
 def pooled(phases: dict[str, list[list[str]]]) -> list[tuple[str, list[list[str]], dict[int, int]]]:
@@ -355,11 +370,16 @@ def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started:
     timings, cpu = {}, {}
     for name, commands, needs in pooled(phases):
         cpu_before = _children_cpu()
-        say(f"[{time.time() - started:6.0f}s] {name}: " + " | ".join(f"pope {shlex.join(c[:2])} …" for c in commands))
+        say(f"[{time.time() - started:6.0f}s] {name}: {phase_line(commands)}")
         phase_started = time.time()
+        # In a pipe nothing else shows a phase's progress (a terminal has the live table): a line
+        # per finished command, so a 40-minute phase is not silent.
+        ended = None if watch is not None else (
+            lambda job: say(f"[{time.time() - started:6.0f}s]   done in {job.elapsed(job.ended):.0f}s: "
+                            f"{command_of(job.argv)} → {output_of(job.argv)}"))
         # One thread per command: the toy model's matrices are too small for a second thread to
         # pay, and a second thread on a busy core slows generation many times over.
-        run_phase(name, commands, out / "logs", cfg.parallel, threads=1, watch=watch, needs=needs)
+        run_phase(name, commands, out / "logs", cfg.parallel, threads=1, watch=watch, needs=needs, ended=ended)
         if name == "data" and cfg.heldout == "shipped":  # toy make-data keeps its own held-out set disjoint
             require_disjoint_heldout(out, heldout_files(cfg, out)[0])
         if name == "filter":
