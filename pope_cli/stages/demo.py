@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -320,7 +321,7 @@ def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, t
                 for other in running.values():
                     other.terminate()
                 tail = job.log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-                raise PopeError(f"demo: `pope {job.argv[0]}` failed ({tail[0]}); full log: {job.log}")
+                raise PopeError(f"demo: `{command_of(job.argv)}` failed ({tail[0]}); full log: {job.log}")
             if ended is not None:
                 ended(job)
         if watch is not None:
@@ -332,9 +333,7 @@ def phase_line(commands: list[list[str]]) -> str:
     eval` for a phase of many (their outputs follow, one line each, as they finish)."""
     if len(commands) == 1:
         return f"pope {shlex.join(commands[0][:2])} …"
-    counts: dict[str, int] = {}
-    for command in commands:
-        counts[command[0]] = counts.get(command[0], 0) + 1
+    counts = Counter(command[0] for command in commands)
     return ", ".join(f"{count} × pope {name}" for name, count in counts.items())
 
 
