@@ -31,7 +31,7 @@ class FakeVLLM:
         self.log = Path(os.environ["FAKE_VLLM_LOG"]) / f"rank{os.environ.get('RANK', '0')}.jsonl"
 
     @classmethod
-    def from_options(cls, opts, *, max_lora_rank=None, enable_sleep_mode=False, in_process=False,
+    def from_options(cls, opts, *, max_lora_rank=None, enable_sleep_mode=False, full_weight_sync=False,
                      tensor_parallel_size=1) -> "FakeVLLM":
         assert tensor_parallel_size == 1, "pope runs one engine per rank, tensor parallel 1"
         return cls(opts)
@@ -53,6 +53,9 @@ class FakeVLLM:
     def wake_up(self) -> None:
         self.awake = True
         self._record("wake")
+
+    def close(self) -> None:
+        self._record("close")
 
     def load_weights(self, weights) -> None:
         loaded = {name: tensor.detach().clone() for name, tensor in weights}

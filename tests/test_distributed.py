@@ -148,8 +148,8 @@ def test_vllm_on_every_rank_samples_trains_and_syncs_as_one_process(data, tiny_m
                        model=ModelOptions(str(tiny_model_dir), backend="vllm", device="cpu"), **settings))
     run_train(make_cfg(data, tiny_model_dir, out=str(data / "hf"), **settings))
     one, ranks = events(data / "log_one", 0), [events(data / "log_two", r) for r in range(2)]
-    for log in [one, *ranks]:  # each engine, every step: generate, then sleep -> sync -> wake
-        assert [e["event"] for e in log] == ["generate", "sleep", "sync", "wake"] * 2
+    for log in [one, *ranks]:  # each engine, every step: generate, then sleep -> sync -> wake; closed at the end
+        assert [e["event"] for e in log] == ["generate", "sleep", "sync", "wake"] * 2 + ["close"]
     for step in range(2):
         whole = [e for e in one if e["event"] == "generate"][step]["rollouts"]
         parts = [[e for e in log if e["event"] == "generate"][step]["rollouts"] for log in ranks]

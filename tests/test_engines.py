@@ -1,10 +1,9 @@
-"""Engines: the counter-based noise, the hf engine's seeding rule and outputs, the vLLM glue."""
+"""Engines: the counter-based noise, the hf engine's seeding rule and outputs, the backend choice
+(the vLLM glue: test_vllm_engine.py against a fake, test_vllm_real.py against vLLM)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 import types
 
 import pytest
@@ -135,6 +134,25 @@ def test_a_batch_samples_the_same_log_probs_whatever_the_process_generated_befor
     assert [c.logprobs for c in again] == [c.logprobs for c in first]  # exactly, not approximately
 
 
+def test_the_static_cache_goes_to_generate_under_the_name_this_transformers_takes(char_tokenizer, monkeypatch):
+    """transformers 5.24 takes `cache=`, 5.19 (what vLLM installs) only `past_key_values=` and
+    rejects `cache` as an unused model kwarg: every CPU generation failed there."""
+    import inspect
+
+    from pope_cli.shared.engines import hf
+
+    model = build_tiny_model(len(char_tokenizer))
+    name = hf.cache_argument(model)
+    assert list(hf.kv_cache(model, 16)) == [name]
+    assert name in inspect.signature(type(model).forward).parameters
+    seen = []
+    original = type(model).forward
+    monkeypatch.setattr(hf, "cache_argument", lambda model: name)  # the patched forward below hides its signature
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **kw: seen.append(kw) or original(self, *a, **kw))
+    HFEngine(model, char_tokenizer).generate([Request(ids(char_tokenizer, "ab"), 1, 0)], SAMPLING)
+    assert seen and all(type(kw.get(name)).__name__ == "StaticCache" for kw in seen)
+
+
 def test_sample_j_of_seed_s_is_sample_0_of_seed_s_plus_j(engine, char_tokenizer):
     prompt = ids(char_tokenizer, "seed rule")
     many = engine.generate([Request(prompt, 4, 100)], SAMPLING)[0]
@@ -251,193 +269,3 @@ def test_make_engine_hf(tiny_model_dir):
     out = engine.generate([Request(engine.tokenizer("hi")["input_ids"], 2, 0)], Sampling(max_new_tokens=4))
     assert len(out[0]) == 2
     assert all(len(c.token_ids) == 4 if c.finish_reason == "length" else c.token_ids[-1] == EOS for c in out[0])
-
-
-# ---------------------------------------------------------------- vLLM glue, against a fake vllm
-
-
-class FakeLLM:
-    instances: list["FakeLLM"] = []
-
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.calls = []
-        self.slept = []
-        FakeLLM.instances.append(self)
-
-    def generate(self, prompts, params, lora_request=None, use_tqdm=True):
-        self.calls.append((prompts, params, lora_request))
-        return [types.SimpleNamespace(outputs=[_fake_output(p, k) for k in reversed(range(p.n))]) for p in params]
-
-    def sleep(self, level=1):
-        self.slept.append(("sleep", level))
-
-    def wake_up(self, tags=None):
-        self.slept.append(("wake_up", tags))
-
-    def apply_model(self, func):
-        return [func(self.served_model)]
-
-    def reset_prefix_cache(self):
-        self.slept.append(("reset_prefix_cache", None))
-
-
-def _fake_output(params, index: int):
-    """Tokens derived from the child's seed, as vLLM seeds child `index` with seed + index."""
-    tokens = [params.seed + index, 40 + index]
-    return types.SimpleNamespace(
-        index=index, token_ids=tuple(tokens), text=f"t{index}", finish_reason="stop" if index % 2 == 0 else "length",
-        logprobs=[{t: types.SimpleNamespace(logprob=-0.5 * (k + 1), rank=1)} for k, t in enumerate(tokens)]
-        if params.logprobs is not None else None,
-    )
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    def install(with_logprobs_mode: bool = True):
-        vllm = types.ModuleType("vllm")
-        fields = {"model": str, **({"logprobs_mode": str} if with_logprobs_mode else {})}
-        vllm.EngineArgs = dataclasses.make_dataclass("EngineArgs", list(fields.items()))
-        vllm.LLM = FakeLLM
-        vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
-        lora, request = types.ModuleType("vllm.lora"), types.ModuleType("vllm.lora.request")
-        request.LoRARequest = lambda **kw: types.SimpleNamespace(**kw)
-        for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
-            monkeypatch.setitem(sys.modules, name, module)
-        FakeLLM.instances.clear()
-        return vllm
-
-    return install
-
-
-def _vllm_engine(char_tokenizer, **kwargs):
-    from pope_cli.shared.engines.vllm import VLLMEngine
-
-    return VLLMEngine("some/model", char_tokenizer, **kwargs)
-
-
-def test_vllm_sampling_params_prompts_and_outputs(fake_vllm, char_tokenizer):
-    fake_vllm()
-    engine = _vllm_engine(char_tokenizer, max_lora_rank=12)
-    llm = FakeLLM.instances[0]
-    assert llm.kwargs["logprobs_mode"] == "processed_logprobs"
-    assert llm.kwargs["enable_lora"] and llm.kwargs["max_lora_rank"] == 16
-    sampling = Sampling(temperature=0.8, top_p=0.9, max_new_tokens=300, logprobs=True)
-    out = engine.generate([Request([5, 6], 3, 10), Request([7], 0, 4), Request([8], 1, 20)], sampling)
-    prompts, params, lora = llm.calls[0]
-    assert prompts == [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [8]}]
-    assert [(p.n, p.seed) for p in params] == [(3, 10), (1, 20)]
-    assert all((p.temperature, p.top_p, p.max_tokens, p.logprobs) == (0.8, 0.9, 300, 0) for p in params)
-    assert lora is None
-    assert [len(o) for o in out] == [3, 0, 1]
-    assert [c.token_ids for c in out[0]] == [[10, 40], [11, 41], [12, 42]]
-    assert [c.finish_reason for c in out[0]] == ["stop", "length", "stop"]
-    assert out[0][1].logprobs == [-0.5, -1.0] and out[0][1].text == "t1"
-    plain = engine.generate([Request([5], 1, 0)], Sampling(max_new_tokens=5))
-    assert plain[0][0].logprobs is None and llm.calls[1][1][0].logprobs is None
-
-
-def test_vllm_lora_ids_are_fresh_across_calls_and_engines(fake_vllm, char_tokenizer, tmp_path):
-    fake_vllm()
-    first, second = _vllm_engine(char_tokenizer, max_lora_rank=8), _vllm_engine(char_tokenizer, max_lora_rank=8)
-    seen = []
-    for engine in (first, second, first):
-        engine.set_lora(tmp_path)
-        engine.generate([Request([5], 1, 0)], SAMPLING)
-        request = FakeLLM.instances[0 if engine is first else 1].calls[-1][2]
-        assert request.lora_path == str(tmp_path)
-        seen.append(request.lora_int_id)
-    assert len(set(seen)) == 3 and seen == sorted(seen)
-    first.set_lora(None)
-    assert first.lora_request is None
-
-
-def test_vllm_sleep_and_wake_up_pass_through(fake_vllm, char_tokenizer):
-    fake_vllm()
-    engine = _vllm_engine(char_tokenizer, enable_sleep_mode=True)
-    engine.sleep(level=2)
-    engine.wake_up(tags=["weights"])
-    llm = FakeLLM.instances[0]
-    assert llm.kwargs["enable_sleep_mode"] and "enable_lora" not in llm.kwargs
-    assert llm.slept == [("sleep", 2), ("wake_up", ["weights"])]
-
-
-def test_vllm_full_weight_sync_loads_into_the_served_model_in_process(fake_vllm, char_tokenizer, monkeypatch):
-    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    fake_vllm()
-    engine = _vllm_engine(char_tokenizer, in_process=True)
-    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    llm = FakeLLM.instances[0]
-    received = []
-    llm.served_model = types.SimpleNamespace(load_weights=lambda weights: received.extend(weights))
-    weights = [("model.embed_tokens.weight", torch.ones(2)), ("model.norm.weight", torch.zeros(3))]
-    engine.load_weights(iter(weights))
-    assert [name for name, _ in received] == ["model.embed_tokens.weight", "model.norm.weight"]
-    assert received[0][1] is weights[0][1]
-    assert llm.slept == [("reset_prefix_cache", None)]
-
-
-def test_engine_sync_pushes_every_full_weight_around_a_sleeping_update(tmp_path):
-    from pope_cli.stages.train.policy import EngineSync
-
-    model = build_tiny_model(vocab_size=16)
-    calls = []
-    engine = types.SimpleNamespace(sleep=lambda: calls.append("sleep"), wake_up=lambda: calls.append("wake_up"),
-                                   load_weights=lambda weights: calls.append([name for name, _ in weights]))
-    sync = EngineSync(engine, types.SimpleNamespace(model=model), tmp_path, lora=False, vllm=True)
-    sync.before_update()
-    sync.after_update()
-    assert calls == ["sleep", [name for name, _ in model.named_parameters()], "wake_up"]
-
-
-def test_vllm_full_sync_engine_drops_weights_in_sleep_and_wakes_them_to_load(fake_vllm, char_tokenizer):
-    fake_vllm()
-    engine = _vllm_engine(char_tokenizer, enable_sleep_mode=True, in_process=True)
-    llm = FakeLLM.instances[0]
-    llm.served_model = types.SimpleNamespace(load_weights=lambda weights: None)
-    engine.sleep()
-    engine.load_weights([("model.norm.weight", torch.zeros(3))])
-    engine.wake_up()
-    assert llm.slept == [("sleep", 2), ("wake_up", ["weights"]), ("reset_prefix_cache", None),
-                         ("wake_up", ["kv_cache"])]
-    lora = _vllm_engine(char_tokenizer, enable_sleep_mode=True, max_lora_rank=8)
-    lora.sleep()
-    lora.wake_up()
-    assert FakeLLM.instances[1].slept == [("sleep", 1), ("wake_up", None)]
-
-
-def test_vllm_under_torchrun_runs_in_this_process_on_torchruns_process_group(fake_vllm, char_tokenizer, monkeypatch):
-    fake_vllm()
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    _vllm_engine(char_tokenizer)
-    assert FakeLLM.instances[0].kwargs["distributed_executor_backend"] == "external_launcher"
-
-
-def test_old_vllm_refuses_temperature_free_logprobs(fake_vllm, char_tokenizer):
-    fake_vllm(with_logprobs_mode=False)
-    engine = _vllm_engine(char_tokenizer)
-    assert "logprobs_mode" not in FakeLLM.instances[0].kwargs
-    with pytest.raises(PopeError, match="temperature"):
-        engine.generate([Request([5], 1, 0)], Sampling(temperature=0.8, logprobs=True))
-    assert engine.generate([Request([5], 1, 0)], Sampling(temperature=1.0, logprobs=True))[0][0].logprobs
-
-
-def test_vllm_missing_is_a_clear_error(monkeypatch, char_tokenizer):
-    monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(PopeError, match="vLLM is not installed"):
-        _vllm_engine(char_tokenizer)
-
-
-def test_vllm_from_an_adapter_dir_serves_base_plus_adapter(fake_vllm, char_tokenizer, tiny_model_dir, tmp_path):
-    import json
-
-    fake_vllm()
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir), "r": 20}))
-    engine = make_engine(ModelOptions(model=str(adapter), backend="vllm", gpu_memory_utilization=0.5))
-    llm = FakeLLM.instances[0]
-    assert llm.kwargs["model"] == str(tiny_model_dir) and llm.kwargs["max_lora_rank"] == 32
-    assert llm.kwargs["dtype"] == "bfloat16" and llm.kwargs["gpu_memory_utilization"] == 0.5
-    assert llm.kwargs["tokenizer"] == engine.tokenizer.name_or_path == str(tiny_model_dir)
-    assert engine.lora_request.lora_path == str(adapter)

@@ -9,6 +9,7 @@ fail with a different message.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -477,8 +478,9 @@ def _start_argv(stage: str, changes: dict | None = None, extra: tuple = ()) -> l
 def _failures(stage: str):
     import torch
 
+    present = {"missing device": torch.cuda.is_available(), "vllm not installed": importlib.util.find_spec("vllm")}
     for name, (changes, message, stages) in FAILED_STARTS.items():
-        if stage in stages and not (name == "missing device" and torch.cuda.is_available()):
+        if stage in stages and not present.get(name):
             yield name, changes, message
 
 

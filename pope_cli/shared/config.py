@@ -60,7 +60,13 @@ class ModelOptions:
                                      panel=MODEL_PANEL)
     batch_size: int = option(64, "hf backend: sequences per generate call.", panel=MODEL_PANEL)
     gpu_memory_utilization: float = option(0.85, "vllm backend: fraction of GPU memory vLLM may use.", panel=MODEL_PANEL)
+    kv_cache_gb: float | None = option(None, "vllm backend: KV cache size in GiB instead of a share of "
+                                             "--gpu-memory-utilization (default 1 on CPU, where vLLM would reserve "
+                                             "that fraction of the machine's memory).", panel=MODEL_PANEL)
     max_model_len: int | None = option(None, "vllm backend: maximum context length (prompt + completion).", panel=MODEL_PANEL)
+    enforce_eager: bool = option(False, "vllm backend: run the model eagerly (no torch.compile, no CUDA graphs): "
+                                        "starts faster, may generate slower.", flags=("--enforce-eager",),
+                                 panel=MODEL_PANEL)
 
     def __post_init__(self):
         if self.backend not in ("auto", "hf", "vllm"):
@@ -71,6 +77,8 @@ class ModelOptions:
             raise bad_option("--batch-size", "must be at least 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise bad_option("--gpu-memory-utilization", "must be in (0, 1]")
+        if self.kv_cache_gb is not None and self.kv_cache_gb <= 0:
+            raise bad_option("--kv-cache-gb", "must be > 0")
 
 
 @dataclass

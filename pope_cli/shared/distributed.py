@@ -125,5 +125,5 @@ def launched(device):
     try:
         yield Ranks(dist.get_rank(), dist.get_world_size())
     finally:
-        if owner:
+        if owner and dist.is_initialized():  # a vLLM engine in this process may have ended it
             dist.destroy_process_group()

@@ -43,7 +43,8 @@ class EvalConfig:
     models: list[str] = option(help="Model to evaluate (hub id, local dir or PEFT adapter dir); repeat for a side-by-side "
                                     "table.", param="model", flags=("--model", "-m"), panel=MODEL_PANEL)
     model: ModelOptions = group(show=("backend", "dtype", "device", "trust_remote_code", "batch_size",
-                                      "gpu_memory_utilization", "max_model_len"), fixed={"model": ""})
+                                      "gpu_memory_utilization", "kv_cache_gb", "max_model_len",
+                                      "enforce_eager"), fixed={"model": ""})
     """Loading options shared by every model in `models` (its `model` field is the first one)."""
     fields: FieldMap = group()
     prompt: PromptOptions = group()
@@ -82,7 +83,7 @@ class EvalConfig:
 
 
 RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
-                  "reward.workers", "bootstrap")
+                  "model.kv_cache_gb", "reward.workers", "bootstrap")
 
 
 @dataclass

@@ -66,7 +66,7 @@ class FilterHardConfig:
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
 RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
-                  "reward.workers", "dry_run", "assume_hard", "gen_tokens_per_s")
+                  "model.kv_cache_gb", "reward.workers", "dry_run", "assume_hard", "gen_tokens_per_s")
 
 
 @dataclass

@@ -93,7 +93,7 @@ class PrefixConfig:
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
 RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
-                  "reward.workers")
+                  "model.kv_cache_gb", "reward.workers")
 
 # Every stats row has all of these (None where they do not apply), whatever its status.
 STATS_FIELDS = ("id", "status", "kept", "prefix", "prefix_units", "prefix_tokens", "prefix_fraction", "rung",

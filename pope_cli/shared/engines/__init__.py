@@ -31,7 +31,7 @@ def make_engine(opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bo
         from pope_cli.shared.engines.vllm import VLLMEngine
 
         return VLLMEngine.from_options(opts, max_lora_rank=max_lora_rank, enable_sleep_mode=enable_sleep_mode,
-                                       in_process=full_weight_sync, tensor_parallel_size=tensor_parallel_size)
+                                       full_weight_sync=full_weight_sync, tensor_parallel_size=tensor_parallel_size)
     if tensor_parallel_size > 1:
         from pope_cli.shared.errors import PopeError
 

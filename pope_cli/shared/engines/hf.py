@@ -8,6 +8,7 @@ batch it lands in. The model is left as it was found: same training mode, same w
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -74,8 +75,16 @@ def kv_cache(model, length: int) -> dict:
     if model.device.type == "cpu" and getattr(model, "_can_compile_fullgraph", False):
         from transformers import StaticCache
 
-        return {"cache": StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)}
+        cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+        return {cache_argument(model): cache}
     return {}
+
+
+def cache_argument(model) -> str:
+    """The keyword `generate` takes a cache under: `cache` from transformers 5.24 on (which
+    deprecates the old name), `past_key_values` before (which rejects the new one as unused)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
 class HFEngine:

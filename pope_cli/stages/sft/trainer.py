@@ -41,7 +41,7 @@ from pope_cli.stages.train.batch import Batch, Sample, collate
 
 # Options a rerun may change without changing what the finished steps computed.
 RESUME_IGNORED = ("overwrite", "steps", "epochs", "save_every", "keep", "model.batch_size",
-                  "model.gpu_memory_utilization", "reward.workers")
+                  "model.gpu_memory_utilization", "model.kv_cache_gb", "reward.workers")
 
 
 def response_token_stats(model, batch: Batch, autocast_dtype=None) -> dict[str, torch.Tensor]:

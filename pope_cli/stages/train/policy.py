@@ -143,6 +143,11 @@ class EngineSync:
             self.sync()
             self.engine.wake_up()
 
+    def close(self) -> None:
+        """Shut a vLLM engine down while the run's process group is still up (see VLLMEngine.close)."""
+        if self.vllm:
+            self.engine.close()
+
     def sync(self) -> None:
         """Push the policy's current weights to the engine (also needed once after a resume)."""
         if not self.vllm:

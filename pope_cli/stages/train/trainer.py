@@ -86,8 +86,8 @@ from pope_cli.stages.train.watch import RunWatch
 
 # Options a rerun may change without changing what the finished steps computed.
 RESUME_IGNORED = ("overwrite", "steps", "save_every", "keep", "merge", "data_parallel", "model.batch_size",
-                  "model.gpu_memory_utilization", "reward.workers", "trackers.report_to", "trackers.run_name",
-                  "trackers.project", "log_completions", "log_every")
+                  "model.gpu_memory_utilization", "model.kv_cache_gb", "reward.workers", "trackers.report_to",
+                  "trackers.run_name", "trackers.project", "log_completions", "log_every")
 
 _NO_UPDATE = {"loss": None, "grad_norm": None, "optimizer_steps": 0, "nan_skipped": 0, "entropy": None, "kl": None,
               "clip_fraction": None, "clip_low_fraction": None, "clip_high_fraction": None, "ratio_mean": None,
@@ -344,6 +344,7 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
                     if watch is not None:
                         watch.close()
             written = save_final(run.policy, out, cfg.merge, ranks)
+            run.sync.close()
     finally:
         reporter.close()
     summary = _summary(cfg, rows, started, resumed_from=done, trained=cfg.steps - done)
