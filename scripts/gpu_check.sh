@@ -3,13 +3,16 @@
 # torchrun, the ~0.5B hardware benchmark, and 4k/8k-token updates of the ~0.5B model with
 # log-probs whole vs in chunks (peak memory, train tokens/s, MFU). The training checks also show
 # the sampler/trainer mismatch of the bf16 hf engine (mismatch/* in metrics.jsonl). Prints one
-# table; about 6 minutes on one H100/H200 (the limit it is written for: 8).
+# table; about 6 minutes on one H100/H200, and at most 2 more for the vLLM row (cut off at 120 s);
+# the limit it is written for: 8.
 #
 #   bash scripts/gpu_check.sh [WORKDIR]
 #
 # Run from the repository root on a CUDA machine, with pope and its dependencies importable
-# (`pip install -e .`, or PYTHONPATH=. with the packages present). vLLM is not exercised here:
-# the checks run pope's hf engine. On one GPU torchrun starts one rank, and pope runs a world of
+# (`pip install -e .`, or PYTHONPATH=. with the packages present). Where vLLM's GPU build is
+# importable (`pip install -e ".[vllm,dev]"`), the real-vLLM tests that fit one GPU also run, with sleep
+# mode on (the CPU build has none): every sync gives vLLM the policy's weights (LoRA and full), vLLM's
+# log-probs against the trainer's forward pass; without vLLM that row says "skipped". The other checks run pope's hf engine. On one GPU torchrun starts one rank, and pope runs a world of
 # one as a single process (no process group, no DDP/FSDP2 wrapping): those checks cover the
 # launch, not NCCL. Each check logs to WORKDIR/<check>.log; the table gives its exit status, wall
 # seconds and a figure read from its outputs. Every stage resumes its outputs, so timings need a
@@ -64,6 +67,7 @@ long_figure() { python3 -c "
 import json; r=json.load(open('benchmarks/results/bench_long_gpu.json'))
 print('; '.join(f\"{x['completion']}/chunk {x['chunk']}: \" + ('OOM' if x.get('oom') else
       f\"{x['peak_memory_gib']:.1f} GiB, {x['train_tokens_per_s']:,.0f} tok/s, MFU {x['train_mfu']:.1%}\") for x in r['rows']))"; }
+pytest_figure() { grep -E "passed|failed|error" "$WORK/$1.log" | tail -1; }
 bench_figure() { python3 -c "
 import json; r=json.load(open('benchmarks/results/bench_hardware_gpu.json'))
 print(', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in r.items() if k != 'date'))"; }
@@ -101,6 +105,12 @@ check torchrun-1rank-lora 'last_metrics "$WORK/run-torchrun-lora"' -- \
     "${COMMON[@]}"
 check eval-gpu 'accuracy "$WORK/eval"' -- pope eval "$WORK/data/heldout.jsonl" --out "$WORK/eval" --n 16 --k 1,8 \
     --mode unguided "${GPU[@]}" "${COMMON[@]}" --model "$WORK/run-full/final"
+if python3 -c "import vllm" 2>/dev/null; then
+    check vllm-real 'pytest_figure vllm-real' -- timeout 120 python3 -m pytest -q -p no:xdist -m real_vllm \
+        tests/test_vllm_real_train.py -k "every_sync or logprobs_match"
+else
+    ROWS+=("vllm-real|skipped|0|vLLM is not importable")
+fi
 check bench-hardware-0.5B bench_figure -- \
     python3 benchmarks/bench_hardware.py --gpu
 check long-0.5B-4k-8k long_figure -- \

@@ -18,6 +18,12 @@ CHAT_TEMPLATE = (
 )
 
 
+def pytest_collection_modifyitems(items) -> None:
+    # The real-vLLM files take minutes each: collected first, they start first, on different
+    # xdist workers (whole files per worker), instead of becoming the run's tail.
+    items.sort(key=lambda item: item.get_closest_marker("real_vllm") is None)
+
+
 def default_sigint() -> None:
     """`preexec_fn` for a child that must see Ctrl-C: a shell that starts the tests in the
     background ignores SIGINT, and Python keeps an inherited SIG_IGN instead of raising

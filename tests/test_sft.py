@@ -18,7 +18,7 @@ import torch
 from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.sft.config import SftConfig
-from pope_cli.stages.sft.trainer import response_token_stats, run_sft, sft_step, step_indices
+from pope_cli.stages.sft.trainer import response_token_stats, run_sft, step_indices
 from pope_cli.stages.train.batch import Sample, collate
 
 torch.set_num_threads(1)

@@ -23,7 +23,7 @@ from pope_cli.stages.train.batch import DataMix, Sample, collate
 from pope_cli.stages.train.config import TrainConfig
 from pope_cli.stages.train.loss import LossSettings, policy_loss, token_logprobs
 from pope_cli.stages.train.trainer import Run, run_train, train_step
-from pope_cli.stages.train.update import UpdateSettings, policy_update, sequence_logprobs
+from pope_cli.stages.train.update import policy_update, sequence_logprobs
 from conftest import default_sigint
 from train_rewards import starts_lower
 

@@ -11,7 +11,6 @@ straight run, and the evaluation during training scores the synced weights: it e
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,16 +31,18 @@ pytestmark = pytest.mark.real_vllm
 LOGPROB_BOUND = 2e-4
 # Steps whose optimizer moved the weights must move the probe by more than this.
 MOVED = 10 * LOGPROB_BOUND
-STEPS = 4
+STEPS = 3
 MODES = {"lora": ["--lora-rank", "8", "--lora-alpha", "16", "--lr", "2e-3"], "full": ["--full", "--lr", "2e-4"]}
 
 
-def train_argv(prefixes: Path, out: Path, mode: str, steps: int = STEPS) -> list[str]:
+def train_argv(prefixes: Path, out: Path, mode: str, steps: int = STEPS, evaluate: bool = True) -> list[str]:
+    """Every process start costs ~15 s of CPU here (vLLM's import and engine), so runs are short;
+    the evaluation during training (at the last step, on the first 12 problems) only where a test reads it."""
+    evaluation = ["--eval-data", str(prefixes.with_name("eval.jsonl")), "--eval-every", str(STEPS), "--eval-n", "4"]
     return ["train", str(prefixes), "--model", str(TOY / "model"), "--out", str(out), *VLLM, *COMMON, *GUIDED,
             "--unguided-template", UNGUIDED,
             "--steps", str(steps), "--prompts-per-step", "8", "--group-size", "8", "--temperature", "0.8",
-            "--save-every", "2", "--eval-data", str(prefixes), "--eval-every", "2", "--eval-n", "4",
-            "--seed", "3", *MODES[mode]]
+            "--save-every", "2", *(evaluation if evaluate else []), "--seed", "3", *MODES[mode]]
 
 
 def probed_train(argv: list[str], log: Path, skip_sync: bool = False, ranks: int = 1) -> list[dict]:
@@ -62,13 +63,28 @@ def without_times(rows: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def prefixes(tmp_path_factory) -> Path:
-    return toy_rows(TOY / "heldout" / "prefixes.jsonl", 24, tmp_path_factory.mktemp("data") / "prefixes.jsonl")
+    root = tmp_path_factory.mktemp("data")
+    toy_rows(TOY / "heldout" / "prefixes.jsonl", 12, root / "eval.jsonl")
+    return toy_rows(TOY / "heldout" / "prefixes.jsonl", 24, root / "prefixes.jsonl")
+
+
+@pytest.fixture(scope="module")
+def straight_run(prefixes, tmp_path_factory):
+    """`straight_run(mode)`: (run directory, probe rows) of one STEPS-step probed run, made once per
+    module: the sync checks read it and the killed run must end with its metrics."""
+    runs: dict[str, tuple[Path, list[dict]]] = {}
+
+    def run_of(mode: str) -> tuple[Path, list[dict]]:
+        if mode not in runs:
+            root = tmp_path_factory.mktemp(f"straight-{mode}")
+            runs[mode] = root / "run", probed_train(train_argv(prefixes, root / "run", mode), root / "probe.jsonl")
+        return runs[mode]
+    return run_of
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_every_sync_gives_vllm_the_policys_weights(tmp_path, prefixes, mode):
-    run = tmp_path / "run"
-    probes = probed_train(train_argv(prefixes, run, mode), tmp_path / "probe.jsonl")
+def test_every_sync_gives_vllm_the_policys_weights(tmp_path, prefixes, mode, straight_run):
+    run, probes = straight_run(mode)
     rows = read_jsonl(run / "metrics.jsonl")
     assert len(probes) == len(rows) == STEPS
     for row, probe in zip(rows, probes):
@@ -83,7 +99,7 @@ def test_every_sync_gives_vllm_the_policys_weights(tmp_path, prefixes, mode):
     # The evaluation at the last step scored the synced weights: pope eval of final/ with its seeds.
     from pope_cli.shared.seeding import derive_seed
 
-    pope("eval", str(prefixes), "--model", str(run / "final"), *VLLM, *COMMON, *GUIDED, "--unguided-template",
+    pope("eval", str(prefixes.with_name("eval.jsonl")), "--model", str(run / "final"), *VLLM, *COMMON, *GUIDED, "--unguided-template",
          UNGUIDED, "--mode", "unguided,guided",
          "--n", "4", "--k", "1", "--temperature", "0.8", "--seed", str(derive_seed(3, "eval")), "--bootstrap", "0",
          "--out", str(tmp_path / "eval"))
@@ -94,17 +110,16 @@ def test_every_sync_gives_vllm_the_policys_weights(tmp_path, prefixes, mode):
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_skipped_sync_fails_the_probe(tmp_path, prefixes, mode):
-    probes = probed_train(train_argv(prefixes, tmp_path / "run", mode, steps=2), tmp_path / "probe.jsonl",
-                          skip_sync=True)
+    probes = probed_train(train_argv(prefixes, tmp_path / "run", mode, steps=2, evaluate=False),
+                          tmp_path / "probe.jsonl", skip_sync=True)
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     stale = [probe["after"] for probe, row in zip(probes, rows) if row["optimizer_steps"]]
     assert stale and all(after > MOVED for after in stale)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_a_killed_run_resyncs_vllm_and_resumes_the_straight_run(tmp_path, prefixes, mode):
-    straight = tmp_path / "straight"
-    probed_train(train_argv(prefixes, straight, mode), tmp_path / "straight.jsonl")
+def test_a_killed_run_resyncs_vllm_and_resumes_the_straight_run(tmp_path, prefixes, mode, straight_run):
+    straight, _ = straight_run(mode)
     run = tmp_path / "killed"
     killed_part_way(train_argv(prefixes, run, mode), (run / "checkpoints" / "step_000002").exists)
     probes = probed_train(train_argv(prefixes, run, mode), tmp_path / "resumed.jsonl")
@@ -119,9 +134,9 @@ def test_two_ranks_under_torchrun_each_with_a_vllm_engine_train_as_one_process(t
     samples its block of the step, every sync reaches every rank's engine (a full run's weights
     gathered from FSDP2 shards one at a time), and the step is the one a single process takes."""
     one, two = tmp_path / "one", tmp_path / "two"
-    probed_train(train_argv(prefixes, one, mode, steps=2), tmp_path / "one.jsonl")
-    probed_train([*train_argv(prefixes, two, mode, steps=2), "--data-parallel", parallel], tmp_path / "two.jsonl",
-                 ranks=2)
+    probed_train(train_argv(prefixes, one, mode, steps=2, evaluate=False), tmp_path / "one.jsonl")
+    probed_train([*train_argv(prefixes, two, mode, steps=2, evaluate=False), "--data-parallel", parallel],
+                 tmp_path / "two.jsonl", ranks=2)
     for rank in range(2):
         probes = read_jsonl(tmp_path / f"two.jsonl.{rank}")
         assert len(probes) == 2 and all(p["after"] < LOGPROB_BOUND for p in probes), rank

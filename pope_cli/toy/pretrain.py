@@ -103,7 +103,6 @@ def make_batch(rng: random.Random, templates: dict, tokenizer, cfg: PretrainConf
     unguided rows are about half as long as guided ones, so one padded tensor would waste
     nearly half its positions on padding.
     """
-    import torch
 
     from pope_cli.shared.prompts import encode_prompt
 

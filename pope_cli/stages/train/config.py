@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
+from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
                                     RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
                                     overwrite_option, seed_option)
 from pope_cli.shared.options import group, option
