@@ -175,6 +175,8 @@ class WorkerOptions:
 
 # The worker options change how fast a stage goes, never what it writes: a resume may change them.
 WORKER_RESUME_IGNORED = ("parallel.workers", "parallel.ray", "parallel.tensor_parallel_size", "parallel.max_restarts")
+# Engine memory and batching: how much fits at once, not what is sampled.
+MODEL_RESUME_IGNORED = ("model.batch_size", "model.gpu_memory_utilization", "model.kv_cache_gb")
 
 
 TRACKER_PANEL = "Trackers and logged completions"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, int_list,
+                                    SamplingOptions, MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, int_list,
                                     overwrite_option, seed_option)
 from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_problems, PREFIX_FIELDS
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
@@ -82,8 +82,7 @@ class EvalConfig:
             self.model.model = self.models[0]
 
 
-RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
-                  "model.kv_cache_gb", "reward.workers", "bootstrap")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, "overwrite", "reward.workers", "bootstrap")
 
 
 @dataclass

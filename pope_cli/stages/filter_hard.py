@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pope_cli.shared.config import (WORKER_RESUME_IGNORED, FieldMap, ModelOptions, PromptOptions, RewardOptions,
+from pope_cli.shared.config import (MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, FieldMap, ModelOptions, PromptOptions, RewardOptions,
                                     SamplingOptions, WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
@@ -65,8 +65,8 @@ class FilterHardConfig:
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
-RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
-                  "model.kv_cache_gb", "reward.workers", "dry_run", "assume_hard", "gen_tokens_per_s")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, "overwrite", "reward.workers", "dry_run",
+                  "assume_hard", "gen_tokens_per_s")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, overwrite_option,
+                                    SamplingOptions, MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, overwrite_option,
                                     seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
@@ -92,8 +92,7 @@ class PrefixConfig:
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
-RESUME_IGNORED = (*WORKER_RESUME_IGNORED, "overwrite", "model.batch_size", "model.gpu_memory_utilization",
-                  "model.kv_cache_gb", "reward.workers")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, "overwrite", "reward.workers")
 
 # Every stats row has all of these (None where they do not apply), whatever its status.
 STATS_FIELDS = ("id", "status", "kept", "prefix", "prefix_units", "prefix_tokens", "prefix_fraction", "rung",

@@ -34,7 +34,7 @@ from pope_cli.shared.errors import PopeError
 # The vLLM releases pope is tested on: the CPU build 0.32 in CI, the GPU build 0.33 by
 # scripts/gpu_check.sh. Kept in step with the `vllm` extras in pyproject.toml.
 SUPPORTED = ((0, 32), (0, 34))
-SUPPORTED_TEXT = ">=0.32,<0.34"
+SUPPORTED_TEXT = f">={SUPPORTED[0][0]}.{SUPPORTED[0][1]},<{SUPPORTED[1][0]}.{SUPPORTED[1][1]}"
 
 # vLLM caches adapters by integer id, and ids must never be reused for another adapter in the
 # process, so every engine draws from one counter.

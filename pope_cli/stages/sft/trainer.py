@@ -34,14 +34,14 @@ import torch
 
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.claim import claim_output
+from pope_cli.shared.config import MODEL_RESUME_IGNORED
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.stages.sft.config import SftConfig
 from pope_cli.stages.train.batch import Batch, Sample, collate
 
 # Options a rerun may change without changing what the finished steps computed.
-RESUME_IGNORED = ("overwrite", "steps", "epochs", "save_every", "keep", "model.batch_size",
-                  "model.gpu_memory_utilization", "model.kv_cache_gb", "reward.workers")
+RESUME_IGNORED = (*MODEL_RESUME_IGNORED, "overwrite", "steps", "epochs", "save_every", "keep", "reward.workers")
 
 
 def response_token_stats(model, batch: Batch, autocast_dtype=None) -> dict[str, torch.Tensor]:

@@ -70,6 +70,7 @@ import torch
 from pope_cli.shared.distributed import SOLO, Ranks, launched
 from pope_cli.shared.errors import Interrupted, PopeError
 from pope_cli.shared.claim import claim_output
+from pope_cli.shared.config import MODEL_RESUME_IGNORED
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.shared.trackers import OUTPUTS as TRACKER_OUTPUTS
@@ -85,9 +86,9 @@ from pope_cli.stages.train.update import UpdateSettings, policy_update, referenc
 from pope_cli.stages.train.watch import RunWatch
 
 # Options a rerun may change without changing what the finished steps computed.
-RESUME_IGNORED = ("overwrite", "steps", "save_every", "keep", "merge", "data_parallel", "model.batch_size",
-                  "model.gpu_memory_utilization", "model.kv_cache_gb", "reward.workers", "trackers.report_to",
-                  "trackers.run_name", "trackers.project", "log_completions", "log_every")
+RESUME_IGNORED = (*MODEL_RESUME_IGNORED, "overwrite", "steps", "save_every", "keep", "merge", "data_parallel",
+                  "reward.workers", "trackers.report_to", "trackers.run_name", "trackers.project", "log_completions",
+                  "log_every")
 
 _NO_UPDATE = {"loss": None, "grad_norm": None, "optimizer_steps": 0, "nan_skipped": 0, "entropy": None, "kl": None,
               "clip_fraction": None, "clip_low_fraction": None, "clip_high_fraction": None, "ratio_mean": None,
