@@ -1,9 +1,10 @@
 """The `pope` command line: one thin command per stage.
 
 Each command maps its options onto the stage's config dataclass and calls the stage's
-`run_*` function. Heavy libraries (torch, transformers, vllm, peft) are imported inside the
-command bodies so `pope --help` stays fast. A `PopeError` ends the command with one line on
-stderr and its exit code, never a traceback.
+`run_*` function. A command's module is imported only when that command runs or shows its help
+(`commands/registry.py`), and heavy libraries (torch, transformers, vllm, peft) only inside the
+command bodies, so `--help` stays fast. A `PopeError` ends the command with one line on stderr
+and its exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +12,24 @@ from __future__ import annotations
 import typer
 
 from pope_cli import __version__
-from pope_cli.commands import eval as eval_cmd
-from pope_cli.commands import filter_hard
-from pope_cli.commands import demo, export, make_prefixes, report, sft, toy, train
+from pope_cli.commands.registry import Entry, lazy_group
+
+COMMANDS = {
+    "filter-hard": Entry("filter_hard", "Sample each problem up to k times and keep the ones the model never solves."),
+    "make-prefixes": Entry("make_prefixes", "Per hard problem, the shortest oracle prefix under which the model solves "
+                                            "the guided version."),
+    "train": Entry("train", "RL on hard problems with guided (oracle-prefix) and unguided copies: on-policy GRPO, LoRA "
+                            "or full."),
+    "sft": Entry("sft", "Supervised warm start: oracle solutions, or guided samples the reward scores correct; LoRA or "
+                        "full."),
+    "eval": Entry("eval", "Guided and unguided accuracy: avg@n (= pass@1) and unbiased pass@k with 95% intervals."),
+    "export": Entry("export", "Write the data mix pope train would use, with its reward and GRPO settings, for verl or "
+                              "TRL."),
+    "report": Entry("report", "Figures, report.md and a self-contained index.html from training runs and evaluations."),
+    "demo": Entry("demo", "Run the four stages on the embedded toy model: plain GRPO vs POPE, evaluated on held-out hard "
+                          "problems.", no_args_is_help=False),
+    "toy": Entry("toy", "The toy testbed: chain arithmetic mod 10 and a ~1M-parameter model that runs on CPU."),
+}
 
 app = typer.Typer(
     name="pope",
@@ -22,6 +38,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
+    cls=lazy_group(COMMANDS),
 )
 
 
@@ -37,16 +54,6 @@ def main(
 ):
     """POPE: RL for LLM reasoning on hard problems, guided by oracle-solution prefixes."""
 
-
-app.command("filter-hard", no_args_is_help=True)(filter_hard.command)
-app.command("make-prefixes", no_args_is_help=True)(make_prefixes.command)
-app.command("train", no_args_is_help=True)(train.command)
-app.command("sft", no_args_is_help=True)(sft.command)
-app.command("eval", no_args_is_help=True)(eval_cmd.command)
-app.command("export", no_args_is_help=True)(export.command)
-app.command("report", no_args_is_help=True)(report.command)
-app.command("demo")(demo.command)
-app.add_typer(toy.app, name="toy")
 
 if __name__ == "__main__":
     app()

@@ -17,8 +17,10 @@ TESTS = Path(__file__).parent
 COMMANDS = ["filter-hard", "make-prefixes", "eval", "train", "sft", "demo", "toy"]
 
 
-def pope(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+def pope(*args: str, cwd: Path | None = None, check: bool = False, columns: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     proc = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"pope {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -34,14 +36,6 @@ def test_help_of_every_command_is_complete():
     for command in registered:
         proc = pope(command, "--help", check=True)
         assert "Usage" in proc.stdout
-
-
-def test_help_does_not_import_heavy_libraries():
-    code = ("import sys; from typer.testing import CliRunner; from pope_cli.cli import app; "
-            "CliRunner().invoke(app, ['eval', '--help']); "
-            "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'peft', 'datasets') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("args, message", [

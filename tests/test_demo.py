@@ -199,7 +199,7 @@ def test_heldout_filter_plans_both_sets_side_by_side_and_the_shipped_set_needs_t
                for c in phases["eval"].values())
     with pytest.raises(PopeError, match="--heldout: the shipped held-out set is hard for the shipped toy model only"):
         DemoConfig(out=str(tmp_path), model=str(tmp_path))
-    with pytest.raises(PopeError, match="--heldout: choose from shipped, filter"):
+    with pytest.raises(PopeError, match="--heldout: .mine. is not one of shipped, filter"):
         DemoConfig(out=str(tmp_path), heldout="mine")
 
 
@@ -223,11 +223,11 @@ def test_arms_pick_the_plan_and_unknown_arms_are_refused(tmp_path):
     phases = plan(tmp_path, arms=["entropy", "rs-sft-grpo"])
     assert set(phases["train"]) == {"entropy", "rs-sft-grpo"} and set(phases["sft"]) == {"rs-sft-grpo.sft"}
     assert set(phases["eval"]) == {"start", "entropy", "rs-sft-grpo"}
-    from pope_cli.stages.demo import arm_list
+    from pope_cli.stages.demo import DemoConfig, arm_list
 
     assert arm_list("pope, grpo,pope") == ["pope", "grpo"]
-    with pytest.raises(PopeError, match="--arms: unknown arm 'ppo'; choose from grpo, pope, grpo-easy"):
-        arm_list("grpo,ppo")
+    with pytest.raises(PopeError, match="--arms: 'ppo' is not one of grpo, pope, grpo-easy"):
+        DemoConfig(out=str(tmp_path), arms=arm_list("grpo,ppo"))
 
 
 def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):

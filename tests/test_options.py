@@ -23,8 +23,8 @@ EXPECTED = json.loads((Path(__file__).parent / "cli_options.json").read_text(enc
 
 def commands(group_command, path: tuple[str, ...] = ()):
     if hasattr(group_command, "commands"):
-        for name, sub in group_command.commands.items():
-            yield from commands(sub, path + (name,))
+        for name in group_command.list_commands(None):
+            yield from commands(group_command.get_command(None, name), path + (name,))
     else:
         yield " ".join(path), group_command
 

@@ -201,7 +201,7 @@ def test_bad_input_is_refused_before_anything_is_written(data, tiny_model_dir):
         run_sft(make_cfg(data, tiny_model_dir, data=str(data / "bare.jsonl"), source="guided-samples"), no_engine,
                 no_engine)
     assert not (data / "run").exists()
-    with pytest.raises(PopeError, match="--source: must be oracle or guided-samples"):
+    with pytest.raises(PopeError, match="--source: 'rl' is not one of oracle, guided-samples"):
         make_cfg(data, tiny_model_dir, source="rl")
 
 

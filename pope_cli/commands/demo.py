@@ -11,7 +11,6 @@ from pope_cli.stages.demo import DemoConfig
 
 @stage_command(DemoConfig)
 def command(cfg: DemoConfig):
-    """Run the four stages on the embedded toy model: plain GRPO vs POPE, evaluated on held-out hard problems."""
     from pope_cli.stages.demo import run_demo
 
     if sys.stderr.isatty():  # one live table of the running commands; in a pipe, a plain line per phase

@@ -10,7 +10,6 @@ from pope_cli.stages.evaluate import EvalConfig
 
 @stage_command(EvalConfig)
 def command(cfg: EvalConfig):
-    """Guided and unguided accuracy: avg@n (= pass@1) and unbiased pass@k with 95% intervals."""
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_template, load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec

@@ -9,7 +9,6 @@ from pope_cli.stages.export.config import ExportConfig
 
 @stage_command(ExportConfig)
 def command(cfg: ExportConfig):
-    """Write the data mix pope train would use, with its reward and GRPO settings, for verl or TRL."""
     from pope_cli.shared.models import check_model_loadable
     from pope_cli.shared.prompts import load_template, load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec

@@ -11,7 +11,6 @@ from pope_cli.stages.filter_hard import FilterHardConfig
 
 @stage_command(FilterHardConfig)
 def command(cfg: FilterHardConfig):
-    """Sample each problem up to k times and keep the ones the model never solves."""
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec

@@ -11,7 +11,6 @@ from pope_cli.stages.prefixes import PrefixConfig
 
 @stage_command(PrefixConfig)
 def command(cfg: PrefixConfig):
-    """Per hard problem, the shortest oracle prefix under which the model solves the guided version."""
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.reward.checker import validate_reward_spec
     from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory

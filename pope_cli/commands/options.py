@@ -24,7 +24,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.options import ALL, Cli, Group
+from pope_cli.shared.options import ALL, Cli, Group, flag_of
 
 CONFIG_PARAM = "config"
 
@@ -43,12 +43,25 @@ class Param:
 
     @property
     def flag(self) -> str:
-        return self.name.upper() if self.cli.argument else (self.cli.flags or (f"--{self.name.replace('_', '-')}",))[0]
+        return flag_of(self.name, self.cli)
+
+    @property
+    def metavar(self) -> str | None:
+        if self.is_flag:
+            return ""
+        if self.cli.metavar is not None or not self.cli.choices:
+            return self.cli.metavar
+        listed = "[" + "|".join(self.cli.choices) + "]"
+        return listed + ",..." if self.takes_list else listed
+
+    @property
+    def takes_list(self) -> bool:
+        return any(typing.get_origin(t) is list for t in (self.hint, *typing.get_args(self.hint)))
 
     def typer_parameter(self) -> inspect.Parameter:
         kind = typer.Argument if self.cli.argument else typer.Option
         flags = () if self.cli.argument else self.cli.flags
-        metavar = "" if self.is_flag else self.cli.metavar
+        metavar = self.metavar
         help_text = self.help + (" Required (here or in --config)." if self.required and not self.cli.argument else "")
         info = kind(*flags, help=help_text, rich_help_panel=self.cli.panel, metavar=metavar,
                     show_default=self.cli.show_default and not self.required)
@@ -123,7 +136,7 @@ def stage_command(*configs: type) -> Callable:
         context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
         file_param = inspect.Parameter(CONFIG_PARAM, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[str], typer.Option(help="TOML or JSON file of options (keys are option names, e.g. lora-rank = 32); "
-                                             "command-line options override it.")])
+                                             "command-line options override it.", metavar="FILE")])
         parameters = [context] + [param.typer_parameter() for param in shown] + [file_param]
         command.__signature__ = inspect.Signature(parameters)
         command.__annotations__ = {p.name: p.annotation for p in parameters}

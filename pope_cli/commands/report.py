@@ -9,7 +9,6 @@ from pope_cli.stages.report.config import ReportConfig
 
 @stage_command(ReportConfig)
 def command(cfg: ReportConfig):
-    """Figures, report.md and a self-contained index.html from training runs and evaluations."""
     from pope_cli.stages.report.writer import run_report
 
     result = run_report(cfg)

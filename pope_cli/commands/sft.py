@@ -11,7 +11,6 @@ from pope_cli.stages.sft.config import SftConfig
 
 @stage_command(SftConfig)
 def command(cfg: SftConfig):
-    """Supervised warm start: oracle solutions, or guided samples the reward scores correct; LoRA or full."""
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_template, load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec

@@ -8,6 +8,7 @@ import typer
 
 from pope_cli.commands.common import print_table
 from pope_cli.commands.options import stage_command
+from pope_cli.commands.registry import Command, Group
 from pope_cli.toy.pretrain import PretrainConfig
 from pope_cli.toy.task import ProblemSetsConfig
 
@@ -16,10 +17,12 @@ app = typer.Typer(
     help="The toy testbed: chain arithmetic mod 10 and a ~1M-parameter model that runs on CPU.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+    cls=Group,
 )
 
 
-@app.command("make-data", no_args_is_help=True)
+@app.command("make-data", no_args_is_help=True, cls=Command)
 @stage_command(ProblemSetsConfig)
 def make_data(cfg: ProblemSetsConfig):
     """Write seeded toy problem sets; mix.jsonl is easy + hard pool, shuffled, for filter-hard."""
@@ -29,7 +32,7 @@ def make_data(cfg: ProblemSetsConfig):
     print_table("toy make-data", [(f"{cfg.out}/{name}", rows) for name, rows in counts.items()])
 
 
-@app.command("pretrain", no_args_is_help=True)
+@app.command("pretrain", no_args_is_help=True, cls=Command)
 @stage_command(PretrainConfig)
 def pretrain(cfg: PretrainConfig):
     """Pretrain the toy model from scratch on easy problems (unguided and both guided formats)."""

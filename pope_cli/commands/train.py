@@ -11,7 +11,6 @@ from pope_cli.stages.train.config import DryRunConfig, TrainConfig
 
 @stage_command(TrainConfig, DryRunConfig)
 def command(cfg: TrainConfig, dry: DryRunConfig):
-    """RL on hard problems with guided (oracle-prefix) and unguided copies: on-policy GRPO, LoRA or full."""
     from pope_cli.shared.distributed import main_process
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.reward.checker import validate_reward_spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.options import option
+from pope_cli.shared.options import check_choices, option
 
 MODEL_PANEL = "Model and generation"
 DATA_PANEL = "Input fields"
@@ -51,11 +51,12 @@ class ModelOptions:
     """Which model generates, and how it is loaded."""
 
     model: str = option(help="Hub id or local directory of the model (a PEFT adapter directory loads base + adapter).",
-                        flags=("--model", "-m"), panel=MODEL_PANEL)
+                        flags=("--model", "-m"), panel=MODEL_PANEL, metavar="ID|DIR")
     backend: str = option("auto", "Generation backend: hf (transformers), vllm, or auto (vllm when importable and CUDA is present).",
-                          panel=MODEL_PANEL)
-    dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.", panel=MODEL_PANEL)
-    device: str = option("auto", "auto, cpu or cuda[:N] (hf backend).", panel=MODEL_PANEL)
+                          panel=MODEL_PANEL, choices=("auto", "hf", "vllm"))
+    dtype: str = option("auto", "auto: bf16 on GPU, fp32 on CPU.", panel=MODEL_PANEL,
+                        choices=("auto", "bfloat16", "float16", "float32"))
+    device: str = option("auto", "hf backend: where the model runs.", panel=MODEL_PANEL, metavar="auto|cpu|cuda[:N]")
     trust_remote_code: bool = option(False, "Allow the model repo's own Python code to run.", flags=("--trust-remote-code",),
                                      panel=MODEL_PANEL)
     batch_size: int = option(64, "hf backend: sequences per generate call.", panel=MODEL_PANEL)
@@ -69,10 +70,7 @@ class ModelOptions:
                                  panel=MODEL_PANEL)
 
     def __post_init__(self):
-        if self.backend not in ("auto", "hf", "vllm"):
-            raise bad_option("--backend", f"must be auto, hf or vllm, not {self.backend!r}")
-        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise bad_option("--dtype", f"must be auto, bfloat16, float16 or float32, not {self.dtype!r}")
+        check_choices(self)
         if self.batch_size < 1:
             raise bad_option("--batch-size", "must be at least 1")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -105,7 +103,7 @@ class PromptOptions:
     system_prompt: str | None = option(None, "Optional system message.", panel=PROMPT_PANEL)
     unguided_template: str | None = option(
         None, "Text file with a {problem} placeholder for unguided prompts (default: the problem plus a \\boxed{} answer "
-              "instruction).", panel=PROMPT_PANEL)
+              "instruction).", panel=PROMPT_PANEL, metavar="FILE")
 
 
 @dataclass
@@ -130,7 +128,7 @@ class RewardOptions:
     """Which checker scores completions, and its hard deadline."""
 
     spec: str = option("math", "Answer checker: 'math' (math-verify on the boxed answer) or 'module:function' taking "
-                               "(completion, record) -> score or None.", param="reward")
+                               "(completion, record) -> score or None.", param="reward", metavar="math|MODULE:FN")
     timeout: float = option(5.0, "Hard deadline in seconds for checking one completion; a miss scores 0.",
                             param="reward_timeout")
     workers: int = option(2, "Worker processes for answer checking.", param="reward_workers")
@@ -153,7 +151,8 @@ class WorkerOptions:
                                        "with --ray one per GPU of the cluster (1 on a cluster without GPUs).",
                                  panel=WORKERS_PANEL)
     ray: str | None = option(None, "Run the workers as Ray actors: auto (this node's cluster), local (start one on "
-                                   "127.0.0.1 with token authentication) or HOST:PORT.", panel=WORKERS_PANEL)
+                                   "127.0.0.1 with token authentication) or HOST:PORT.", panel=WORKERS_PANEL,
+                             metavar="auto|local|HOST:PORT")
     tensor_parallel_size: int = option(1, "vllm backend: GPUs per worker (tensor parallel).", panel=WORKERS_PANEL)
     max_restarts: int = option(3, "Restarts of crashed workers before the stage stops (finished work is kept).",
                                panel=WORKERS_PANEL)
@@ -196,7 +195,7 @@ class TrackerOptions:
     report_to: list[str] | None = option(None, "Comma-separated trackers that mirror metrics.jsonl: tensorboard "
                                                "(event files in RUN/tensorboard/), wandb (honours WANDB_MODE=offline), "
                                                "trackio (a local store). Default: none.", cli_type=str,
-                                         parse=_tracker_list, panel=TRACKER_PANEL)
+                                         parse=_tracker_list, panel=TRACKER_PANEL, choices=TRACKERS)
     run_name: str | None = option(None, "The run's name in the trackers (default: the output directory's name).",
                                   panel=TRACKER_PANEL)
     project: str = option("pope", "The trackers' project (W&B, Trackio).", panel=TRACKER_PANEL)
@@ -205,8 +204,7 @@ class TrackerOptions:
         import importlib.util
 
         self.report_to = list(dict.fromkeys(self.report_to or []))
+        check_choices(self)
         for name in self.report_to:
-            if name not in TRACKERS:
-                raise bad_option("--report-to", f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
             if importlib.util.find_spec(name) is None:
                 raise bad_option("--report-to", f"{name} is not installed; pip install 'pope-cli[{name}]'")

@@ -8,13 +8,17 @@ turns these declarations into typer parameters and the parsed values back into t
 module imports no typer, so the stage cores stay free of the command-line layer.
 
 A field without `option()` metadata is not on the command line: it keeps its dataclass default
-(or a group's `fixed` value).
+(or a group's `fixed` value). An option with `choices` is checked by `check_choices(self)` in its
+config's `__post_init__`, so a config built in code is refused as the command line is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable
+
+from pope_cli.shared.errors import PopeError
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,32 @@ class Cli:
     cli_default: Any = None
     """The command line's default, where it is not the field's (e.g. "1,8,16", parsed); None = the field's."""
     metavar: str | None = None
+    """What `--help` shows for the value (FILE, DIR, ...); default: the choices, else the type."""
+    choices: tuple[str, ...] = ()
+    """The values the option takes (each item, for a list); the command line refuses any other."""
     show_default: bool = True
     in_file: bool = True
     """Whether a --config file may set it."""
+
+
+def flag_of(name: str, cli: Cli) -> str:
+    """The spelling a message names a parameter by: DATA, --backend, --lora."""
+    if cli.argument:
+        return name.upper()
+    return (cli.flags or (f"--{name.replace('_', '-')}",))[0].split("/")[0]
+
+
+def check_choices(config) -> None:
+    """Refuse, in one line naming them, a value (or a list's item) outside its option's `choices`."""
+    for spec in dataclasses.fields(config):
+        cli = spec.metadata.get("cli")
+        value = getattr(config, spec.name)
+        if cli is None or not cli.choices or value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if item not in cli.choices:
+                raise PopeError(f"{flag_of(cli.param or spec.name, cli)}: {item!r} is not one of "
+                                f"{', '.join(cli.choices)}", exit_code=2)
 
 
 def option(default: Any = MISSING, help: str = "", **cli: Any):

@@ -33,7 +33,7 @@ from pope_cli.shared.claim import claim_output
 from pope_cli.shared.config import bad_option, overwrite_option, seed_option
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.models import check_model_loadable
-from pope_cli.shared.options import option
+from pope_cli.shared.options import check_choices, option
 from pope_cli.shared.live import Job, command_of, output_of
 from pope_cli.shared.outputs import atomic_write_json
 from pope_cli.shared.runtime import PROGRESS_SECONDS_ENV
@@ -63,14 +63,12 @@ DEFAULT_ARMS = ("grpo", "pope")
 
 
 def arm_list(text) -> list[str] | None:
-    """`--arms grpo,pope` → ["grpo", "pope"], every name checked."""
+    """`--arms grpo,pope` → ["grpo", "pope"] (the names are checked against the option's choices)."""
     if text is None:
         return None
     names = [n.strip() for n in (text if isinstance(text, (list, tuple)) else str(text).split(",")) if n.strip()]
-    unknown = [n for n in names if n not in ARMS]
-    if unknown or not names:
-        raise bad_option("--arms", f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}" if unknown
-                         else "name at least one arm")
+    if not names:
+        raise bad_option("--arms", "name at least one arm")
     return list(dict.fromkeys(names))
 
 
@@ -79,17 +77,18 @@ class DemoConfig:
     """`pope demo`: the stages on the shipped toy model, for any of the paper's arms (plain GRPO against POPE by
     default)."""
 
-    out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, report/, logs/.")
-    model: str | None = option(None, "Starting model (default: the toy model shipped with pope).")
+    out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, report/, logs/.", metavar="DIR")
+    model: str | None = option(None, "Starting model (default: the toy model shipped with pope).", metavar="ID|DIR")
     seed: int = seed_option()
-    arms: list[str] = option(None, "Comma-separated training arms: " + ", ".join(ARMS) + ".", cli_type=str,
-                             parse=arm_list, cli_default="grpo,pope")
+    arms: list[str] = option(None, "Comma-separated training arms (what each one is: the README's arm table).",
+                             cli_type=str, parse=arm_list, cli_default="grpo,pope", choices=tuple(ARMS))
     full: bool = option(False, "Run every arm (overrides --arms).", flags=("--full",))
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
     n_hard: int = option(160, "Hard problems in the training pool before filtering.")
     heldout: str = option("shipped", "Held-out set: 'shipped' (the shipped toy model's hard problems, never solved in 128 "
                                      "samples, filtered and prefixed once: pope_cli/toy/heldout/) or 'filter' (filter "
-                                     "--n-heldout new candidates in this run; needed with --model).")
+                                     "--n-heldout new candidates in this run; needed with --model).",
+                          choices=HELDOUT_SOURCES)
     n_heldout: int = option(320, "With --heldout filter: held-out candidates; filter-hard keeps those the start model "
                                  "never solves (~70%).")
     k: int = option(128, "filter-hard samples per problem, for the pool and the held-out set (the paper: 0 of 128).")
@@ -113,14 +112,13 @@ class DemoConfig:
 
     def __post_init__(self):
         self.arms = list(ARMS) if self.full else (self.arms or list(DEFAULT_ARMS))
+        check_choices(self)
         self.eval_k = sorted(set(self.eval_k or [1, min(8, self.eval_n), min(16, self.eval_n), self.eval_n]))
         for option, value in (("--steps", self.steps), ("--k", self.k), ("--eval-n", self.eval_n),
                               ("--parallel", self.parallel), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout),
                               ("--sft-steps", self.sft_steps), ("--sft-n", self.sft_n)):
             if value < 1:
                 raise bad_option(option, "must be at least 1")
-        if self.heldout not in HELDOUT_SOURCES:
-            raise bad_option("--heldout", f"choose from {', '.join(HELDOUT_SOURCES)}")
         if self.model and self.heldout == "shipped":
             raise bad_option("--heldout", "the shipped held-out set is hard for the shipped toy model only; with "
                                           "--model, use --heldout filter")

@@ -21,7 +21,7 @@ from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, FieldMap, ModelOp
 from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_problems, PREFIX_FIELDS
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.options import group, option
+from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
@@ -38,8 +38,8 @@ class EvalConfig:
     """`pope eval`: guided and unguided accuracy, avg@n and unbiased pass@k."""
 
     data: str = option(help="Problems (.jsonl/.json/.parquet/.csv, saved dataset, hf:NAME) or a prefixes.jsonl from "
-                            "`pope make-prefixes`.", argument=True)
-    out: str = option(help="Output directory (samples.jsonl, summary.json, manifest.json).")
+                            "`pope make-prefixes`.", argument=True, metavar="PATH")
+    out: str = option(help="Output directory (samples.jsonl, summary.json, manifest.json).", metavar="DIR")
     models: list[str] = option(help="Model to evaluate (hub id, local dir or PEFT adapter dir); repeat for a side-by-side "
                                     "table.", param="model", flags=("--model", "-m"), panel=MODEL_PANEL)
     model: ModelOptions = group(show=("backend", "dtype", "device", "trust_remote_code", "batch_size",
@@ -54,11 +54,11 @@ class EvalConfig:
     n: int = option(16, "Samples per problem and mode.")
     ks: list[int] = option(None, "Comma-separated k values for unbiased pass@k (each ≤ n).", param="k", cli_type=str,
                            cli_default="1,8,16", parse=int_list("--k"))
-    modes: list[str] = option(None, "Comma-separated modes: unguided, guided.", param="mode", cli_type=str,
-                              cli_default="unguided", parse=_comma_list)
-    prefixes: str | None = option(None, "prefixes.jsonl from `pope make-prefixes`, for guided mode.")
+    modes: list[str] = option(None, "Comma-separated modes.", param="mode", cli_type=str, cli_default="unguided",
+                              parse=_comma_list, choices=("unguided", "guided"))
+    prefixes: str | None = option(None, "prefixes.jsonl from `pope make-prefixes`, for guided mode.", metavar="FILE")
     template: str | None = option(None, "Guided template (pope, no-restate or a file) overriding the one in the prefixes "
-                                        "file.", panel=PROMPT_PANEL)
+                                        "file.", panel=PROMPT_PANEL, metavar="NAME|FILE")
     bootstrap: int = option(1000, "Bootstrap resamples over problems for the 95% intervals (0 = none).")
     seed: int = seed_option()
     overwrite: bool = overwrite_option()
@@ -66,14 +66,12 @@ class EvalConfig:
     def __post_init__(self):
         self.ks = sorted(set(self.ks or [1]))
         self.modes = list(dict.fromkeys(self.modes or ["unguided"]))
+        check_choices(self)
         if self.n < 1:
             raise bad_option("--n", "must be at least 1")
         bad_k = [k for k in self.ks if k < 1 or k > self.n]
         if bad_k:
             raise bad_option("--k", f"each k must be in [1, n={self.n}], got {bad_k}")
-        unknown = [m for m in self.modes if m not in ("unguided", "guided")]
-        if unknown:
-            raise bad_option("--mode", f"must be unguided and/or guided, got {unknown}")
         if not self.models:
             raise bad_option("--model", "at least one model is needed")
         if self.bootstrap < 0:

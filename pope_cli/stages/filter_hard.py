@@ -33,8 +33,8 @@ class FilterHardConfig:
     """`pope filter-hard`: sample each problem up to k times; hard = none of them correct."""
 
     data: str = option(help="Problems: .jsonl/.json/.parquet/.csv, a saved dataset directory, or hf:NAME[:SPLIT].",
-                       argument=True)
-    out: str = option(help="Output directory (stats.jsonl, hard.jsonl, easy.jsonl, manifest.json).")
+                       argument=True, metavar="PATH")
+    out: str = option(help="Output directory (stats.jsonl, hard.jsonl, easy.jsonl, manifest.json).", metavar="DIR")
     model: ModelOptions = group()
     fields: FieldMap = group()
     prompt: PromptOptions = group()

@@ -31,7 +31,7 @@ from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, Prompt
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.options import group, option
+from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.prompts import (Rung, count_tokens, fixed_fraction_prefix, load_template, prefix_ladder,
@@ -48,9 +48,9 @@ class PrefixConfig:
     """`pope make-prefixes`: per hard problem, the shortest oracle prefix the model can finish."""
 
     data: str = option(help="Hard problems with oracle solutions (typically filter/hard.jsonl): .jsonl/.json/.parquet/.csv, "
-                            "a saved dataset directory, or hf:NAME[:SPLIT].", argument=True)
+                            "a saved dataset directory, or hf:NAME[:SPLIT].", argument=True, metavar="PATH")
     out: str = option(help="The prefixes file to write (prefixes.jsonl); its .stats.jsonl, .skipped.jsonl, .config.json "
-                           "and .manifest.json sit next to it.")
+                           "and .manifest.json sit next to it.", metavar="FILE")
     model: ModelOptions = group()
     fields: FieldMap = group()
     prompt: PromptOptions = group(show=("chat_template", "system_prompt"))
@@ -58,9 +58,9 @@ class PrefixConfig:
     reward: RewardOptions = group()
     parallel: WorkerOptions = group(default_factory=WorkerOptions)
     template: str = option("pope", "Guided template: pope, no-restate, or a text file with {problem} and {prefix}; recorded "
-                                   "in each record.", panel=PROMPT_PANEL)
+                                   "in each record.", panel=PROMPT_PANEL, metavar="NAME|FILE")
     split: str = option("units", "Cut solutions into 'units' (paragraph, line and sentence boundaries outside math) or "
-                                 "'tokens'.", panel=SEARCH_PANEL)
+                                 "'tokens'.", panel=SEARCH_PANEL, choices=("units", "tokens"))
     max_fraction: float = option(0.25, "Largest prefix, as a fraction of the solution's tokens (the paper: 0.25).",
                                  panel=SEARCH_PANEL)
     n: int = option(16, "Guided samples per rung; a rung with at least one correct is the problem's prefix.",
@@ -68,17 +68,15 @@ class PrefixConfig:
     max_rungs: int = option(16, "At most this many rungs per problem, spaced evenly in tokens; 0 = one rung per unit "
                                 "(--split units only).", panel=SEARCH_PANEL)
     fallback: str = option("largest", "When no rung is solved: 'largest' keeps the largest rung (status not_found) or "
-                                      "'drop' leaves the problem out.", panel=SEARCH_PANEL)
+                                      "'drop' leaves the problem out.", panel=SEARCH_PANEL,
+                           choices=("largest", "drop"))
     fixed_fraction: float | None = option(None, "Skip the search: every prefix is the first F of its solution "
                                                 "(QuestA-style); loads only the tokenizer.", panel=SEARCH_PANEL)
     seed: int = seed_option()
     overwrite: bool = overwrite_option()
 
     def __post_init__(self):
-        if self.split not in ("units", "tokens"):
-            raise bad_option("--split", f"must be units or tokens, not {self.split!r}")
-        if self.fallback not in ("largest", "drop"):
-            raise bad_option("--fallback", f"must be largest or drop, not {self.fallback!r}")
+        check_choices(self)
         if not 0 < self.max_fraction <= 1:
             raise bad_option("--max-fraction", f"must be in (0, 1], not {self.max_fraction}")
         if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:

@@ -35,7 +35,7 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 class PretrainConfig:
     """`pope toy pretrain`: the data, optimiser and schedule of the toy model's pretraining."""
 
-    out: str = option(help="Output model directory (safetensors, config, tokenizer, pretrain.json).")
+    out: str = option(help="Output model directory (safetensors, config, tokenizer, pretrain.json).", metavar="DIR")
     seed: int = seed_option()
     steps: int = option(900, "Optimiser steps.")
     batch_size: int = option(64, "Freshly drawn easy problems per step.")

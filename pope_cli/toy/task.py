@@ -152,7 +152,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 class ProblemSetsConfig:
     """`pope toy make-data`: how many problems of each kind, from which seed."""
 
-    out: str = option(help="Output directory (easy.jsonl, hard_pool.jsonl, heldout.jsonl, mix.jsonl).")
+    out: str = option(help="Output directory (easy.jsonl, hard_pool.jsonl, heldout.jsonl, mix.jsonl).", metavar="DIR")
     seed: int = seed_option()
     n_easy: int = option(64, "Easy problems (solved by the shipped model).")
     n_hard: int = option(256, "Hard problems in the training pool.")

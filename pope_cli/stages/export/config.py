@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pope_cli.shared.config import bad_option, overwrite_option
-from pope_cli.shared.options import group, option
+from pope_cli.shared.options import check_choices, group, option
 from pope_cli.stages.train.config import TrainConfig
 
 # The parts of `pope train`'s options that the exported data, reward and settings depend on.
@@ -22,7 +22,7 @@ class ExportConfig:
     """`pope export`: the prompts `pope train` would train on, with its reward and settings, for verl or TRL."""
 
     out: str = option(help="Directory to write: train/val data, pope_reward.py, run_verl.sh or trl_config.json, "
-                           "export.json.")
+                           "export.json.", metavar="DIR")
     train: TrainConfig = group(
         show=EXPORTED_TRAIN_OPTIONS,
         defaults={"model.model": None},
@@ -32,16 +32,15 @@ class ExportConfig:
               "steps": "Training steps: the data holds steps x prompts-per-step rows, in train's order."})
     """The run being exported: its data mix, prompts, reward and GRPO settings (its `out` is this `out`)."""
     format: str = option("verl", "verl (Parquet in verl's RL schema + launch script) or trl (GRPOTrainer dataset as JSONL "
-                                 "and Parquet).")
+                                 "and Parquet).", choices=("verl", "trl"))
     val: str | None = option(None, "Problems or prefixes file to export as val data (a prefixes file adds guided "
-                                   "copies).", show_default=False)
+                                   "copies).", show_default=False, metavar="FILE")
     gpus: int = option(1, "GPUs per node in run_verl.sh.")
     overwrite: bool = overwrite_option()
 
     def __post_init__(self):
+        check_choices(self)
         if self.train.model.model is None:
             self.train.model.model = ""
-        if self.format not in ("verl", "trl"):
-            raise bad_option("--format", f"must be verl or trl, not {self.format!r}")
         if self.gpus < 1:
             raise bad_option("--gpus", "must be at least 1")

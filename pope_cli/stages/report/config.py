@@ -15,7 +15,7 @@ class ReportConfig:
     dirs: list[str] = option(help="Run directories (metrics.jsonl, from pope train) and eval directories (summary.json, "
                                   "from pope eval), in any mix; several runs overlay in one figure.",
                              argument=True, metavar="DIR...")
-    out: str = option(help="Report directory: one PNG per figure, report.md, index.html, manifest.json.")
+    out: str = option(help="Report directory: one PNG per figure, report.md, index.html, manifest.json.", metavar="DIR")
     completions: int = option(3, "Latest logged completions (RUN/completions.jsonl) shown per run and prompt kind.")
     smooth: int = option(10, "Training curves: moving average over this many steps (1 = the raw values).")
 

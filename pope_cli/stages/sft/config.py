@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
                                     SamplingOptions, bad_option, overwrite_option, seed_option)
-from pope_cli.shared.options import group, option
+from pope_cli.shared.options import check_choices, group, option
 
 DATA_PANEL = "SFT data"
 OPTIM_PANEL = "Policy and optimizer"
@@ -23,7 +23,7 @@ class SftConfig:
                             "make-prefixes` (--source guided-samples; oracle also reads one).", argument=True,
                        metavar="INPUT")
     out: str = option(help="Run directory: config.json, sft_data.jsonl, metrics.jsonl, checkpoints/, final/. Rerunning "
-                           "the same command resumes it.")
+                           "the same command resumes it.", metavar="DIR")
     model: ModelOptions = group(help={"model": "Starting model: hub id, local model dir or PEFT adapter dir."})
     fields: FieldMap = group()
     prompt: PromptOptions = group()
@@ -31,9 +31,10 @@ class SftConfig:
     reward: RewardOptions = group()
     source: str = option("oracle", "oracle: train on each problem's full oracle solution; guided-samples: sample the "
                                    "model on the guided prompts (the prefix file's prefix), keep the completions the "
-                                   "reward scores correct, train on prefix + completion.", panel=DATA_PANEL)
+                                   "reward scores correct, train on prefix + completion.", panel=DATA_PANEL,
+                         choices=SOURCES)
     template: str | None = option(None, "guided-samples: guided template (pope, no-restate or a file) overriding the "
-                                        "one each prefix record names.", panel=PROMPT_PANEL)
+                                        "one each prefix record names.", panel=PROMPT_PANEL, metavar="NAME|FILE")
     n: int = option(8, "guided-samples: samples per problem.", panel=DATA_PANEL)
     steps: int | None = option(None, "Optimizer steps (default: --epochs passes over the data).", panel=DATA_PANEL,
                                show_default=False)
@@ -62,6 +63,7 @@ class SftConfig:
     kl_coef = 0.0
 
     def __post_init__(self):
+        check_choices(self)
         if self.lr is None:
             self.lr = 1e-4 if self.lora else 1e-5
         for flag, ok, message in self._checks():
@@ -70,7 +72,6 @@ class SftConfig:
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         return [
-            ("--source", self.source in SOURCES, f"must be oracle or guided-samples, not {self.source!r}"),
             ("--n", self.n >= 1, "must be at least 1"),
             ("--steps", self.steps is None or self.steps >= 1, "must be at least 1"),
             ("--epochs", self.epochs > 0, "must be > 0"),

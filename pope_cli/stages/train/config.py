@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
                                     RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
                                     overwrite_option, seed_option)
-from pope_cli.shared.options import group, option
+from pope_cli.shared.options import check_choices, group, option
 
 MIX_PANEL = "Data mix"
 OBJECTIVE_PANEL = "Objective"
@@ -34,32 +34,33 @@ class TrainConfig:
     prefixes: str = option(help="prefixes.jsonl from `pope make-prefixes`: the hard problems and their oracle prefixes.",
                            argument=True, metavar="PREFIXES")
     out: str = option(help="Run directory: config.json, metrics.jsonl, checkpoints/, final/. Rerunning the same command "
-                           "resumes it.")
+                           "resumes it.", metavar="DIR")
     model: ModelOptions = group(defaults={"gpu_memory_utilization": 0.5},
                                 help={"model": "Starting policy: hub id, local model dir or PEFT adapter dir."})
     prompt: PromptOptions = group()
     sampling: SamplingOptions = group(defaults={"temperature": 0.8})
     reward: RewardOptions = group()
     mode: str = option("pope", "pope: guided + unguided copies of each hard problem; grpo: unguided only (plain RL "
-                               "baseline); guided: guided only.", panel=MIX_PANEL)
+                               "baseline); guided: guided only.", panel=MIX_PANEL,
+                      choices=("pope", "grpo", "guided"))
     guided_ratio: float = option(1.0, "pope mode: guided prompts per unguided prompt (1.0 = the paper's 1:1).",
                                  panel=MIX_PANEL)
     template: str | None = option(None, "Guided template (pope, no-restate or a file) overriding the one each prefix "
-                                        "record names.", panel=PROMPT_PANEL)
+                                        "record names.", panel=PROMPT_PANEL, metavar="NAME|FILE")
     easy: str | None = option(None, "Problem file of easy problems to mix in, unguided (the paper's interference "
-                                    "experiment).", panel=MIX_PANEL)
+                                    "experiment).", panel=MIX_PANEL, metavar="FILE")
     easy_fraction: float = option(0.0, "Fraction of each step's prompts taken from --easy.", panel=MIX_PANEL)
     steps: int = option(200, "Training steps (a rerun with more steps extends a finished run).", panel=MIX_PANEL)
     prompts_per_step: int = option(32, "Prompts per step, drawn in seeded shuffled epochs.", panel=MIX_PANEL)
     group_size: int = option(8, "Completions sampled per prompt (the GRPO group).", panel=MIX_PANEL)
     adv_norm: str = option("std", "Advantage = reward - group mean, divided by the group std (std, GRPO) or not (none, "
-                                  "Dr. GRPO).", panel=OBJECTIVE_PANEL)
+                                  "Dr. GRPO).", panel=OBJECTIVE_PANEL, choices=("std", "none"))
     clip_low: float = option(0.2, "Lower clip of the importance ratio: 1 - clip_low.", panel=OBJECTIVE_PANEL)
     clip_high: float = option(0.2, "Upper clip: 1 + clip_high (0.28 is DAPO's clip-higher, a failed baseline in the "
                                    "paper).", panel=OBJECTIVE_PANEL)
     loss_agg: str = option("token-mean", "token-mean (every token weighs the same), seq-mean (mean per sequence, then "
                                          "over sequences) or dr-grpo (sum / (sequences x max_new_tokens)).",
-                           panel=OBJECTIVE_PANEL)
+                           panel=OBJECTIVE_PANEL, choices=("token-mean", "seq-mean", "dr-grpo"))
     kl_coef: float = option(0.0, "Weight of a k3 KL penalty to the starting model (LoRA: the base with the adapter off).",
                             panel=OBJECTIVE_PANEL)
     entropy_coef: float = option(0.0, "Weight of an entropy bonus (a failed baseline in the paper).",
@@ -71,9 +72,8 @@ class TrainConfig:
     mini_batch_size: int | None = option(None, "Sequences per optimizer step (default: the whole batch).",
                                          panel=OBJECTIVE_PANEL)
     rollout_is: str = option("auto", "Rollout importance-sampling correction by the ratio trainer/sampler of the sampled "
-                                     "tokens: token-truncate, sequence-truncate, token-mask, sequence-mask or none; "
-                                     "auto = token-truncate with vllm, none with hf (it samples with the policy itself).",
-                             panel=OBJECTIVE_PANEL)
+                                     "tokens; auto = token-truncate with vllm, none with hf (it samples with the "
+                                     "policy itself).", panel=OBJECTIVE_PANEL, choices=("auto",) + ROLLOUT_IS_MODES)
     rollout_is_cap: float = option(2.0, "Upper bound C of the rollout ratio: truncate modes use min(ratio, C), mask "
                                         "modes zero a ratio above C.", panel=OBJECTIVE_PANEL)
     rollout_is_min: float | None = option(None, "Mask modes: zero a ratio below this (default 1 / --rollout-is-cap).",
@@ -99,13 +99,14 @@ class TrainConfig:
     grad_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, slower).",
                                       flags=("--grad-checkpointing",), panel=OPTIM_PANEL)
     data_parallel: str = option("auto", "Under torchrun: ddp (a whole model per rank), fsdp (FSDP2 shards, --full only) "
-                                        "or auto (fsdp for --full on GPU, else ddp).", panel=OPTIM_PANEL)
+                                        "or auto (fsdp for --full on GPU, else ddp).", panel=OPTIM_PANEL,
+                                choices=("auto", "ddp", "fsdp"))
     save_every: int = option(50, "Checkpoint every N steps (and at the last).", panel=OUTPUT_PANEL)
     keep: int = option(2, "Checkpoints to keep (the newest).", panel=OUTPUT_PANEL)
     merge: bool = option(False, "Also write merged full weights to RUN/final_merged for serving (LoRA runs).",
                          flags=("--merge",), panel=OUTPUT_PANEL)
     eval_data: str | None = option(None, "Problems or prefixes file to evaluate on during training (a prefixes file adds "
-                                         "guided accuracy).", panel=OUTPUT_PANEL)
+                                         "guided accuracy).", panel=OUTPUT_PANEL, metavar="FILE")
     eval_every: int = option(0, "Evaluate every N steps (and at the last); needs --eval-data.", panel=OUTPUT_PANEL)
     eval_n: int = option(8, "Samples per evaluation problem.", panel=OUTPUT_PANEL)
     eval_k: list[int] | None = option(None, "Comma-separated k for pass@k (default: 1 and eval-n).", cli_type=str,
@@ -120,6 +121,7 @@ class TrainConfig:
     overwrite: bool = overwrite_option()
 
     def __post_init__(self):
+        check_choices(self)
         if self.lr is None:
             self.lr = LORA_DEFAULT_LR if self.lora else FULL_DEFAULT_LR
         self.eval_k = sorted(set(self.eval_k or [1, self.eval_n]))
@@ -129,7 +131,6 @@ class TrainConfig:
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         return [
-            ("--mode", self.mode in ("pope", "grpo", "guided"), f"must be pope, grpo or guided, not {self.mode!r}"),
             ("--guided-ratio", self.guided_ratio > 0, "must be > 0"),
             ("--easy-fraction", 0 <= self.easy_fraction < 1, "must be in [0, 1)"),
             ("--easy-fraction", (self.easy is None) == (self.easy_fraction == 0), "--easy FILE and --easy-fraction > 0 go together"),
@@ -137,19 +138,14 @@ class TrainConfig:
             ("--steps", self.steps >= 1, "must be at least 1"),
             ("--prompts-per-step", self.prompts_per_step >= 1, "must be at least 1"),
             ("--group-size", self.group_size >= 2, "must be at least 2 (advantages compare samples within a group)"),
-            ("--adv-norm", self.adv_norm in ("std", "none"), f"must be std or none, not {self.adv_norm!r}"),
             ("--clip-low", 0 <= self.clip_low < 1, "must be in [0, 1)"),
             ("--clip-high", self.clip_high >= 0, "must be >= 0"),
-            ("--loss-agg", self.loss_agg in ("token-mean", "seq-mean", "dr-grpo"),
-             f"must be token-mean, seq-mean or dr-grpo, not {self.loss_agg!r}"),
             ("--kl-coef", self.kl_coef >= 0, "must be >= 0"),
             ("--entropy-coef", self.entropy_coef >= 0, "must be >= 0"),
             ("--updates-per-step", self.updates_per_step >= 1, "must be at least 1"),
             ("--mini-batch-size", self.mini_batch_size is None or self.mini_batch_size >= 1, "must be at least 1"),
             ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
             ("--logprob-chunk", self.logprob_chunk >= 0, "must be >= 0 (0 = off)"),
-            ("--rollout-is", self.rollout_is in ("auto",) + ROLLOUT_IS_MODES,
-             f"must be auto, {', '.join(ROLLOUT_IS_MODES)}, not {self.rollout_is!r}"),
             ("--rollout-is-cap", self.rollout_is_cap >= 1, "must be >= 1"),
             ("--rollout-is-min", self.rollout_is_min is None or 0 <= self.rollout_is_min <= 1, "must be in [0, 1]"),
             ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
@@ -157,8 +153,6 @@ class TrainConfig:
             ("--lr", self.lr > 0, "must be > 0"),
             ("--warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
             ("--max-grad-norm", self.max_grad_norm > 0, "must be > 0"),
-            ("--data-parallel", self.data_parallel in ("auto", "ddp", "fsdp"),
-             f"must be auto, ddp or fsdp, not {self.data_parallel!r}"),
             ("--data-parallel", not (self.lora and self.data_parallel == "fsdp"), "fsdp is for --full runs"),
             ("--save-every", self.save_every >= 1, "must be at least 1"),
             ("--keep", self.keep >= 1, "must be at least 1"),
@@ -183,7 +177,7 @@ class DryRunConfig:
     mfu: float = option(0.3, "Dry run: fraction of peak FLOP/s the training passes reach.", panel=DRY_PANEL)
     peak_tflops: float = option(989.0, "Dry run: peak dense bf16 TFLOP/s per GPU (H100 SXM: 989).", panel=DRY_PANEL)
     model_config: str | None = option(None, "Dry run: the model's config.json (or a directory), read instead of "
-                                            "--model's config (e.g. offline).", panel=DRY_PANEL)
+                                            "--model's config (e.g. offline).", panel=DRY_PANEL, metavar="FILE|DIR")
     enabled: bool = option(False, "Load no weights: check the data and the model config, print prompts, tokens, memory "
                                   "per GPU and time per step, and exit.", flags=("--dry-run",), param="dry_run",
                            panel=DRY_PANEL, in_file=False)
