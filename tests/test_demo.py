@@ -100,6 +100,16 @@ def test_phase_starts_a_command_only_after_the_one_it_needs(tmp_path):
     assert first >= needed_end  # job 0 waited for job 2 although a slot was free
 
 
+def test_a_ready_evaluation_starts_before_a_training(tmp_path):
+    from pope_cli.stages.demo import run_phase
+
+    seen = []
+    run_phase("order", [["train", "--help"], ["eval", "--help"], ["train", "--help"]], tmp_path, parallel=1,
+              threads=1, watch=lambda name, jobs: seen.append([job.started for job in jobs]))
+    train, evaluation, second_train = seen[-1]
+    assert evaluation < train < second_train  # then the rest in their order
+
+
 def test_demo_stops_with_a_clear_error_when_filtering_leaves_no_hard_problem(tmp_path):
     from pope_cli.stages.demo import require_hard_problems
     from pope_cli.shared.errors import PopeError

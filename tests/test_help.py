@@ -32,6 +32,7 @@ CHOICES = [
     ("train", "--data-parallel", "auto|ddp|fsdp"),
     ("train", "--report-to", "tensorboard|wandb|trackio"),
     ("sft", "--source", "oracle|guided-samples"),
+    ("sft", "--report-to", "tensorboard|wandb|trackio"),
     ("eval", "--mode", "unguided|guided"),
     ("export", "--format", "verl|trl"),
     ("demo", "--heldout", "shipped|filter"),

@@ -159,3 +159,28 @@ def test_kl_mismatch_and_periodic_evals_get_their_panels_where_logged(tmp_path):
     evals = draw_training(specs["training_eval.png"], runs, tmp_path / "e.png", 2)
     assert evals["panels"] == [{"title": "unguided/avg@n", "series": ["a", "b"]}]
     assert draw_training(specs["reward.png"], runs, tmp_path / "r.png", 2) is None and not (tmp_path / "r.png").exists()
+
+
+def test_an_sft_run_gets_its_own_figure_and_stays_out_of_the_rl_ones(runs, tmp_path):
+    from pope_cli.shared.config import FieldMap
+    from pope_cli.shared.runtime import scorer_factory
+    from pope_cli.stages.sft.config import SftConfig
+    from pope_cli.stages.sft.trainer import run_sft
+
+    reward = RewardOptions("math", workers=1)
+    sft = SftConfig(data=str(runs / "prefixes.jsonl"), out=str(tmp_path / "sft"),
+                    model=ModelOptions(str(runs / "pope" / "final"), backend="hf", device="cpu"), fields=FieldMap(),
+                    prompt=PromptOptions(unguided_template=str(runs / "unguided.txt")),
+                    sampling=SamplingOptions(max_new_tokens=6), reward=reward, steps=6, examples_per_step=4,
+                    lora=False, lr=1e-2, log_completions=1, log_every=3)
+    run_sft(sft, lambda: None, scorer_factory(reward))
+    result = run_report(ReportConfig(dirs=[str(runs / "pope"), str(tmp_path / "sft")], out=str(tmp_path / "report")))
+    figures = figures_by_file(result)
+    assert [p["title"] for p in figures["sft.png"]["panels"]] == [
+        "loss: NLL of the target tokens", "token accuracy (argmax = target)", "entropy at the target positions",
+        "gradient norm (before clipping)"]
+    assert all(p["series"] == ["sft"] for p in figures["sft.png"]["panels"])
+    for name in ("reward.png", "entropy.png", "length.png"):
+        assert all(p["series"] == ["pope"] for p in figures[name]["panels"]), name
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "sft.png" in page and (tmp_path / "report" / "sft.png").stat().st_size > 10_000

@@ -226,3 +226,31 @@ def test_final_trains_and_evaluates(data, tiny_model_dir):
                        lambda opts: engine_factory(opts)(), scorer_factory(reward))
     (modes,) = summary["models"].values()
     assert modes["unguided"]["problems"] == 8
+
+
+def test_trackers_get_every_step_and_logged_completions_are_the_policys_own(data, tiny_model_dir):
+    from pope_cli.shared.config import TrackerOptions
+    from pope_cli.shared.runtime import scorer_factory
+    from test_trackers import tensorboard_scalars
+
+    cfg = make_cfg(data, tiny_model_dir, steps=10, trackers=TrackerOptions(report_to=["tensorboard"]),
+                   log_completions=2, log_every=5)
+    run_sft(cfg, no_engine, scorer_factory(cfg.reward))
+    rows = metric_rows(data / "run")
+    scalars = tensorboard_scalars(data / "run" / "tensorboard")
+    assert [step for step, _ in scalars["loss"]] == list(range(1, 11))
+    assert [value for _, value in scalars["loss"]] == pytest.approx([row["loss"] for row in rows], rel=1e-6)
+    assert [value for _, value in scalars["token_accuracy"]] == pytest.approx([r["token_accuracy"] for r in rows])
+    logged = [json.loads(line) for line in (data / "run" / "completions.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["problem_id"], row["kind"]) for row in logged] == [
+        (5, "p0", "unguided"), (5, "p1", "unguided"), (10, "p0", "unguided"), (10, "p1", "unguided")]
+    assert [row["prompt_tail"].endswith("Q:0+0 A:<|end|><|assistant|>") for row in logged] == [True, False] * 2
+    assert all(row["reward"] in (0.0, 1.0) and 0 < row["length"] <= 16 for row in logged)
+    assert logged[0]["completion"] != logged[2]["completion"]  # the policy changed between the two
+
+    straight = (data / "run" / "completions.jsonl").read_bytes()
+    run_sft(make_cfg(data, tiny_model_dir, steps=5, save_every=5, log_completions=2, log_every=5, overwrite=True),
+            no_engine, scorer_factory(cfg.reward))
+    run_sft(make_cfg(data, tiny_model_dir, steps=10, save_every=5, log_completions=2, log_every=5), no_engine,
+            scorer_factory(cfg.reward))
+    assert (data / "run" / "completions.jsonl").read_bytes() == straight

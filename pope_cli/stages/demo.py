@@ -274,6 +274,10 @@ def require_disjoint_heldout(out: Path, heldout: Path) -> None:
 
 
 SAMPLING_COMMANDS = ("filter-hard", "make-prefixes", "eval")
+STARTED_FIRST = ("eval",)
+"""Commands that start before the others whenever they can: an evaluation is short and gives the
+numbers a user waits for, while a training started a few minutes later still ends when its
+own evaluation (which waits for it) can run, so the pool's wall time stays the same."""
 
 
 def launch_argv(argv: list[str], parallel: int, others_waiting: bool) -> list[str]:
@@ -289,8 +293,8 @@ def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, t
               watch: Callable[[str, list[Job]], None] | None = None, needs: dict[int, int] | None = None,
               ended: Callable[[Job], None] | None = None) -> None:
     """Run a phase's commands, up to `parallel` at a time (the next runnable one starts as soon as
-    one ends; `needs` maps a command's index to one that must have finished first), each logging
-    to its own file; `watch(name, jobs)` sees every job's state on each poll, `ended(job)` each
+    one ends, a STARTED_FIRST one before any other; `needs` maps a command's index to one that must
+    have finished first), each logging to its own file; `watch(name, jobs)` sees every job's state on each poll, `ended(job)` each
     job that has succeeded."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -300,7 +304,8 @@ def run_phase(name: str, commands: list[list[str]], logs: Path, parallel: int, t
     needs = needs or {}
     queue, running = list(range(len(jobs))), {}
     while queue or running:
-        for index in [i for i in queue if i not in needs or jobs[needs[i]].returncode == 0]:
+        ready = [i for i in queue if i not in needs or jobs[needs[i]].returncode == 0]
+        for index in sorted(ready, key=lambda i: jobs[i].argv[0] not in STARTED_FIRST):
             if len(running) >= parallel:
                 break
             queue.remove(index)

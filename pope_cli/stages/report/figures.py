@@ -28,6 +28,8 @@ class Spec:
     file: str
     title: str
     panels: tuple[Panel, ...]
+    stage: str = "train"
+    """The runs it draws: train's (RL) or sft's, whose loss and entropy mean other things."""
 
 
 TRAINING = (
@@ -46,6 +48,11 @@ TRAINING = (
           Panel("clipped low", "clip_low_fraction", "fraction of tokens"),
           Panel("clipped high", "clip_high_fraction", "fraction of tokens"))),
 )
+SFT = Spec("sft.png", "Supervised fine-tuning (pope sft)",
+           (Panel("loss: NLL of the target tokens", "loss", "nats per token"),
+            Panel("token accuracy (argmax = target)", "token_accuracy", "fraction of target tokens"),
+            Panel("entropy at the target positions", "entropy", "nats per token"),
+            Panel("gradient norm (before clipping)", "grad_norm", "L2 norm")), stage="sft")
 CURVES = Spec("curves.png", "Training reward and hard problems solved unguided",
               (Panel("unguided reward", "reward/unguided", "mean reward"),
                Panel("guided reward", "reward/guided", "mean reward"),
@@ -69,7 +76,7 @@ def training_specs(runs: list[RunData]) -> list[Spec]:
     evals = [Panel(key.removeprefix("eval/"), key, key.split("/")[-1], smoothed=False)
              for key in logged_keys(runs, "eval/")]
     return [*TRAINING, Spec("kl.png", "KL and sampler/trainer mismatch", tuple(divergence)),
-            Spec("training_eval.png", "Evaluations during training", tuple(evals))]
+            Spec("training_eval.png", "Evaluations during training", tuple(evals)), SFT]
 
 
 def smooth(values: list, window: int) -> list[float]:
@@ -111,9 +118,10 @@ def _figure(panels: int, title: str, max_columns: int = 3):
 
 
 def draw_training(spec: Spec, runs: list[RunData], path: Path, window: int) -> dict | None:
-    """One PNG of `spec`'s logged panels, a line per run; None when no run logged any of them."""
+    """One PNG of `spec`'s logged panels, a line per run of its stage; None when none logged any of them."""
     from matplotlib.ticker import MaxNLocator
 
+    runs = [run for run in runs if run.stage == spec.stage]
     panels = [panel for panel in spec.panels if has_values(runs, panel.key)]
     if not panels:
         return None

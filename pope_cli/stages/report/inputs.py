@@ -1,5 +1,6 @@
-"""The directories a report reads: training runs (metrics.jsonl, completions.jsonl) and
-evaluations (summary.json), each labelled by its directory's name."""
+"""The directories a report reads: training runs (metrics.jsonl, completions.jsonl) of `pope
+train` or `pope sft` (an sft run holds sft_data.jsonl), and evaluations (summary.json), each
+labelled by its directory's name."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class RunData:
     path: Path
     rows: list[dict]
     completions: list[dict] = field(default_factory=list)
+    stage: str = "train"
+    """The stage that wrote it: train or sft."""
 
 
 @dataclass
@@ -49,7 +52,8 @@ def load_inputs(dirs: list[str]) -> tuple[list[RunData], list[EvalData]]:
             raise PopeError(f"{given}: neither a run directory (metrics.jsonl) nor an eval directory (summary.json)",
                             exit_code=2)
     runs = [RunData(label, path, load_jsonl_repairing(path / "metrics.jsonl"),
-                    load_jsonl_repairing(path / "completions.jsonl"))
+                    load_jsonl_repairing(path / "completions.jsonl"),
+                    "sft" if (path / "sft_data.jsonl").is_file() else "train")
             for label, path in zip(labels(run_paths), run_paths)] if run_paths else []
     evals = [EvalData(label, path, _read_summary(path / "summary.json"))
              for label, path in zip(labels(eval_paths), eval_paths)] if eval_paths else []

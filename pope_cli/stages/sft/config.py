@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
                                     SamplingOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.options import check_choices, group, option
+from pope_cli.stages.train.config import OPTIM_PANEL, PolicyOptions
 
 DATA_PANEL = "SFT data"
-OPTIM_PANEL = "Policy and optimizer"
 OUTPUT_PANEL = "Checkpoints"
 
 SOURCES = ("oracle", "guided-samples")
 
 
 @dataclass
-class SftConfig:
+class SftConfig(PolicyOptions):
     """`pope sft`: supervised fine-tuning on oracle solutions or on correct guided samples."""
 
     data: str = option(help="Problems with oracle solutions (--source oracle) or a prefixes.jsonl from `pope "
@@ -40,20 +40,9 @@ class SftConfig:
                                show_default=False)
     epochs: float = option(1.0, "Passes over the data when --steps is not given.", panel=DATA_PANEL)
     examples_per_step: int = option(16, "Sequences per optimizer step.", panel=OPTIM_PANEL)
-    micro_batch_size: int = option(8, "Sequences per forward/backward; memory only, the gradient is the same.",
-                                   panel=OPTIM_PANEL)
-    lora: bool = option(True, "Train a LoRA adapter (peft) or every weight.", flags=("--lora/--full",), panel=OPTIM_PANEL)
-    lora_rank: int = option(64, "LoRA rank.", panel=OPTIM_PANEL)
-    lora_alpha: int = option(128, "LoRA alpha (scale alpha/rank).", panel=OPTIM_PANEL)
-    lora_targets: str = option("all-linear", "all-linear, or comma-separated module names (q_proj,v_proj).",
-                               panel=OPTIM_PANEL)
     lr: float | None = option(None, "AdamW learning rate (default 1e-4 with LoRA, 1e-5 full).", panel=OPTIM_PANEL,
                               show_default=False)
     warmup_steps: int = option(0, "Linear learning-rate warmup steps, then constant.", panel=OPTIM_PANEL)
-    weight_decay: float = option(0.0, "AdamW weight decay.", panel=OPTIM_PANEL)
-    max_grad_norm: float = option(1.0, "Gradient clipping norm.", panel=OPTIM_PANEL)
-    grad_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, slower).",
-                                      flags=("--grad-checkpointing",), panel=OPTIM_PANEL)
     save_every: int = option(50, "Checkpoint every N steps (and at the last).", panel=OUTPUT_PANEL)
     keep: int = option(2, "Checkpoints to keep (the newest).", panel=OUTPUT_PANEL)
     seed: int = seed_option()
@@ -66,7 +55,7 @@ class SftConfig:
         check_choices(self)
         if self.lr is None:
             self.lr = 1e-4 if self.lora else 1e-5
-        for flag, ok, message in self._checks():
+        for flag, ok, message in self._policy_checks() + self._checks():
             if not ok:
                 raise bad_option(flag, message)
 
@@ -76,12 +65,8 @@ class SftConfig:
             ("--steps", self.steps is None or self.steps >= 1, "must be at least 1"),
             ("--epochs", self.epochs > 0, "must be > 0"),
             ("--examples-per-step", self.examples_per_step >= 1, "must be at least 1"),
-            ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
-            ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
-            ("--lora-alpha", self.lora_alpha > 0, "must be > 0"),
             ("--lr", self.lr > 0, "must be > 0"),
             ("--warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
-            ("--max-grad-norm", self.max_grad_norm > 0, "must be > 0"),
             ("--save-every", self.save_every >= 1, "must be at least 1"),
             ("--keep", self.keep >= 1, "must be at least 1"),
         ]

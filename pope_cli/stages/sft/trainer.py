@@ -20,6 +20,7 @@ for a loop that is a few dozen lines. One process only: no torchrun data paralle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -37,8 +38,12 @@ from pope_cli.shared.claim import claim_output
 from pope_cli.shared.config import MODEL_RESUME_IGNORED
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.seeding import derive_seed
+from pope_cli.shared.trackers import OUTPUTS as TRACKER_OUTPUTS
+from pope_cli.shared.engines.base import Sampling
+from pope_cli.stages.sft.completions import PolicyCompletions
 from pope_cli.stages.sft.config import SftConfig
 from pope_cli.stages.train.batch import Batch, Sample, collate
+from pope_cli.stages.train.watch import RunWatch
 
 # Options a rerun may change without changing what the finished steps computed.
 RESUME_IGNORED = (*MODEL_RESUME_IGNORED, "overwrite", "steps", "epochs", "save_every", "keep", "reward.workers")
@@ -152,7 +157,7 @@ def _prepare(cfg: SftConfig, resuming: bool) -> tuple[Path | None, int, list[dic
 
 def _outputs(out: Path) -> list[Path]:
     return [out / name for name in ("metrics.jsonl", "checkpoints", "final", "sft_data.jsonl", "sft_data.counts.json",
-                                    "manifest.json")]
+                                    "manifest.json", *TRACKER_OUTPUTS)]
 
 
 def _examples(cfg: SftConfig, make_engine, make_scorer, tokenizer) -> tuple[list[dict], dict]:
@@ -207,7 +212,11 @@ def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], t
         load_training_state(checkpoint, policy.model, optimizer, scheduler)
     say(f"pope sft: {'resuming after step ' + str(done) if done else 'starting'}; {len(samples)} examples "
         f"({cfg.source}), {steps} steps of {cfg.examples_per_step}, {'LoRA' if cfg.lora else 'full'}, lr {cfg.lr:g}")
-    with JsonlAppender(out / "metrics.jsonl") as metrics_file:
+    with contextlib.ExitStack() as stack:
+        metrics_file = stack.enter_context(JsonlAppender(out / "metrics.jsonl"))
+        watch = RunWatch(cfg, out, asdict(cfg), done, say)
+        stack.callback(watch.close)
+        completions = _policy_completions(cfg, policy, examples, samples, make_scorer, stack)
         for step in range(done, steps):
             step_started = time.perf_counter()
             batch = [samples[i] for i in step_indices(len(samples), cfg.examples_per_step, cfg.seed, step)]
@@ -216,6 +225,7 @@ def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], t
                               policy.device, cfg.max_grad_norm, policy.autocast_dtype),
                    "time/step_s": time.perf_counter() - step_started}
             metrics_file.write([row])
+            watch.step(row, completions)
             rows.append(row)
             if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
                 save_checkpoint(out, step + 1, policy.model, policy.tokenizer, optimizer, scheduler,
@@ -225,6 +235,17 @@ def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], t
     atomic_write_json(out / "manifest.json", manifest("sft", asdict(cfg), started, summary, model=cfg.model.model,
                                                       seed=cfg.seed))
     return summary
+
+
+def _policy_completions(cfg: SftConfig, policy, examples, samples, make_scorer, stack) -> PolicyCompletions | None:
+    """The logged completions' maker, with a scorer that `stack` closes; None without --log-completions."""
+    if not cfg.log_completions:
+        return None
+    from pope_cli.shared.engines.hf import HFEngine
+
+    engine = HFEngine(policy.model, policy.tokenizer, cfg.model.batch_size)
+    sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
+    return PolicyCompletions(engine, stack.enter_context(make_scorer()), examples, samples, sampling, cfg.seed)
 
 
 def _summary(cfg: SftConfig, rows: list[dict], counts: dict, steps: int, done: int, started: float) -> dict:

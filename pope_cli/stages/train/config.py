@@ -27,8 +27,43 @@ FULL_DEFAULT_LR = 1e-6
 ROLLOUT_IS_MODES = ("token-truncate", "sequence-truncate", "sequence-mask", "token-mask", "none")
 
 
+@dataclass(kw_only=True)
+class PolicyOptions:
+    """The options `pope train` and `pope sft` share: the policy (LoRA or full), the optimizer
+    settings whose defaults agree, the trackers and the logged completions. Keyword-only, so a
+    stage's config derives from it and keeps its own positional fields."""
+
+    micro_batch_size: int = option(8, "Sequences per forward/backward; memory only, the gradient is the same.",
+                                   panel=OPTIM_PANEL)
+    lora: bool = option(True, "Train a LoRA adapter (peft) or every weight.", flags=("--lora/--full",), panel=OPTIM_PANEL)
+    lora_rank: int = option(64, "LoRA rank.", panel=OPTIM_PANEL)
+    lora_alpha: int = option(128, "LoRA alpha (scale alpha/rank).", panel=OPTIM_PANEL)
+    lora_targets: str = option("all-linear", "all-linear, or comma-separated module names (q_proj,v_proj).",
+                               panel=OPTIM_PANEL)
+    weight_decay: float = option(0.0, "AdamW weight decay.", panel=OPTIM_PANEL)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.", panel=OPTIM_PANEL)
+    grad_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, slower).",
+                                      flags=("--grad-checkpointing",), panel=OPTIM_PANEL)
+    trackers: TrackerOptions = group(default_factory=TrackerOptions)
+    log_completions: int = option(0, "Completions written to RUN/completions.jsonl (and the trackers) every "
+                                     "--log-every steps; 0 = none. train: the step's own samples, spread over the prompt "
+                                     "kinds; sft: the policy's answers to the first N training prompts.",
+                                  panel=TRACKER_PANEL)
+    log_every: int = option(10, "Steps between logged completions.", panel=TRACKER_PANEL)
+
+    def _policy_checks(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
+            ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
+            ("--lora-alpha", self.lora_alpha > 0, "must be > 0"),
+            ("--max-grad-norm", self.max_grad_norm > 0, "must be > 0"),
+            ("--log-completions", self.log_completions >= 0, "must be >= 0"),
+            ("--log-every", self.log_every >= 1, "must be at least 1"),
+        ]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(PolicyOptions):
     """`pope train`: fully on-policy GRPO on guided + unguided copies of hard problems."""
 
     prefixes: str = option(help="prefixes.jsonl from `pope make-prefixes`: the hard problems and their oracle prefixes.",
@@ -78,26 +113,15 @@ class TrainConfig:
                                         "modes zero a ratio above C.", panel=OBJECTIVE_PANEL)
     rollout_is_min: float | None = option(None, "Mask modes: zero a ratio below this (default 1 / --rollout-is-cap).",
                                           panel=OBJECTIVE_PANEL, show_default=False)
-    micro_batch_size: int = option(8, "Sequences per forward/backward; memory only, the gradient is the same.",
-                                   panel=OPTIM_PANEL)
-    lora: bool = option(True, "Train a LoRA adapter (peft) or every weight.", flags=("--lora/--full",), panel=OPTIM_PANEL)
-    lora_rank: int = option(64, "LoRA rank.", panel=OPTIM_PANEL)
-    lora_alpha: int = option(128, "LoRA alpha (scale alpha/rank).", panel=OPTIM_PANEL)
-    lora_targets: str = option("all-linear", "all-linear, or comma-separated module names (q_proj,v_proj).",
-                               panel=OPTIM_PANEL)
     lr: float | None = option(None, "AdamW learning rate (default 1e-5 with LoRA, 1e-6 full: LoRA needs a far larger "
                                     "rate).", panel=OPTIM_PANEL, show_default=False)
     """None = LORA_DEFAULT_LR or FULL_DEFAULT_LR; the resolved value is recorded."""
     warmup_steps: int = option(10, "Linear learning-rate warmup steps, then constant.", panel=OPTIM_PANEL)
-    weight_decay: float = option(0.0, "AdamW weight decay.", panel=OPTIM_PANEL)
-    max_grad_norm: float = option(1.0, "Gradient clipping norm.", panel=OPTIM_PANEL)
     logprob_chunk: int = option(512, "Positions whose vocabulary-wide logits exist at once in the loss (each chunk "
                                      "recomputed in backward); 0 = all at once (micro-batch x completion x vocabulary).",
                                 panel=OPTIM_PANEL)
     """512: at Qwen's 152k vocabulary one chunk's logits and their gradients take ~1.3 GB in bf16/fp32,
     while its LM-head matmul (512 x hidden x 152k) is still large enough to keep a GPU busy."""
-    grad_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, slower).",
-                                      flags=("--grad-checkpointing",), panel=OPTIM_PANEL)
     data_parallel: str = option("auto", "Under torchrun: ddp (a whole model per rank), fsdp (FSDP2 shards, --full only) "
                                         "or auto (fsdp for --full on GPU, else ddp).", panel=OPTIM_PANEL,
                                 choices=("auto", "ddp", "fsdp"))
@@ -113,10 +137,6 @@ class TrainConfig:
                                       parse=int_list("--eval-k"), panel=OUTPUT_PANEL)
     max_nan_steps: int = option(3, "Stop after this many steps in a row whose update was skipped for a non-finite loss.",
                                 panel=OPTIM_PANEL)
-    trackers: TrackerOptions = group(default_factory=TrackerOptions)
-    log_completions: int = option(0, "Completions written to RUN/completions.jsonl (and the trackers) on every "
-                                     "--log-every-th step, spread over the prompt kinds; 0 = none.", panel=TRACKER_PANEL)
-    log_every: int = option(10, "Steps between logged completions.", panel=TRACKER_PANEL)
     seed: int = seed_option()
     overwrite: bool = overwrite_option()
 
@@ -125,7 +145,7 @@ class TrainConfig:
         if self.lr is None:
             self.lr = LORA_DEFAULT_LR if self.lora else FULL_DEFAULT_LR
         self.eval_k = sorted(set(self.eval_k or [1, self.eval_n]))
-        for option, ok, message in self._checks():
+        for option, ok, message in self._policy_checks() + self._checks():
             if not ok:
                 raise bad_option(option, message)
 
@@ -144,15 +164,11 @@ class TrainConfig:
             ("--entropy-coef", self.entropy_coef >= 0, "must be >= 0"),
             ("--updates-per-step", self.updates_per_step >= 1, "must be at least 1"),
             ("--mini-batch-size", self.mini_batch_size is None or self.mini_batch_size >= 1, "must be at least 1"),
-            ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
             ("--logprob-chunk", self.logprob_chunk >= 0, "must be >= 0 (0 = off)"),
             ("--rollout-is-cap", self.rollout_is_cap >= 1, "must be >= 1"),
             ("--rollout-is-min", self.rollout_is_min is None or 0 <= self.rollout_is_min <= 1, "must be in [0, 1]"),
-            ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
-            ("--lora-alpha", self.lora_alpha > 0, "must be > 0"),
             ("--lr", self.lr > 0, "must be > 0"),
             ("--warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
-            ("--max-grad-norm", self.max_grad_norm > 0, "must be > 0"),
             ("--data-parallel", not (self.lora and self.data_parallel == "fsdp"), "fsdp is for --full runs"),
             ("--save-every", self.save_every >= 1, "must be at least 1"),
             ("--keep", self.keep >= 1, "must be at least 1"),
@@ -161,8 +177,6 @@ class TrainConfig:
             ("--eval-every", (self.eval_data is None) == (self.eval_every == 0), "--eval-data FILE and --eval-every N > 0 go together"),
             ("--eval-k", all(1 <= k <= self.eval_n for k in self.eval_k), f"each k must be in [1, eval-n={self.eval_n}]"),
             ("--max-nan-steps", self.max_nan_steps >= 1, "must be at least 1"),
-            ("--log-completions", self.log_completions >= 0, "must be >= 0"),
-            ("--log-every", self.log_every >= 1, "must be at least 1"),
         ]
 
 

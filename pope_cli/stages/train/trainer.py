@@ -83,7 +83,7 @@ from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
 from pope_cli.stages.train.report import StepReporter
 from pope_cli.stages.train.update import UpdateSettings, policy_update, reference_scorer
-from pope_cli.stages.train.watch import RunWatch
+from pope_cli.stages.train.watch import RunWatch, completion_rows
 
 # Options a rerun may change without changing what the finished steps computed.
 RESUME_IGNORED = (*MODEL_RESUME_IGNORED, "overwrite", "steps", "save_every", "keep", "merge", "data_parallel",
@@ -321,8 +321,7 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
             run = Run(cfg, checkpoint, scorer, data, ranks)
             ranks.on_main(lambda: _start(cfg, claims, rows))
             reporter.message(_banner(cfg, run, done))
-            watch = RunWatch(cfg, out, config_dict(cfg), done, run.policy.tokenizer.decode, reporter.message) \
-                if ranks.main else None
+            watch = RunWatch(cfg, out, config_dict(cfg), done, reporter.message) if ranks.main else None
             with (JsonlAppender(out / "metrics.jsonl") if ranks.main else contextlib.nullcontext()) as metrics_file:
                 saved = done
                 try:
@@ -330,7 +329,8 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
                         row = train_step(run, step)
                         if metrics_file is not None:
                             metrics_file.write([row])
-                            watch.step(row, run.last_rollout)
+                            watch.step(row, lambda step, count: completion_rows(
+                                step, run.last_rollout, count, run.policy.tokenizer.decode))
                         rows.append(row)
                         reporter.step(row)
                         _check_nan(run, row, reporter)

@@ -1,9 +1,11 @@
-"""What a training run sends beyond metrics.jsonl: rows to the trackers, sampled completions to
-RUN/completions.jsonl (and to the trackers as a table). Rank 0 alone holds a `RunWatch`.
+"""What a training run (`pope train`, `pope sft`) sends beyond metrics.jsonl: rows to the
+trackers, completions to RUN/completions.jsonl (and to the trackers as a table). Rank 0 alone
+holds a `RunWatch`.
 
-`--log-completions N --log-every K`: on every K-th step, N of the step's completions, taken
-round-robin over the prompt kinds (the first sample of a guided, an unguided and an easy group,
-then the next groups, then second samples), so each kind shows even when N is small.
+`--log-completions N --log-every K`: on every K-th step, N completions, which the stage makes.
+`pope train` takes N of the step's own samples, round-robin over the prompt kinds (the first
+sample of a guided, an unguided and an easy group, then the next groups, then second samples),
+so each kind shows even when N is small.
 """
 
 from __future__ import annotations
@@ -44,9 +46,8 @@ def completion_rows(step: int, result: Rollout, count: int, decode: Callable[[li
 class RunWatch:
     """Trackers and logged completions of one run, resumed after step `done`."""
 
-    def __init__(self, cfg, out: Path, config: dict, done: int, decode: Callable[[list[int]], str],
-                 warn: Callable[[str], None]):
-        self.count, self.every, self.decode = cfg.log_completions, cfg.log_every, decode
+    def __init__(self, cfg, out: Path, config: dict, done: int, warn: Callable[[str], None]):
+        self.count, self.every = cfg.log_completions, cfg.log_every
         self.trackers = Trackers(cfg.trackers, out, config, warn) if cfg.trackers.report_to else None
         self.file = None
         path = out / COMPLETIONS
@@ -56,10 +57,11 @@ class RunWatch:
         if self.count:
             self.file = JsonlAppender(path)
 
-    def step(self, row: dict, result: Rollout) -> None:
+    def step(self, row: dict, completions: Callable[[int, int], list[dict]]) -> None:
+        """Send `row`; on a logging step, also `completions(step, count)` (completions.jsonl rows)."""
         step = row["step"]
         if self.file is not None and step % self.every == 0:
-            rows = completion_rows(step, result, self.count, self.decode)
+            rows = completions(step, self.count)
             self.file.write(rows)
             if self.trackers is not None:
                 self.trackers.table(step, "completions", COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
