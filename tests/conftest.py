@@ -6,8 +6,10 @@ Nothing here touches the network: the tokenizer is built with `tokenizers`, the 
 
 from __future__ import annotations
 
+import json
 import signal
 import string
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +31,22 @@ def default_sigint() -> None:
     background ignores SIGINT, and Python keeps an inherited SIG_IGN instead of raising
     KeyboardInterrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def write_prefix_workspace(root: Path, rows: list[dict]) -> Path:
+    """`root` with short char-level templates (unguided.txt, guided.txt) and a prefixes.jsonl of
+    `rows` (id, problem, answer, solution, prefix, prefix_fraction), each found, under guided.txt."""
+    (root / "guided.txt").write_text("Q:{problem} P:{prefix} C:")
+    (root / "unguided.txt").write_text("Q:{problem} A:")
+    found = {"status": "found", "template": str(root / "guided.txt")}
+    (root / "prefixes.jsonl").write_text("".join(json.dumps({**row, **found}) + "\n" for row in rows))
+    return root
+
+
+def same_prefix_rows(count: int) -> list[dict]:
+    """`count` problems i+i, all with the oracle "abcd", its prefix "ab" and the answer "x"."""
+    return [{"id": f"p{i}", "problem": f"{i}+{i}", "answer": "x", "solution": "abcd", "prefix": "ab",
+             "prefix_fraction": 0.5} for i in range(count)]
 
 
 def build_char_tokenizer():

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from fakes import BoxScorer, ScriptedEngine
+from processes import killed_when, lines_in, python
 from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
 from pope_cli.stages.filter_hard import FilterHardConfig
 from pope_cli.stages.filter_hard import run_filter_hard
@@ -120,16 +118,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, char_tokenize
     run(config(data, reference, save_samples=True, model=ModelOptions("scripted", batch_size=4)), char_tokenizer)
     out = tmp_path / "killed"
     script = KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent)
-    stats = out / "stats.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if stats.exists() and stats.read_text().count("\n") >= kill_after_lines:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed_when(python(script), lines_in(out / "stats.jsonl", kill_after_lines))
     assert not (out / "hard.jsonl").exists()
     subprocess.run([sys.executable, "-c", script], cwd=TESTS.parent, check=True)
     for name in ("stats.jsonl", "samples.jsonl", "hard.jsonl", "easy.jsonl"):

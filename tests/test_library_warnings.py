@@ -39,3 +39,21 @@ def test_peft_s_gradient_checkpointing_warning_is_gone_and_others_stay():
     if not transformers_deprecates_the_alias():
         pytest.skip("this transformers does not deprecate is_gradient_checkpointing: nothing to filter")
     assert "is_gradient_checkpointing" in stderr_of("")  # without pope the warning is there
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_grad_checkpointing_is_switched_on_under_the_name_this_transformers_keeps(tmp_path, tiny_model_dir, lora):
+    import warnings
+
+    from conftest import same_prefix_rows, write_prefix_workspace
+    from pope_cli.stages.train.policy import build_policy
+    from test_trainer import make_cfg
+
+    cfg = make_cfg(write_prefix_workspace(tmp_path, same_prefix_rows(2)), tiny_model_dir, lora=lora,
+                   grad_checkpointing=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        policy = build_policy(cfg, None)
+    assert not [w for w in seen if "gradient_checkpointing_enable" in str(w.message)]
+    flags = [m.gradient_checkpointing for m in policy.model.modules() if hasattr(m, "gradient_checkpointing")]
+    assert len(flags) >= 2 and all(flags)  # the model and each of its two layers

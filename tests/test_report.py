@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import same_prefix_rows, write_prefix_workspace
 from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.metrics import summarize
@@ -28,13 +29,7 @@ def runs(tmp_path_factory, tiny_model_dir):
     from pope_cli.stages.train.trainer import run_train
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("report_inputs")
-    (root / "unguided.txt").write_text("Q:{problem} A:")
-    (root / "guided.txt").write_text("Q:{problem} P:{prefix} C:")
-    with (root / "prefixes.jsonl").open("w") as f:
-        for i in range(4):
-            f.write(json.dumps({"id": f"p{i}", "problem": f"{i}+{i}", "answer": "x", "solution": "abcd", "prefix": "ab",
-                                "prefix_fraction": 0.5, "status": "found", "template": str(root / "guided.txt")}) + "\n")
+    root = write_prefix_workspace(tmp_path_factory.mktemp("report_inputs"), same_prefix_rows(4))
     for mode in ("pope", "grpo"):
         run_train(TrainConfig(prefixes=str(root / "prefixes.jsonl"), out=str(root / mode),
                               model=ModelOptions(str(tiny_model_dir), backend="hf", device="cpu"),

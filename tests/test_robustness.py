@@ -236,6 +236,13 @@ def _start(stage: str, root: Path, delay: float, extra: tuple = (), prelude: str
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _finished_run(stage: str, root: Path) -> None:
+    """A workspace in `root` where `stage` ran to its end, undisturbed."""
+    _scripted_workspace(root)
+    done = _start(stage, root, delay=0.0)
+    assert done.wait(timeout=120) == 0, done.stderr.read()
+
+
 def _wait_for_lines(proc, path: Path, lines: int) -> None:
     import time
 
@@ -260,9 +267,7 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_files(tmp_
     import signal
 
     reference = tmp_path / "reference"
-    _scripted_workspace(reference)
-    done = _start(stage, reference, delay=0.0)
-    assert done.wait(timeout=120) == 0, done.stderr.read()
+    _finished_run(stage, reference)
     expected = _finished_files(stage, reference)
     total = (reference / SCRIPTED[stage][1]).read_bytes().count(b"\n")
     root = tmp_path / "killed"
@@ -407,9 +412,7 @@ def test_an_output_that_cannot_be_written_is_one_clear_line(tmp_path, stage):
 @pytest.mark.parametrize("stage", list(SCRIPTED))
 def test_a_rerun_with_changed_options_is_refused_naming_them(tmp_path, stage):
     root = tmp_path / "w"
-    _scripted_workspace(root)
-    done = _start(stage, root, delay=0.0)
-    assert done.wait(timeout=120) == 0, done.stderr.read()
+    _finished_run(stage, root)
     before = snapshot(root)
     proc = subprocess.run(_scripted(SCRIPTED[stage][0] + ["--seed", "5", "--temperature", "0.7"]), cwd=root,
                           capture_output=True, text=True)

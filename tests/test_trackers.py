@@ -22,6 +22,7 @@ from pope_cli.shared.errors import PopeError
 from pope_cli.stages.train.batch import Item, Rollout
 from pope_cli.stages.train.config import TrainConfig
 from pope_cli.stages.train.watch import picked
+from conftest import same_prefix_rows, write_prefix_workspace
 from test_trainer import make_cfg as trainer_cfg
 
 TESTS = Path(__file__).parent
@@ -30,13 +31,7 @@ TIMING = ("time/", "throughput/")
 
 @pytest.fixture
 def data(tmp_path):
-    (tmp_path / "guided.txt").write_text("Q:{problem} P:{prefix} C:")
-    (tmp_path / "unguided.txt").write_text("Q:{problem} A:")
-    with (tmp_path / "prefixes.jsonl").open("w") as f:
-        for i in range(4):
-            f.write(json.dumps({"id": f"p{i}", "problem": f"{i}+{i}", "answer": "x", "solution": "abcd", "prefix": "ab",
-                                "prefix_fraction": 0.5, "status": "found", "template": str(tmp_path / "guided.txt")}) + "\n")
-    return tmp_path
+    return write_prefix_workspace(tmp_path, same_prefix_rows(4))
 
 
 def train_argv(data: Path, model_dir, out: Path, *extra: str) -> list[str]:

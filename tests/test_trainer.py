@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from pope_cli.stages.train.config import TrainConfig
 from pope_cli.stages.train.loss import LossSettings, policy_loss, token_logprobs
 from pope_cli.stages.train.trainer import Run, run_train, train_step
 from pope_cli.stages.train.update import policy_update, sequence_logprobs
-from conftest import default_sigint
+from processes import killed_when, started_until
+from conftest import default_sigint, write_prefix_workspace
 from train_rewards import starts_lower
 
 torch.set_num_threads(1)
@@ -40,13 +40,9 @@ class LowerScorer:
 @pytest.fixture
 def data(tmp_path):
     """A prefixes file of 8 hard problems with short templates (char-level prompts stay short)."""
-    (tmp_path / "guided.txt").write_text("Q:{problem} P:{prefix} C:")
-    (tmp_path / "unguided.txt").write_text("Q:{problem} A:")
-    with (tmp_path / "prefixes.jsonl").open("w") as f:
-        for i in range(8):
-            f.write(json.dumps({"id": f"p{i}", "problem": f"{i * 7 % 10}+{i}", "answer": "x", "solution": "abcd",
-                                "prefix": "ab"[: 1 + i % 2], "prefix_fraction": 0.25 * (1 + i % 2), "status": "found", "template": str(tmp_path / "guided.txt")}) + "\n")
-    return tmp_path
+    return write_prefix_workspace(tmp_path, [
+        {"id": f"p{i}", "problem": f"{i * 7 % 10}+{i}", "answer": "x", "solution": "abcd", "prefix": "ab"[: 1 + i % 2],
+         "prefix_fraction": 0.25 * (1 + i % 2)} for i in range(8)])
 
 
 def make_cfg(data: Path, model_dir, **overrides) -> TrainConfig:
@@ -428,14 +424,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     args = ["--steps", "12", "--save-every", "4"]
     killed = data / "killed"
-    proc = subprocess.Popen(command_line(data, tiny_model_dir, killed, *args), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while finished_steps(killed) < kill_after_rows:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed_when(command_line(data, tiny_model_dir, killed, *args), lambda: finished_steps(killed) >= kill_after_rows,
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert len(metric_rows(killed)) < 12  # it really died mid-run
     resumed = subprocess.run(command_line(data, tiny_model_dir, killed, *args), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -449,12 +439,9 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_
 def test_ctrl_c_ends_training_with_the_checkpoint_to_resume_from(data, tiny_model_dir):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     out = data / "interrupted"
-    proc = subprocess.Popen(command_line(data, tiny_model_dir, out, "--steps", "50", "--save-every", "2"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    deadline = time.time() + 120
-    while finished_steps(out) < 3:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-        time.sleep(0.01)
+    proc = started_until(command_line(data, tiny_model_dir, out, "--steps", "50", "--save-every", "2"),
+                         lambda: finished_steps(out) >= 3, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=default_sigint)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr

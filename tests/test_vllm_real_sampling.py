@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from processes import lines_in
 from vllm_real import (
-    COMMON, GUIDED, HF, TOY, UNGUIDED, VLLM, engine_script, killed_part_way, lines_in, paired_t, per_problem_rates, pope, read_jsonl, require_vllm,
+    COMMON, GUIDED, HF, TOY, UNGUIDED, VLLM, engine_script, killed_part_way, paired_t, per_problem_rates, pope, read_jsonl, require_vllm,
     toy_rows,
 )
 

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import default_sigint
 from fakes import BoxScorer
+from processes import killed_when, lines_in, python, started_until
 from pope_cli.shared.config import (FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
                                     WorkerOptions)
 from pope_cli.shared.engines.base import Request, Sampling
@@ -178,17 +179,8 @@ def test_sigkilled_driver_then_rerun_with_other_workers_resumes_to_identical_fil
     data = make_problems(tmp_path / "p.jsonl", 12)
     in_process(char_tokenizer, config(data, tmp_path / "one"))
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out),
-                                                                   workers=2)], cwd=TESTS.parent)
-    stats = out / "stats.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if stats.exists() and stats.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed_when(python(KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out), workers=2)),
+                lines_in(out / "stats.jsonl", 3))
     assert not (out / "hard.jsonl").exists()
     subprocess.run([sys.executable, "-c", KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out), workers=3)],
                    cwd=TESTS.parent, check=True, timeout=120)
@@ -219,16 +211,10 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_resumes_to_identical_files(tmp_
     in_process(char_tokenizer, config(data, tmp_path / "one"))
     out = tmp_path / "interrupted"
     script = KILLABLE.format(tests=str(TESTS), data=str(data), out=str(out), workers=2)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS.parent, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
-    stats = out / "stats.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if stats.exists() and stats.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.01)
+    proc = started_until(python(script), lines_in(out / "stats.jsonl", 2), stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_sigint)
     workers = children_of(proc.pid)
-    assert proc.poll() is None and len(workers) >= 2, proc.stderr.read() if proc.poll() is not None else workers
+    assert len(workers) >= 2, workers
     os.kill(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr

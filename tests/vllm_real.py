@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from processes import killed_when
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "pope_cli" / "toy"
@@ -65,21 +65,10 @@ def engine_script(body: str, timeout: float = 300) -> str:
     return done.stdout
 
 
-def lines_in(path: Path, count: int):
-    """A `ready` condition for `killed_part_way`: `path` holds at least `count` lines."""
-    return lambda: path.exists() and path.read_text().count("\n") >= count
-
-
 def killed_part_way(args: list[str], ready, timeout: float = 600) -> None:
-    """Start `pope ARGS` and SIGKILL it as soon as `ready()` holds (which must happen before it ends)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pope_cli.cli", *args], cwd=REPO, env=environment(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed part-way"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    """`pope ARGS` on vLLM, SIGKILLed as soon as `ready()` holds (which must happen before it ends)."""
+    killed_when([sys.executable, "-m", "pope_cli.cli", *args], ready, timeout, cwd=REPO, env=environment(),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -71,6 +71,16 @@ def _merged(model):
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
+def _checkpoint_activations(model) -> None:
+    """Recompute activations in backward: `activation_checkpointing_enable` where transformers has it
+    (5.24 deprecates the older name), `gradient_checkpointing_enable` before."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_policy(cfg: TrainConfig, checkpoint: Path | None) -> Policy:
     """The policy at the start of training, or as `checkpoint` saved it."""
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -103,7 +113,7 @@ def build_policy(cfg: TrainConfig, checkpoint: Path | None) -> Policy:
         frozen = _merged(_starting_model(cfg, base_dtype)) if checkpoint else copy.deepcopy(model)
         frozen = frozen.requires_grad_(False).eval().to(device)
     if cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(model)
     model.to(device).train()
     return Policy(model, tokenizer, device, torch.bfloat16 if on_gpu else None, frozen)
 
