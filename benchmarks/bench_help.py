@@ -6,7 +6,7 @@
 Each rep starts a fresh interpreter (`python -m pope_cli.cli ... --help`, output discarded), the
 way `pope` is run. With `--baseline`, the same command runs from the other checkout right after
 (PYTHONPATH puts its pope_cli first), so both see the same machine load; the table gives
-min/median/max of each and the median ratio. Results go to benchmarks/results/help.json.
+min/median/max of each and the median ratio. Results go to benchmarks/results/bench_help.json.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
             row += f" {spread(old)} | {statistics.median(old) / statistics.median(values):.2f}x |"
         print(row)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "help.json").write_text(json.dumps({"reps": args.reps, "seconds": times}, indent=1) + "\n")
+    (HERE / "results" / "bench_help.json").write_text(json.dumps({"reps": args.reps, "seconds": times}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
