@@ -96,6 +96,31 @@ def test_data_mix_proportions_and_resumable_position():
     assert sorted(epoch) == [f"h{i}" for i in range(5)]
 
 
+def test_a_curriculum_trains_on_easy_problems_first_then_on_hard_ones_only(data, tiny_model_dir):
+    hard = [{"id": f"h{i}", "prefix": "x"} for i in range(5)]
+    easy = [{"id": f"e{i}"} for i in range(3)]
+    mix = DataMix(hard, easy, "pope", 1.0, 0.0, 4, seed=1, curriculum=3)
+    assert [mix.counts(step) for step in range(5)] == [{"guided": 0, "unguided": 0, "easy": 4}] * 3 + [
+        {"guided": 2, "unguided": 2, "easy": 0}] * 2
+    draws = [[item.record["id"][0] for item in mix.draw(step)] for step in range(5)]
+    assert draws == [["e"] * 4] * 3 + [["h"] * 4] * 2
+    straight = DataMix(hard, easy, "pope", 1.0, 0.0, 4, seed=1, curriculum=3)
+    expected = [[item.record["id"] for item in straight.draw(step)] for step in range(5)]
+    killed = DataMix(hard, easy, "pope", 1.0, 0.0, 4, seed=1, curriculum=3)
+    for step in range(2):
+        killed.draw(step)
+    resumed = DataMix(hard, easy, "pope", 1.0, 0.0, 4, seed=1, curriculum=3, state=killed.state())
+    assert [[item.record["id"] for item in resumed.draw(step)] for step in range(2, 5)] == expected[2:]
+    (data / "easy.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "problem": f"{i}", "answer": "x"}) + "\n"
+                                             for i in range(3)))
+    with pytest.raises(PopeError, match=r"--easy-fraction: --easy FILE goes with"):
+        make_cfg(data, tiny_model_dir, curriculum=2)
+    with pytest.raises(PopeError, match=r"--curriculum: must be in \[0, --steps=4\)"):
+        make_cfg(data, tiny_model_dir, easy=str(data / "easy.jsonl"), curriculum=4)
+    with pytest.raises(PopeError, match=r"--curriculum: --curriculum and --easy-fraction are two uses"):
+        make_cfg(data, tiny_model_dir, easy=str(data / "easy.jsonl"), curriculum=2, easy_fraction=0.5)
+
+
 def test_loss_mask_is_exactly_the_completion_tokens_with_eos():
     samples = [Sample([5, 6, 7], [8, 1], 1.0), Sample([9], [10, 11, 12, 1], -1.0)]
     batch = collate(samples, pad_id=0)
@@ -463,3 +488,13 @@ def test_config_file_sits_under_the_command_line(data, tiny_model_dir):
     bad = subprocess.run(command_line(data, tiny_model_dir, data / "bad", "--config", str(data / "bad.toml")),
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option 'stepz'" in bad.stderr
+
+
+def test_a_curriculum_run_logs_easy_rewards_first_and_hard_ones_after(data, tiny_model_dir):
+    (data / "easy.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "problem": f"{i}", "answer": "x"}) + "\n"
+                                             for i in range(3)))
+    run_train(make_cfg(data, tiny_model_dir, easy=str(data / "easy.jsonl"), curriculum=2, group_size=4))
+    rows = metric_rows(data / "run")
+    logged = [[kind for kind in ("guided", "unguided", "easy") if rows[i].get(f"reward/{kind}") is not None]
+              for i in range(4)]
+    assert logged == [["easy"], ["easy"], ["guided", "unguided"], ["guided", "unguided"]]

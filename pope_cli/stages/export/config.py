@@ -11,7 +11,7 @@ from pope_cli.stages.train.config import TrainConfig
 # The parts of `pope train`'s options that the exported data, reward and settings depend on.
 EXPORTED_TRAIN_OPTIONS = (
     "prefixes", "out", "model.model", "prompt.system_prompt", "prompt.unguided_template", "sampling", "reward",
-    "mode", "guided_ratio", "template", "easy", "easy_fraction", "steps", "prompts_per_step", "group_size",
+    "mode", "guided_ratio", "template", "easy", "easy_fraction", "curriculum", "steps", "prompts_per_step", "group_size",
     "adv_norm", "clip_low", "clip_high", "loss_agg", "kl_coef", "lora", "lora_rank", "lora_alpha", "lr",
     "warmup_steps", "seed",
 )

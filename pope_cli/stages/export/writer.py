@@ -66,7 +66,7 @@ def draw_train_items(cfg: ExportConfig) -> list:
 
     t = cfg.train
     hard, easy = read_training_data(t)
-    mix = DataMix(hard, easy, t.mode, t.guided_ratio, t.easy_fraction, t.prompts_per_step, t.seed)
+    mix = DataMix(hard, easy, t.mode, t.guided_ratio, t.easy_fraction, t.prompts_per_step, t.seed, curriculum=t.curriculum)
     return [item for step in range(t.steps) for item in mix.draw(step)]
 
 

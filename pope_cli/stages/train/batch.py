@@ -70,27 +70,31 @@ def _round(x: float) -> int:
 
 
 class DataMix:
-    """Which prompts each step trains on, for `--mode pope | grpo | guided` and `--easy`."""
+    """Which prompts each step trains on, for `--mode pope | grpo | guided` and `--easy`, mixed in
+    (`easy_fraction` of every step) or first (`curriculum`: steps 0..curriculum-1 all easy, the
+    later ones none)."""
 
     def __init__(self, hard: list[dict], easy: list[dict], mode: str, guided_ratio: float, easy_fraction: float,
-                 prompts_per_step: int, seed: int, state: dict | None = None):
+                 prompts_per_step: int, seed: int, state: dict | None = None, curriculum: int = 0):
         guided = [r for r in hard if r.get("prefix")]
         if mode in ("pope", "guided") and not guided:
             raise PopeError(f"--mode {mode}: no prefix record has a non-empty prefix", exit_code=2)
         pools = {"guided": guided if mode in ("pope", "guided") else [],
                  "unguided": hard if mode in ("pope", "grpo") else [],
-                 "easy": easy if easy_fraction > 0 else []}
+                 "easy": easy if easy_fraction > 0 or curriculum > 0 else []}
         state = state or {}
         self.streams = {kind: Stream(kind, records, seed, **state.get(kind, {}))
                         for kind, records in pools.items() if records}
         self.prompts_per_step = prompts_per_step
         self.easy_fraction = easy_fraction if "easy" in self.streams else 0.0
+        self.curriculum = curriculum if "easy" in self.streams else 0
         self.guided_share = guided_ratio / (1 + guided_ratio) if mode == "pope" else float(mode == "guided")
 
     def _before(self, steps: int) -> dict[str, int]:
         """How many prompts of each kind the first `steps` steps took, in all."""
         total = steps * self.prompts_per_step
-        easy = _round(total * self.easy_fraction)
+        easy = (min(steps, self.curriculum) * self.prompts_per_step if self.curriculum
+                else _round(total * self.easy_fraction))
         guided = _round((total - easy) * self.guided_share)
         return {"guided": guided, "unguided": total - easy - guided, "easy": easy}
 

@@ -85,6 +85,8 @@ class TrainConfig(PolicyOptions):
     easy: str | None = option(None, "Problem file of easy problems to mix in, unguided (the paper's interference "
                                     "experiment).", panel=MIX_PANEL, metavar="FILE")
     easy_fraction: float = option(0.0, "Fraction of each step's prompts taken from --easy.", panel=MIX_PANEL)
+    curriculum: int = option(0, "Easy-to-hard curriculum: the first N steps train on --easy problems only, the "
+                                "later ones on the hard ones only (as --mode says); 0 = off.", panel=MIX_PANEL)
     steps: int = option(200, "Training steps (a rerun with more steps extends a finished run).", panel=MIX_PANEL)
     prompts_per_step: int = option(32, "Prompts per step, drawn in seeded shuffled epochs.", panel=MIX_PANEL)
     group_size: int = option(8, "Completions sampled per prompt (the GRPO group).", panel=MIX_PANEL)
@@ -153,7 +155,11 @@ class TrainConfig(PolicyOptions):
         return [
             ("--guided-ratio", self.guided_ratio > 0, "must be > 0"),
             ("--easy-fraction", 0 <= self.easy_fraction < 1, "must be in [0, 1)"),
-            ("--easy-fraction", (self.easy is None) == (self.easy_fraction == 0), "--easy FILE and --easy-fraction > 0 go together"),
+            ("--easy-fraction", (self.easy is None) == (self.easy_fraction == 0 and self.curriculum == 0),
+             "--easy FILE goes with --easy-fraction > 0 or --curriculum N > 0"),
+            ("--curriculum", 0 <= self.curriculum < self.steps, f"must be in [0, --steps={self.steps})"),
+            ("--curriculum", not (self.curriculum and self.easy_fraction),
+             "--curriculum and --easy-fraction are two uses of --easy: give one"),
             ("--temperature", self.sampling.temperature > 0, "must be > 0: training samples on-policy"),
             ("--steps", self.steps >= 1, "must be at least 1"),
             ("--prompts-per-step", self.prompts_per_step >= 1, "must be at least 1"),

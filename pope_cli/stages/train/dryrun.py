@@ -132,7 +132,7 @@ def prompt_lengths(cfg: TrainConfig, hard: list[dict], easy: list[dict]) -> tupl
         tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
     builder = PromptBuilder(tokenizer, cfg.prompt, cfg.template)
     pools = {"guided": [r for r in hard if r.get("prefix")] if cfg.mode != "grpo" else [],
-             "unguided": hard if cfg.mode != "guided" else [], "easy": easy if cfg.easy_fraction else []}
+             "unguided": hard if cfg.mode != "guided" else [], "easy": easy if cfg.easy_fraction or cfg.curriculum else []}
     lengths = {}
     for kind, records in pools.items():
         if tokenizer is not None:
@@ -150,7 +150,8 @@ def data_plan(cfg: TrainConfig) -> dict:
     from pope_cli.stages.train.trainer import read_training_data
 
     hard, easy = read_training_data(cfg)
-    mix = DataMix(hard, easy, cfg.mode, cfg.guided_ratio, cfg.easy_fraction, cfg.prompts_per_step, cfg.seed)
+    mix = DataMix(hard, easy, cfg.mode, cfg.guided_ratio, cfg.easy_fraction, cfg.prompts_per_step, cfg.seed,
+                  curriculum=cfg.curriculum)
     totals = {kind: sum(mix.counts(step)[kind] for step in range(cfg.steps)) for kind in KINDS}
     pools = {kind: len(stream.records) for kind, stream in mix.streams.items()}
     lengths, exact = prompt_lengths(cfg, hard, easy)

@@ -3,7 +3,9 @@
 The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value model.
 - A step draws `prompts_per_step` prompts from the data mix: guided copies of hard problems
   (problem + oracle prefix + an instruction to continue, all in the prompt), unguided copies
-  (1:1 by default), optionally easy problems. The current policy samples `group_size`
+  (1:1 by default), optionally easy problems: `easy_fraction` of every step, or, with
+  `curriculum` C, every prompt of steps 1..C and none after (the easy-to-hard curriculum the
+  paper's summary argues against). The current policy samples `group_size`
   completions per prompt at `temperature` (0.8, the paper's).
 - Reward: 1 if the final answer is correct, else 0 (an unparseable answer is 0).
 - Advantage: reward − the group's mean reward, divided by the group's sample std (GRPO) or not
@@ -122,7 +124,7 @@ class Run:
         self.solved_ever = set(state.get("solved_ever", []))
         self.nan_streak = state.get("nan_streak", 0)
         self.mix = DataMix(hard, easy, cfg.mode, cfg.guided_ratio, cfg.easy_fraction, cfg.prompts_per_step, cfg.seed,
-                           state.get("data"))
+                           state.get("data"), cfg.curriculum)
         self.prompts = PromptBuilder(self.policy.tokenizer, cfg.prompt, cfg.template)
         self._prompt_cache: dict = {}
         # The sampled tokens' log-probs measure (and correct) the sampler/trainer mismatch.
