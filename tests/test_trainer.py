@@ -498,3 +498,35 @@ def test_a_curriculum_run_logs_easy_rewards_first_and_hard_ones_after(data, tiny
     logged = [[kind for kind in ("guided", "unguided", "easy") if rows[i].get(f"reward/{kind}") is not None]
               for i in range(4)]
     assert logged == [["easy"], ["easy"], ["guided", "unguided"], ["guided", "unguided"]]
+
+
+def test_annealed_guidance_shows_a_linearly_shrinking_share_of_the_prefix(char_tokenizer):
+    from pope_cli.stages.train.guidance import ShownPrefixes, prefix_share
+
+    assert [prefix_share("anneal", step, 4) for step in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    assert {prefix_share("fixed", step, 4) for step in range(6)} == {1.0}
+    shown = ShownPrefixes(char_tokenizer)
+    record = {"id": "p", "prefix": "abcdefgh", "prefix_fraction": 0.4}
+    assert shown.record(record, 1.0) is record
+    assert [shown.record(record, share)["prefix"] for share in (0.75, 0.5, 0.25)] == ["abcdef", "abcd", "ab"]
+    assert shown.record(record, 0.1) is None  # floor(8 x 0.1) = 0 tokens: the unguided prompt
+    assert [shown.fraction(record, share) for share in (1.0, 0.5, 0.1)] == [0.4, 0.2, 0.0]
+
+
+def test_an_annealed_run_logs_its_schedule_and_ends_on_unguided_prompts(data, tiny_model_dir):
+    run_train(make_cfg(data, tiny_model_dir, guidance="anneal", anneal_steps=2, group_size=4, log_completions=8,
+                       log_every=1))
+    rows = metric_rows(data / "run")
+    assert [row["guidance/prefix_share"] for row in rows] == [1.0, 0.5, 0.0, 0.0]
+    # The records' prefixes are 1 or 2 characters at fractions 0.25 or 0.5: half of 1 character is none.
+    assert rows[0]["guidance/prefix_fraction"] > rows[1]["guidance/prefix_fraction"] > 0 == rows[2]["guidance/prefix_fraction"]
+    logged = [json.loads(line) for line in (data / "run" / "completions.jsonl").read_text().splitlines()]
+    guided = [row for row in logged if row["kind"] == "guided"]
+    assert {row["step"] for row in guided} == {1, 2, 3, 4}
+    for row in guided:  # p1, p3, ... have the 2-character prefix "ab", of which step 2 keeps "a"
+        still_guided = row["step"] == 1 or (row["step"] == 2 and int(row["problem_id"][1:]) % 2 == 1)
+        assert row["prompt_tail"].endswith("C:<|end|><|assistant|>") == still_guided, row
+    with pytest.raises(PopeError, match="--anneal-steps: only with --guidance anneal"):
+        make_cfg(data, tiny_model_dir, anneal_steps=3)
+    with pytest.raises(PopeError, match="--guidance: 'adaptive' is not one of fixed, anneal"):
+        make_cfg(data, tiny_model_dir, guidance="adaptive")

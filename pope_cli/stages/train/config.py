@@ -12,6 +12,7 @@ from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, P
                                     RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
                                     overwrite_option, seed_option)
 from pope_cli.shared.options import check_choices, group, option
+from pope_cli.stages.train.guidance import GUIDANCE_MODES
 
 MIX_PANEL = "Data mix"
 OBJECTIVE_PANEL = "Objective"
@@ -85,6 +86,11 @@ class TrainConfig(PolicyOptions):
     easy: str | None = option(None, "Problem file of easy problems to mix in, unguided (the paper's interference "
                                     "experiment).", panel=MIX_PANEL, metavar="FILE")
     easy_fraction: float = option(0.0, "Fraction of each step's prompts taken from --easy.", panel=MIX_PANEL)
+    guidance: str = option("fixed", "How much of the chosen prefix a guided prompt shows: fixed (POPE: all of it, "
+                                    "every step) or anneal (a share falling linearly to none by --anneal-steps; "
+                                    "see stages/train/guidance.py).", panel=MIX_PANEL, choices=GUIDANCE_MODES)
+    anneal_steps: int | None = option(None, "--guidance anneal: the step by which no prefix is shown (default: "
+                                            "--steps).", panel=MIX_PANEL, show_default=False)
     curriculum: int = option(0, "Easy-to-hard curriculum: the first N steps train on --easy problems only, the "
                                 "later ones on the hard ones only (as --mode says); 0 = off.", panel=MIX_PANEL)
     steps: int = option(200, "Training steps (a rerun with more steps extends a finished run).", panel=MIX_PANEL)
@@ -157,6 +163,9 @@ class TrainConfig(PolicyOptions):
             ("--easy-fraction", 0 <= self.easy_fraction < 1, "must be in [0, 1)"),
             ("--easy-fraction", (self.easy is None) == (self.easy_fraction == 0 and self.curriculum == 0),
              "--easy FILE goes with --easy-fraction > 0 or --curriculum N > 0"),
+            ("--anneal-steps", self.anneal_steps is None or self.anneal_steps >= 1, "must be at least 1"),
+            ("--anneal-steps", self.anneal_steps is None or self.guidance == "anneal", "only with --guidance anneal"),
+            ("--guidance", self.guidance == "fixed" or self.mode != "grpo", "--mode grpo has no guided prompts"),
             ("--curriculum", 0 <= self.curriculum < self.steps, f"must be in [0, --steps={self.steps})"),
             ("--curriculum", not (self.curriculum and self.easy_fraction),
              "--curriculum and --easy-fraction are two uses of --easy: give one"),

@@ -5,7 +5,9 @@ The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value m
   (problem + oracle prefix + an instruction to continue, all in the prompt), unguided copies
   (1:1 by default), optionally easy problems: `easy_fraction` of every step, or, with
   `curriculum` C, every prompt of steps 1..C and none after (the easy-to-hard curriculum the
-  paper's summary argues against). The current policy samples `group_size`
+  paper's summary argues against). A guided prompt shows the whole chosen prefix (`guidance`
+  fixed) or, with `guidance` anneal, a share of its tokens falling linearly to none (exact rule in
+  guidance.py). The current policy samples `group_size`
   completions per prompt at `temperature` (0.8, the paper's).
 - Reward: 1 if the final answer is correct, else 0 (an unparseable answer is 0).
 - Advantage: reward − the group's mean reward, divided by the group's sample std (GRPO) or not
@@ -85,6 +87,7 @@ from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
 from pope_cli.stages.train.report import StepReporter
 from pope_cli.stages.train.update import UpdateSettings, policy_update, reference_scorer
+from pope_cli.stages.train.guidance import ShownPrefixes, prefix_share
 from pope_cli.stages.train.watch import RunWatch, completion_rows
 
 # Options a rerun may change without changing what the finished steps computed.
@@ -127,6 +130,7 @@ class Run:
                            state.get("data"), cfg.curriculum)
         self.prompts = PromptBuilder(self.policy.tokenizer, cfg.prompt, cfg.template)
         self._prompt_cache: dict = {}
+        self.shown = ShownPrefixes(self.policy.tokenizer)
         # The sampled tokens' log-probs measure (and correct) the sampler/trainer mismatch.
         self.sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens,
                                  logprobs=True)
@@ -161,14 +165,24 @@ class Run:
         nothing for vLLM, which holds its own copy of the weights."""
         return contextlib.nullcontext() if self.sync.vllm else generating(self.policy.model)
 
-    def prompt_ids(self, kind: str, record: dict) -> list[int]:
-        key = (kind, record["id"])
+    def prompt_ids(self, kind: str, record: dict, share: float = 1.0) -> list[int]:
+        """The prompt of an item; a guided one shows `share` of its chosen prefix (see guidance.py)."""
+        shown = self.shown.record(record, share) if kind == "guided" else record
+        key = (kind, record["id"], self.shown.kept(record, share) if kind == "guided" else 0)
         if key not in self._prompt_cache:
-            self._prompt_cache[key] = self.prompts.build("guided" if kind == "guided" else "unguided", record)
+            self._prompt_cache[key] = self.prompts.build("guided" if shown is not None and kind == "guided"
+                                                         else "unguided", shown or record)
         return self._prompt_cache[key]
 
     def state(self) -> dict:
         return {"data": self.mix.state(), "solved_ever": sorted(self.solved_ever), "nan_streak": self.nan_streak}
+
+
+def _guidance_metrics(run: Run, items: list, share: float) -> dict:
+    guided = [item.record for item in items if item.kind == "guided"]
+    fractions = [run.shown.fraction(record, share) for record in guided]
+    return {"guidance/prefix_share": share if guided else None,
+            "guidance/prefix_fraction": sum(fractions) / len(fractions) if fractions else None}
 
 
 def train_step(run: Run, step: int) -> dict:
@@ -176,7 +190,8 @@ def train_step(run: Run, step: int) -> dict:
     cfg, started = run.cfg, time.perf_counter()
     items = run.mix.draw(step)
     mine = run.ranks.block(len(items))
-    prompts = [run.prompt_ids(item.kind, item.record) for item in items[mine]]
+    share = prefix_share(cfg.guidance, step, cfg.anneal_steps or cfg.steps)
+    prompts = [run.prompt_ids(item.kind, item.record, share) for item in items[mine]]
     with run.generating():
         result, times = rollout(items[mine], prompts, run.engine, run.scorer, run.sampling, cfg.group_size, cfg.seed,
                                 step, mine.start)
@@ -203,6 +218,7 @@ def train_step(run: Run, step: int) -> dict:
     sync_started = time.perf_counter()
     run.sync.after_update()
     sync_s = time.perf_counter() - sync_started
+    metrics.update(_guidance_metrics(run, items, share))
     row = {"step": step + 1, **metrics, "solved_unguided/step": len(solved), "solved_unguided/ever": len(run.solved_ever),
            "lr": lr, **update,
            "time/generate_s": times["generate"], "time/score_s": times["score"], "time/train_s": train_s,
