@@ -84,7 +84,9 @@ def params(cls, view: Group = ALL) -> list[Param]:
     """The parameters `cls` shows under `view`, in field order (a name shared by two fields appears once)."""
     found: dict[str, Param] = {}
     hints = typing.get_type_hints(cls)
-    for spec in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    # A config's own fields first, then those it inherits (PolicyOptions), so that its panels lead.
+    for spec in sorted(dataclasses.fields(cls), key=lambda spec: spec.name not in own):
         if "group" in spec.metadata:
             for param in params(hints[spec.name], view.inner(spec.name).over(spec.metadata["group"])):
                 found.setdefault(param.name, param)
