@@ -80,6 +80,9 @@ def test_ladder_stops_at_the_first_successful_rung(tmp_path, char_tokenizer):
         record = records[pid]
         assert (record["status"], record["rung"], record["prefix_units"], record["guided_correct"]) == (status, rung, units, correct)
         assert record["samples"] == 4 * rung and record["rungs"] == 5
+        # The ladder searched: [characters, tokens] of each rung, each rung's text the chosen one's beginning.
+        assert record["ladder"] == [[15 * u - 1, 15 * u - 1] for u in range(1, 6)]
+        assert record["prefix"][:record["ladder"][rung - 1][0]] == record["prefix"]
         assert record["prefix"] == SOLUTION[:15 * units - 1]
         assert record["prefix_tokens"] == 15 * units - 1 and record["solution_tokens"] == len(SOLUTION)
         assert record["prefix_fraction"] == pytest.approx((15 * units - 1) / len(SOLUTION))

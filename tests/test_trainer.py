@@ -528,5 +528,56 @@ def test_an_annealed_run_logs_its_schedule_and_ends_on_unguided_prompts(data, ti
         assert row["prompt_tail"].endswith("C:<|end|><|assistant|>") == still_guided, row
     with pytest.raises(PopeError, match="--anneal-steps: only with --guidance anneal"):
         make_cfg(data, tiny_model_dir, anneal_steps=3)
-    with pytest.raises(PopeError, match="--guidance: 'adaptive' is not one of fixed, anneal"):
-        make_cfg(data, tiny_model_dir, guidance="adaptive")
+    with pytest.raises(PopeError, match="--guidance: 'sometimes' is not one of fixed, anneal, adaptive"):
+        make_cfg(data, tiny_model_dir, guidance="sometimes")
+    with pytest.raises(PopeError, match="--guidance: adaptive decides from the unguided groups: it needs --mode pope"):
+        make_cfg(data, tiny_model_dir, guidance="adaptive", mode="guided")
+
+
+def test_adaptive_guidance_decides_from_a_scripted_history():
+    from pope_cli.stages.train.guidance import AdaptiveGuidance
+
+    record = {"id": "p", "prefix": "abcdef", "prefix_fraction": 0.5, "rung": 3, "ladder": [[2, 2], [4, 4], [6, 6]],
+              "solution_tokens": 12}
+    rule = AdaptiveGuidance(0.5)
+    assert rule.wanted(record) and rule.record(record) is record
+    assert rule.observe("guided", record, [True, False, False, False]) is False  # 1 of 4 is not more than half
+    assert rule.observe("guided", record, [True, True, False, False]) is False  # 2 of 4 neither
+    assert rule.observe("guided", record, [True, True, True, False]) is True
+    assert rule.record(record)["prefix"] == "abcd" and rule.record(record)["prefix_fraction"] == 4 / 12
+    rule.observe("unguided", record, [False, False])
+    assert rule.wanted(record)
+    rule.observe("unguided", record, [False, True])
+    assert not rule.wanted(record)
+    resumed = AdaptiveGuidance(0.5, rule.state())
+    for current in (rule, resumed):
+        assert current.observe("guided", record, [True] * 4) is True  # rung 2 -> 1
+        assert current.observe("guided", record, [True] * 4) is False  # the first rung is the shortest
+        assert current.record(record)["prefix"] == "ab" and not current.wanted(record)
+    assert resumed.state() == rule.state() == {"unguided_solved": {"p": True}, "rung": {"p": 1}}
+
+
+def test_an_adaptive_run_logs_its_decisions_and_resumes_to_the_same_rows(tmp_path, tiny_model_dir):
+    from conftest import write_prefix_workspace
+
+    rows = [{"id": f"p{i}", "problem": f"{i}+{i}", "answer": "x", "solution": "abcdefgh", "prefix": "abcd",
+             "prefix_fraction": 0.5, "rung": 2, "rungs": 2, "ladder": [[2, 2], [4, 4]], "solution_tokens": 8}
+            for i in range(4)]
+    data = write_prefix_workspace(tmp_path, rows)
+    common = dict(guidance="adaptive", guidance_shorten_at=0.2, group_size=4, steps=6, save_every=3)
+    run_train(make_cfg(data, tiny_model_dir, out=str(data / "whole"), **common))
+    whole = metric_rows(data / "whole")
+    assert all({"guidance/guided_skipped", "guidance/shortened", "guidance/prefix_fraction"} <= set(r) for r in whole)
+    assert sum(r["guidance/shortened"] for r in whole) >= 1  # starts_lower solves some guided groups
+    state = json.loads((data / "whole" / "checkpoints" / "step_000006" / "state.json").read_text())["guidance"]
+    assert state["rung"] == {pid: 1 for pid in state["rung"]}  # each shortening took a problem from rung 2 to 1
+    assert len(state["rung"]) == sum(r["guidance/shortened"] for r in whole)
+    assert whole[0]["guidance/prefix_fraction"] == 0.5
+    assert all(r["prompts/guided"] + r["guidance/guided_skipped"] == 2 for r in whole)  # 4 prompts, 1:1
+    run_train(make_cfg(data, tiny_model_dir, out=str(data / "extended"), **{**common, "steps": 3}))
+    run_train(make_cfg(data, tiny_model_dir, out=str(data / "extended"), **common))
+    assert metric_rows(data / "extended") == whole
+    del rows[0]["ladder"]
+    write_prefix_workspace(tmp_path, rows)
+    with pytest.raises(PopeError, match=r"--guidance adaptive: .*1 record\(s\) have no rung ladder \(first: 'p0'\)"):
+        run_train(make_cfg(data, tiny_model_dir, out=str(data / "old"), **common))

@@ -94,11 +94,13 @@ RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, "overwrite", "r
 
 # Every stats row has all of these (None where they do not apply), whatever its status.
 STATS_FIELDS = ("id", "status", "kept", "prefix", "prefix_units", "prefix_tokens", "prefix_fraction", "rung",
-                "rungs", "solution_units", "solution_tokens", "samples", "guided_correct", "unparseable",
+                "rungs", "ladder", "solution_units", "solution_tokens", "samples", "guided_correct", "unparseable",
                 "truncated", "tokens")
 # The part of a stats row that a prefixes.jsonl record carries next to the problem's fields.
-RECORD_FIELDS = ("status", "prefix", "prefix_units", "prefix_tokens", "prefix_fraction", "rung", "rungs",
+RECORD_FIELDS = ("status", "prefix", "prefix_units", "prefix_tokens", "prefix_fraction", "rung", "rungs", "ladder",
                  "solution_units", "solution_tokens", "samples", "guided_correct")
+"""`ladder`: [characters, tokens] of each rung searched, shortest first, so that a rung's text is
+the chosen prefix's first `characters` (`pope train --guidance adaptive` steps down it)."""
 HISTOGRAM_BINS = 5
 
 
@@ -188,7 +190,8 @@ class PrefixJob:
         self.tokens += sum(len(c.token_ids) for c in completions)
 
     def row(self, fallback: str) -> dict:
-        counts = dict(rungs=len(self.ladder), solution_units=self.solution_units,
+        counts = dict(rungs=len(self.ladder), ladder=[[len(r.text), r.tokens] for r in self.ladder],
+                      solution_units=self.solution_units,
                       solution_tokens=self.solution_tokens, samples=self.tried * self.n,
                       unparseable=self.unparseable, truncated=self.truncated, tokens=self.tokens)
         if not self.ladder:
@@ -300,7 +303,7 @@ def _finish(cfg: PrefixConfig, problems: list[Problem], done: dict, round_stats:
     atomic_write_jsonl(side_file(out, ".stats.jsonl"), rows)
     by_id = {p.id: p for p in problems}
     listed = [row for row in rows if row["id"] in by_id]
-    atomic_write_jsonl(out, [{**by_id[row["id"]].fields(), **{k: row[k] for k in RECORD_FIELDS},
+    atomic_write_jsonl(out, [{**by_id[row["id"]].fields(), **{k: row.get(k) for k in RECORD_FIELDS},
                               "template": cfg.template, "split": cfg.split}
                              for row in listed if row["kept"]])
     atomic_write_jsonl(side_file(out, ".skipped.jsonl"),

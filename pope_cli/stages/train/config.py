@@ -87,8 +87,13 @@ class TrainConfig(PolicyOptions):
                                     "experiment).", panel=MIX_PANEL, metavar="FILE")
     easy_fraction: float = option(0.0, "Fraction of each step's prompts taken from --easy.", panel=MIX_PANEL)
     guidance: str = option("fixed", "How much of the chosen prefix a guided prompt shows: fixed (POPE: all of it, "
-                                    "every step) or anneal (a share falling linearly to none by --anneal-steps; "
-                                    "see stages/train/guidance.py).", panel=MIX_PANEL, choices=GUIDANCE_MODES)
+                                    "every step), anneal (a share falling linearly to none by --anneal-steps) or "
+                                    "adaptive (guided copies only while the unguided group fails, the prefix a "
+                                    "rung shorter once solved; see stages/train/guidance.py).", panel=MIX_PANEL,
+                           choices=GUIDANCE_MODES)
+    guidance_shorten_at: float = option(0.5, "--guidance adaptive: a problem's prefix steps one rung shorter after "
+                                             "its guided group solves more than this share of its samples.",
+                                        panel=MIX_PANEL)
     anneal_steps: int | None = option(None, "--guidance anneal: the step by which no prefix is shown (default: "
                                             "--steps).", panel=MIX_PANEL, show_default=False)
     curriculum: int = option(0, "Easy-to-hard curriculum: the first N steps train on --easy problems only, the "
@@ -166,6 +171,9 @@ class TrainConfig(PolicyOptions):
             ("--anneal-steps", self.anneal_steps is None or self.anneal_steps >= 1, "must be at least 1"),
             ("--anneal-steps", self.anneal_steps is None or self.guidance == "anneal", "only with --guidance anneal"),
             ("--guidance", self.guidance == "fixed" or self.mode != "grpo", "--mode grpo has no guided prompts"),
+            ("--guidance", self.guidance != "adaptive" or self.mode == "pope",
+             "adaptive decides from the unguided groups: it needs --mode pope"),
+            ("--guidance-shorten-at", 0 <= self.guidance_shorten_at < 1, "must be in [0, 1)"),
             ("--curriculum", 0 <= self.curriculum < self.steps, f"must be in [0, --steps={self.steps})"),
             ("--curriculum", not (self.curriculum and self.easy_fraction),
              "--curriculum and --easy-fraction are two uses of --easy: give one"),

@@ -7,17 +7,24 @@
   the policy's tokenizer), decoded back to text. Once that is 0 tokens the guided copy is the
   problem's unguided prompt, still counted (and logged) as a guided copy. The prefix shown is
   always a beginning of the oracle solution, as in POPE.
+- adaptive (guide only the groups that fail, as BREAD and Guide-GRPO do, and shorten the guide as
+  it is learnt): a problem's guided copy is drawn (its slot is left empty otherwise, so the step
+  has fewer prompts) only while the last unguided group of that problem had no correct sample
+  (none yet counts as none). Its prefix starts at the rung make-prefixes chose and steps one rung
+  shorter on make-prefixes' ladder (the record's `ladder`) after each step whose guided group of
+  it solved more than `--guidance-shorten-at` of its samples; the first rung is the shortest.
+  The state (last unguided outcome, current rung, per problem) is part of the checkpoint.
 
-Logged per step: `guidance/prefix_share` a(s) and `guidance/prefix_fraction`, the mean over the
-step's guided prompts of the shown prefix's share of the solution's tokens (the chosen rung's
-`prefix_fraction` times the share of its tokens kept).
+Logged per step: `guidance/prefix_share` a(s) (anneal; 1 otherwise), `guidance/prefix_fraction`,
+the mean over the step's guided prompts of the shown prefix's share of the solution's tokens, and
+for adaptive `guidance/guided_skipped` (guided copies left out) and `guidance/shortened`.
 """
 
 from __future__ import annotations
 
 import math
 
-GUIDANCE_MODES = ("fixed", "anneal")
+GUIDANCE_MODES = ("fixed", "anneal", "adaptive")
 
 
 def prefix_share(mode: str, step: int, anneal_steps: int) -> float:
@@ -55,3 +62,43 @@ class ShownPrefixes:
         """The shown prefix's share of the solution's tokens."""
         tokens = self.tokens(record)
         return float(record.get("prefix_fraction", 0.0)) * (self.kept(record, share) / len(tokens) if tokens else 0.0)
+
+
+class AdaptiveGuidance:
+    """The adaptive rule's state and decisions, over the records of one run."""
+
+    def __init__(self, shorten_at: float, state: dict | None = None):
+        self.shorten_at = shorten_at
+        state = state or {}
+        self.unguided_solved: dict[str, bool] = dict(state.get("unguided_solved", {}))
+        self.rung: dict[str, int] = dict(state.get("rung", {}))
+
+    def state(self) -> dict:
+        return {"unguided_solved": dict(sorted(self.unguided_solved.items())), "rung": dict(sorted(self.rung.items()))}
+
+    def wanted(self, record: dict) -> bool:
+        """Whether the problem's guided copy is drawn: its last unguided group solved nothing."""
+        return not self.unguided_solved.get(record["id"], False)
+
+    def current_rung(self, record: dict) -> int:
+        return self.rung.get(record["id"], record["rung"])
+
+    def record(self, record: dict) -> dict:
+        """`record` with the prefix of its current rung (and that rung's share of the solution)."""
+        rung = self.current_rung(record)
+        if rung == record["rung"]:
+            return record
+        chars, tokens = record["ladder"][rung - 1]
+        return {**record, "prefix": record["prefix"][:chars],
+                "prefix_fraction": tokens / record["solution_tokens"] if record.get("solution_tokens") else 0.0}
+
+    def observe(self, kind: str, record: dict, solved: list[bool]) -> bool:
+        """Take a group's outcome; True when it shortened the problem's prefix."""
+        if kind == "unguided":
+            self.unguided_solved[record["id"]] = any(solved)
+            return False
+        rung = self.current_rung(record)
+        if kind != "guided" or rung <= 1 or sum(solved) <= self.shorten_at * len(solved):
+            return False
+        self.rung[record["id"]] = rung - 1
+        return True

@@ -6,8 +6,9 @@ The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value m
   (1:1 by default), optionally easy problems: `easy_fraction` of every step, or, with
   `curriculum` C, every prompt of steps 1..C and none after (the easy-to-hard curriculum the
   paper's summary argues against). A guided prompt shows the whole chosen prefix (`guidance`
-  fixed) or, with `guidance` anneal, a share of its tokens falling linearly to none (exact rule in
-  guidance.py). The current policy samples `group_size`
+  fixed) or, with `guidance` anneal, a share of its tokens falling linearly to none; `guidance`
+  adaptive draws a guided copy only while the problem's last unguided group failed and shortens
+  its prefix a rung once the guided group mostly succeeds (exact rules in guidance.py). The current policy samples `group_size`
   completions per prompt at `temperature` (0.8, the paper's).
 - Reward: 1 if the final answer is correct, else 0 (an unparseable answer is 0).
 - Advantage: reward − the group's mean reward, divided by the group's sample std (GRPO) or not
@@ -87,7 +88,7 @@ from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
 from pope_cli.stages.train.report import StepReporter
 from pope_cli.stages.train.update import UpdateSettings, policy_update, reference_scorer
-from pope_cli.stages.train.guidance import ShownPrefixes, prefix_share
+from pope_cli.stages.train.guidance import AdaptiveGuidance, ShownPrefixes, prefix_share
 from pope_cli.stages.train.watch import RunWatch, completion_rows
 
 # Options a rerun may change without changing what the finished steps computed.
@@ -131,6 +132,8 @@ class Run:
         self.prompts = PromptBuilder(self.policy.tokenizer, cfg.prompt, cfg.template)
         self._prompt_cache: dict = {}
         self.shown = ShownPrefixes(self.policy.tokenizer)
+        self.adaptive = AdaptiveGuidance(cfg.guidance_shorten_at, state.get("guidance")) \
+            if cfg.guidance == "adaptive" else None
         # The sampled tokens' log-probs measure (and correct) the sampler/trainer mismatch.
         self.sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens,
                                  logprobs=True)
@@ -165,30 +168,53 @@ class Run:
         nothing for vLLM, which holds its own copy of the weights."""
         return contextlib.nullcontext() if self.sync.vllm else generating(self.policy.model)
 
+    def shown_guided(self, record: dict, share: float) -> dict | None:
+        """A guided record as this step shows it (guidance.py); None: no prefix left, the unguided prompt."""
+        return self.adaptive.record(record) if self.adaptive is not None else self.shown.record(record, share)
+
     def prompt_ids(self, kind: str, record: dict, share: float = 1.0) -> list[int]:
-        """The prompt of an item; a guided one shows `share` of its chosen prefix (see guidance.py)."""
-        shown = self.shown.record(record, share) if kind == "guided" else record
-        key = (kind, record["id"], self.shown.kept(record, share) if kind == "guided" else 0)
+        shown = self.shown_guided(record, share) if kind == "guided" else None
+        as_kind = "guided" if shown is not None else "unguided"
+        key = (as_kind, record["id"], len(shown["prefix"]) if shown is not None else 0)
         if key not in self._prompt_cache:
-            self._prompt_cache[key] = self.prompts.build("guided" if shown is not None and kind == "guided"
-                                                         else "unguided", shown or record)
+            self._prompt_cache[key] = self.prompts.build(as_kind, shown or record)
         return self._prompt_cache[key]
 
     def state(self) -> dict:
-        return {"data": self.mix.state(), "solved_ever": sorted(self.solved_ever), "nan_streak": self.nan_streak}
+        guidance = {"guidance": self.adaptive.state()} if self.adaptive is not None else {}
+        return {"data": self.mix.state(), "solved_ever": sorted(self.solved_ever), "nan_streak": self.nan_streak,
+                **guidance}
 
 
 def _guidance_metrics(run: Run, items: list, share: float) -> dict:
     guided = [item.record for item in items if item.kind == "guided"]
-    fractions = [run.shown.fraction(record, share) for record in guided]
+    if run.adaptive is not None:
+        fractions = [float(run.adaptive.record(record)["prefix_fraction"]) for record in guided]
+    else:
+        fractions = [run.shown.fraction(record, share) for record in guided]
     return {"guidance/prefix_share": share if guided else None,
             "guidance/prefix_fraction": sum(fractions) / len(fractions) if fractions else None}
+
+
+def _drawn(run: Run, step: int) -> tuple[list, int]:
+    """The step's items, less the guided copies adaptive guidance leaves out; and how many it left."""
+    items = run.mix.draw(step)
+    if run.adaptive is None:
+        return items, 0
+    kept = [item for item in items if item.kind != "guided" or run.adaptive.wanted(item.record)]
+    return kept, len(items) - len(kept)
+
+
+def _adapt(run: Run, result) -> int:
+    """Adaptive guidance takes the step's outcomes; returns how many prefixes it shortened."""
+    return sum(run.adaptive.observe(item.kind, item.record, result.correct[g].tolist())
+               for g, item in enumerate(result.items))
 
 
 def train_step(run: Run, step: int) -> dict:
     """One step (0-based); returns its metrics row."""
     cfg, started = run.cfg, time.perf_counter()
-    items = run.mix.draw(step)
+    items, skipped = _drawn(run, step)
     mine = run.ranks.block(len(items))
     share = prefix_share(cfg.guidance, step, cfg.anneal_steps or cfg.steps)
     prompts = [run.prompt_ids(item.kind, item.record, share) for item in items[mine]]
@@ -219,6 +245,8 @@ def train_step(run: Run, step: int) -> dict:
     run.sync.after_update()
     sync_s = time.perf_counter() - sync_started
     metrics.update(_guidance_metrics(run, items, share))
+    if run.adaptive is not None:
+        metrics.update({"guidance/guided_skipped": skipped, "guidance/shortened": _adapt(run, result)})
     row = {"step": step + 1, **metrics, "solved_unguided/step": len(solved), "solved_unguided/ever": len(run.solved_ever),
            "lr": lr, **update,
            "time/generate_s": times["generate"], "time/score_s": times["score"], "time/train_s": train_s,
@@ -284,6 +312,11 @@ def read_training_data(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     from pope_cli.shared.data import read_prefix_records, read_problems
 
     hard = read_prefix_records(cfg.prefixes)
+    if cfg.guidance == "adaptive":
+        unladdered = [r["id"] for r in hard if r.get("prefix") and not (r.get("ladder") and r.get("rung"))]
+        if unladdered:
+            raise PopeError(f"--guidance adaptive: {cfg.prefixes}: {len(unladdered)} record(s) have no rung ladder "
+                            f"(first: {unladdered[0]!r}); make the prefixes again with this pope's make-prefixes")
     easy = [p.fields() for p in read_problems(cfg.easy)] if cfg.easy else []
     return hard, easy
 
