@@ -13,7 +13,7 @@ import typer
 from pope_cli import __version__
 from pope_cli.commands import eval as eval_cmd
 from pope_cli.commands import filter_hard
-from pope_cli.commands import demo, export, make_prefixes, report, sft, toy, train
+from pope_cli.commands import demo, export, make_prefixes, make_solutions, report, sft, toy, train
 
 app = typer.Typer(
     name="pope",
@@ -39,6 +39,7 @@ def main(
 
 
 app.command("filter-hard", no_args_is_help=True)(filter_hard.command)
+app.command("make-solutions", no_args_is_help=True)(make_solutions.command)
 app.command("make-prefixes", no_args_is_help=True)(make_prefixes.command)
 app.command("train", no_args_is_help=True)(train.command)
 app.command("sft", no_args_is_help=True)(sft.command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, bad_option, overwrite_option, seed_option)
+                                    SamplingOptions, bad_option, overwrite_option, require_weights, seed_option)
 from pope_cli.shared.options import group, option
 
 DATA_PANEL = "SFT data"
@@ -62,6 +62,7 @@ class SftConfig:
     kl_coef = 0.0
 
     def __post_init__(self):
+        require_weights(self.model)
         if self.lr is None:
             self.lr = 1e-4 if self.lora else 1e-5
         for flag, ok, message in self._checks():

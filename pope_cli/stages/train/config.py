@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
                                     RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
-                                    overwrite_option, seed_option)
+                                    overwrite_option, require_weights, seed_option)
 from pope_cli.shared.options import group, option
 
 MIX_PANEL = "Data mix"
@@ -120,6 +120,7 @@ class TrainConfig:
     overwrite: bool = overwrite_option()
 
     def __post_init__(self):
+        require_weights(self.model)
         if self.lr is None:
             self.lr = LORA_DEFAULT_LR if self.lora else FULL_DEFAULT_LR
         self.eval_k = sorted(set(self.eval_k or [1, self.eval_n]))
