@@ -216,6 +216,10 @@ class ApiOptions:
         if model.backend != "openai" and self.api_base:
             raise bad_option("--api-base", "only used with --backend openai")
 
+    def rows_per_round(self, model: "ModelOptions") -> int:
+        """Samples per round of `run_rounds`: a served model takes as many at once as requests may be in flight."""
+        return max(model.batch_size, self.max_concurrency) if model.backend == "openai" else model.batch_size
+
 
 # Where the server is and how hard it is pushed change how a run goes, not what it writes.
 API_RESUME_IGNORED = ("api.api_base", "api.api_key_env", "api.max_concurrency", "api.request_timeout", "api.max_retries")

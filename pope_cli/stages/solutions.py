@@ -100,12 +100,6 @@ class SolutionsConfig:
             return self.api.api_model
         return self.model.model
 
-    def rows_per_round(self) -> int:
-        """A served model takes as many samples at once as requests may be in flight."""
-        if self.model.backend == "openai":
-            return max(self.model.batch_size, self.api.max_concurrency)
-        return self.model.batch_size
-
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
 RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, *API_RESUME_IGNORED, "overwrite", "reward.workers",
@@ -233,7 +227,7 @@ def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
             done[row["id"]] = row
             progress(len(done), total)
 
-        return run_rounds(jobs, engine, sampling, scorer, cfg.rows_per_round(), finished)
+        return run_rounds(jobs, engine, sampling, scorer, cfg.api.rows_per_round(cfg.model), finished)
 
 
 def _finish(cfg: SolutionsConfig, problems: list[Problem], done: dict, round_stats: RoundStats, retries: dict,
