@@ -199,3 +199,8 @@ def test_workers_are_refused_with_a_served_model():
 
     with pytest.raises(PopeError, match=r"--workers/--ray: not with --backend openai"):
         plan_workers(ModelOptions("m", backend="openai"), WorkerOptions(workers=2))
+
+
+def test_stages_without_the_server_options_refuse_a_served_model():
+    with pytest.raises(PopeError, match=r"only make-solutions and filter-hard sample a served model"):
+        make_engine(ModelOptions("m", backend="openai"))

@@ -62,7 +62,7 @@ class ModelOptions:
     model: str = option(help="Hub id or local directory of the model (a PEFT adapter directory loads base + adapter).",
                         flags=("--model", "-m"), panel=MODEL_PANEL)
     backend: str = option("auto", "Generation backend: hf (transformers), vllm, auto (vllm when importable and CUDA is "
-                                  "present), or openai (a served model: see --api-base; sampling stages only).",
+                                  "present), or openai (a served model, in make-solutions and filter-hard: see --api-base).",
                           panel=MODEL_PANEL)
     dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32.", panel=MODEL_PANEL)
     device: str = option("auto", "auto, cpu or cuda[:N] (hf backend).", panel=MODEL_PANEL)

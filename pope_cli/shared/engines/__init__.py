@@ -29,10 +29,13 @@ def make_engine(opts, *, api=None, max_lora_rank: int | None = None, enable_slee
     with, sleep mode to free the GPU between rollouts, full-weight updates from a trainer in this
     process, and the GPUs to split the model over."""
     if opts.backend == "openai":
-        from pope_cli.shared.config import ApiOptions
         from pope_cli.shared.engines.openai_api import OpenAIEngine
+        from pope_cli.shared.errors import PopeError
 
-        return OpenAIEngine.from_options(opts, api or ApiOptions())
+        if api is None:
+            # Without --api-base the client would fall back to api.openai.com.
+            raise PopeError("--backend openai: only make-solutions and filter-hard sample a served model", exit_code=2)
+        return OpenAIEngine.from_options(opts, api)
     if choose_backend(opts.backend) == "vllm":
         from pope_cli.shared.engines.vllm import VLLMEngine
 
