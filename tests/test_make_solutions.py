@@ -226,3 +226,23 @@ def test_sigkill_then_rerun_writes_the_bytes_of_a_straight_run(tmp_path, char_to
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True)
     for suffix in ("", ".stats.jsonl", ".unsolved.jsonl"):
         assert Path(f"{out}{suffix}").read_bytes() == Path(f"{tmp_path / 'straight.jsonl'}{suffix}").read_bytes(), suffix
+
+
+def test_dry_run_plans_the_problems_without_a_solution_and_loads_no_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from pope_cli.cli import app
+
+    data = make_problems(tmp_path / "p.jsonl", ["easy"] * 10, solutions={0: "s", 1: "s"})
+    result = CliRunner().invoke(app, ["make-solutions", str(data), "--model", "no/such-model", "--out",
+                                      str(tmp_path / "s.jsonl"), "--dry-run", "--k", "256", "--chunk", "16",
+                                      "--max-new-tokens", "100", "--workers", "8", "--gen-tokens-per-s", "10"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
+             if line.count("│") == 3}
+    # 8 to sample: 20% draw all 256, the others one chunk of 16.
+    assert lines["to sample"] == "8" and lines["kept (had a solution)"] == "2"
+    assert lines["samples, worst case (all k = 256)"] == "2048" and lines["samples, expected (20% unsolved)"] == "512"
+    assert lines["tokens at --max-new-tokens, worst / expected"] == "204800 / 51200"
+    assert lines["hours, worst / expected"].startswith("0.71 / 0.18")
+    assert not list(tmp_path.glob("s.jsonl*"))
