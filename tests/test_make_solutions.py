@@ -236,7 +236,8 @@ def test_dry_run_plans_the_problems_without_a_solution_and_loads_no_model(tmp_pa
     data = make_problems(tmp_path / "p.jsonl", ["easy"] * 10, solutions={0: "s", 1: "s"})
     result = CliRunner().invoke(app, ["make-solutions", str(data), "--model", "no/such-model", "--out",
                                       str(tmp_path / "s.jsonl"), "--dry-run", "--k", "256", "--chunk", "16",
-                                      "--max-new-tokens", "100", "--workers", "8", "--gen-tokens-per-s", "10"])
+                                      "--max-new-tokens", "100", "--workers", "8", "--gen-tokens-per-s", "10"],
+                                env={"COLUMNS": "200"})  # one table row per line
     assert result.exit_code == 0, result.output
     lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
              if line.count("│") == 3}
