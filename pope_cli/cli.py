@@ -16,6 +16,8 @@ from pope_cli.commands.registry import Entry, lazy_group
 
 COMMANDS = {
     "filter-hard": Entry("filter_hard", "Sample each problem up to k times and keep the ones the model never solves."),
+    "make-solutions": Entry("make_solutions", "Sample a teacher (a model, the policy itself, or a served model) until "
+                                              "it solves each problem; keep that solution."),
     "make-prefixes": Entry("make_prefixes", "Per hard problem, the shortest oracle prefix under which the model solves "
                                             "the guided version."),
     "train": Entry("train", "RL on hard problems with guided (oracle-prefix) and unguided copies: on-policy GRPO, LoRA "

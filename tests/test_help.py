@@ -14,6 +14,7 @@ from test_cli import pope
 COMMAND_ARGS = {
     "filter-hard": ["p.jsonl", "--model", "m/x", "--out", "o"],
     "make-prefixes": ["p.jsonl", "--model", "m/x", "--out", "o.jsonl"],
+    "make-solutions": ["p.jsonl", "--model", "m/x", "--out", "o.jsonl"],
     "train": ["p.jsonl", "--model", "m/x", "--out", "o"],
     "sft": ["p.jsonl", "--model", "m/x", "--out", "o"],
     "eval": ["p.jsonl", "--model", "m/x", "--out", "o"],
@@ -21,8 +22,10 @@ COMMAND_ARGS = {
     "demo": ["--out", "o"],
 }
 CHOICES = [
-    ("filter-hard", "--backend", "auto|hf|vllm"),
+    ("filter-hard", "--backend", "auto|hf|vllm|openai"),
     ("filter-hard", "--dtype", "auto|bfloat16|float16|float32"),
+    ("make-solutions", "--keep", "shortest|first"),
+    ("make-solutions", "--backend", "auto|hf|vllm|openai"),
     ("make-prefixes", "--split", "units|tokens"),
     ("make-prefixes", "--fallback", "largest|drop"),
     ("train", "--mode", "pope|grpo|guided"),
@@ -64,7 +67,7 @@ def test_help_imports_its_command_alone_and_no_heavy_library(args, command_modul
 @pytest.mark.parametrize("command, flag, choices", CHOICES)
 def test_fixed_values_are_shown_and_any_other_is_refused_in_one_line(tmp_path, command, flag, choices):
     page = pope(command, "--help", check=True, columns=300).stdout
-    line = next(text for text in page.splitlines() if f" {flag} " in text)
+    line = next(text for text in page.splitlines() if text.lstrip("│ ").startswith(f"{flag} "))
     assert f"[{choices}" in line
     proc = pope(command, *COMMAND_ARGS[command], flag, "bogus", cwd=tmp_path)
     assert proc.returncode == 2

@@ -28,7 +28,7 @@ def command(cfg: FilterHardConfig):
     if plan is not None:
         print(f"filter-hard: {plan.describe()}", file=sys.stderr)
     with progress_reporter("filter-hard", total=0) as progress:
-        summary = run_filter_hard(cfg, engine_factory(cfg.model, plan), scorer_factory(cfg.reward), progress)
+        summary = run_filter_hard(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress)
     print_table("filter-hard", [
         ("problems", summary["problems"]), ("hard", summary["hard"]), ("easy", summary["easy"]),
         ("samples drawn", f"{summary['samples']} of {summary['naive_samples']} a naive filter draws"),

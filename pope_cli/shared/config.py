@@ -46,14 +46,24 @@ def int_list(option_name: str):
     return parse
 
 
+BACKENDS = ("auto", "hf", "vllm", "openai")
+
+
+def require_weights(model: "ModelOptions") -> None:
+    """Training needs the model's weights in this process; a served model only gives text."""
+    if model.backend == "openai":
+        raise bad_option("--backend", "openai serves text only; training needs the weights here (use hf, vllm or auto)")
+
+
 @dataclass
 class ModelOptions:
     """Which model generates, and how it is loaded."""
 
     model: str = option(help="Hub id or local directory of the model (a PEFT adapter directory loads base + adapter).",
                         flags=("--model", "-m"), panel=MODEL_PANEL, metavar="ID|DIR")
-    backend: str = option("auto", "Generation backend: hf (transformers), vllm, or auto (vllm when importable and CUDA is present).",
-                          panel=MODEL_PANEL, choices=("auto", "hf", "vllm"))
+    backend: str = option("auto", "Generation backend: hf (transformers), vllm, auto (vllm when importable and CUDA is "
+                                  "present), or openai (a served model, in make-solutions and filter-hard: see --api-base).",
+                          panel=MODEL_PANEL, choices=BACKENDS)
     dtype: str = option("auto", "auto: bf16 on GPU, fp32 on CPU.", panel=MODEL_PANEL,
                         choices=("auto", "bfloat16", "float16", "float32"))
     device: str = option("auto", "hf backend: where the model runs.", panel=MODEL_PANEL, metavar="auto|cpu|cuda[:N]")
@@ -172,6 +182,47 @@ class WorkerOptions:
         return self.ray is not None or (self.workers or 1) > 1 or self.tensor_parallel_size > 1
 
 
+API_PANEL = "Served model (--backend openai)"
+
+
+@dataclass
+class ApiOptions:
+    """Where a served model answers (`--backend openai`): any OpenAI-compatible /v1/completions endpoint."""
+
+    api_base: str | None = option(None, "Base URL of the OpenAI-compatible server (vLLM, SGLang, a hosted API), e.g. "
+                                        "http://127.0.0.1:8000/v1.", panel=API_PANEL, metavar="URL")
+    api_model: str | None = option(None, "The model name the server knows (default: --model, which names the tokenizer "
+                                         "that builds and counts the prompts).", panel=API_PANEL)
+    api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key; the key itself is never "
+                                                "written to a file or log. Unset: no key is sent.", panel=API_PANEL,
+                              metavar="VAR")
+    max_concurrency: int = option(16, "Requests in flight at once.", panel=API_PANEL)
+    request_timeout: float = option(600.0, "Seconds one request may take before it is retried.", panel=API_PANEL)
+    max_retries: int = option(6, "Retries of a request after a 429, a 5xx, a timeout or a dropped connection, with "
+                                 "exponential backoff (the server's Retry-After when it sends one).", panel=API_PANEL)
+
+    def __post_init__(self):
+        if self.max_concurrency < 1:
+            raise bad_option("--max-concurrency", "must be at least 1")
+        if self.request_timeout <= 0:
+            raise bad_option("--request-timeout", "must be > 0")
+        if self.max_retries < 0:
+            raise bad_option("--max-retries", "must be >= 0")
+
+    def check(self, model: "ModelOptions") -> None:
+        """The options a served model needs, checked before anything is claimed."""
+        if model.backend == "openai" and not self.api_base:
+            raise bad_option("--api-base", "--backend openai needs the server's URL, e.g. http://127.0.0.1:8000/v1")
+        if model.backend != "openai" and self.api_base:
+            raise bad_option("--api-base", "only used with --backend openai")
+
+    def rows_per_round(self, model: "ModelOptions") -> int:
+        """Samples per round of `run_rounds`: a served model takes as many at once as requests may be in flight."""
+        return max(model.batch_size, self.max_concurrency) if model.backend == "openai" else model.batch_size
+
+
+# Where the server is and how hard it is pushed change how a run goes, not what it writes.
+API_RESUME_IGNORED = ("api.api_base", "api.api_key_env", "api.max_concurrency", "api.request_timeout", "api.max_retries")
 # The worker options change how fast a stage goes, never what it writes: a resume may change them.
 WORKER_RESUME_IGNORED = ("parallel.workers", "parallel.ray", "parallel.tensor_parallel_size", "parallel.max_restarts")
 # Engine memory and batching: how much fits at once, not what is sampled.

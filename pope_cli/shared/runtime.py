@@ -12,11 +12,12 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions
+from pope_cli.shared.config import ApiOptions, ModelOptions, PromptOptions, RewardOptions
 
 
-def engine_factory(opts: ModelOptions, plan=None) -> Callable:
-    """The stage's engine: in-process, or with a `workers.factory.WorkerPlan` a pool of workers."""
+def engine_factory(opts: ModelOptions, plan=None, api: ApiOptions | None = None) -> Callable:
+    """The stage's engine: in-process, with a `workers.factory.WorkerPlan` a pool of workers, or
+    with `--backend openai` a client of the server `api` names."""
     def build():
         if plan is not None:
             from pope_cli.shared.workers.factory import pooled_engine
@@ -24,7 +25,7 @@ def engine_factory(opts: ModelOptions, plan=None) -> Callable:
             return pooled_engine(opts, plan)
         from pope_cli.shared.engines import make_engine
 
-        return make_engine(opts)
+        return make_engine(opts, api=api)
 
     return build
 

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pope_cli.shared.config import (MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, WorkerOptions, bad_option, overwrite_option, seed_option)
+from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, ApiOptions, FieldMap,
+                                    ModelOptions, PromptOptions, RewardOptions, SamplingOptions, WorkerOptions, bad_option,
+                                    overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.options import group, option
@@ -40,6 +41,7 @@ class FilterHardConfig:
     prompt: PromptOptions = group()
     sampling: SamplingOptions = group()
     reward: RewardOptions = group()
+    api: ApiOptions = group(default_factory=ApiOptions)
     parallel: WorkerOptions = group(default_factory=WorkerOptions)
     k: int = option(128, "Samples per problem; hard = 0 correct of k (the paper: 128 at a 32k-token budget).")
     chunk: int = option(16, "Samples per problem per round; sampling stops after the first round with a correct one.")
@@ -62,10 +64,11 @@ class FilterHardConfig:
             raise bad_option("--assume-hard", "must be in [0, 1]")
         if self.gen_tokens_per_s is not None and self.gen_tokens_per_s <= 0:
             raise bad_option("--gen-tokens-per-s", "must be > 0")
+        self.api.check(self.model)
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
-RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, "overwrite", "reward.workers", "dry_run",
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, *API_RESUME_IGNORED, "overwrite", "reward.workers", "dry_run",
                   "assume_hard", "gen_tokens_per_s")
 
 
@@ -163,7 +166,7 @@ def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
             progress(len(done), total)
 
         try:
-            return run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size, finished)
+            return run_rounds(jobs, engine, sampling, scorer, cfg.api.rows_per_round(cfg.model), finished)
         finally:
             if samples_file:
                 samples_file.close()

@@ -12,7 +12,7 @@ __all__ = ["Completion", "Engine", "Request", "Sampling", "choose_backend", "mak
 
 
 def choose_backend(backend: str) -> str:
-    """`hf` or `vllm` for a `--backend` value; `auto` takes vLLM when it is installed and CUDA is present."""
+    """`hf`, `vllm` or `openai` for a `--backend` value; `auto` takes vLLM when it is installed and CUDA is present."""
     if backend != "auto":
         return backend
     import importlib.util
@@ -22,11 +22,20 @@ def choose_backend(backend: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
 
 
-def make_engine(opts, *, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
+def make_engine(opts, *, api=None, max_lora_rank: int | None = None, enable_sleep_mode: bool = False,
                 full_weight_sync: bool = False, tensor_parallel_size: int = 1) -> Engine:
-    """The engine for a `ModelOptions`. The keyword options only concern vLLM: a LoRA rank to
-    serve trained adapters with, sleep mode to free the GPU between rollouts, full-weight
-    updates from a trainer in this process, and the GPUs to split the model over."""
+    """The engine for a `ModelOptions`; `api` (`ApiOptions`) says where `--backend openai` finds its
+    server. The other keyword options only concern vLLM: a LoRA rank to serve trained adapters
+    with, sleep mode to free the GPU between rollouts, full-weight updates from a trainer in this
+    process, and the GPUs to split the model over."""
+    if opts.backend == "openai":
+        from pope_cli.shared.engines.openai_api import OpenAIEngine
+        from pope_cli.shared.errors import PopeError
+
+        if api is None:
+            # Without --api-base the client would fall back to api.openai.com.
+            raise PopeError("--backend openai: only make-solutions and filter-hard sample a served model", exit_code=2)
+        return OpenAIEngine.from_options(opts, api)
     if choose_backend(opts.backend) == "vllm":
         from pope_cli.shared.engines.vllm import VLLMEngine
 

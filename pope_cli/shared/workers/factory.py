@@ -41,6 +41,9 @@ def plan_workers(model: ModelOptions, parallel: WorkerOptions) -> WorkerPlan | N
     """None when the stage samples in-process (one worker, no Ray)."""
     if not parallel.pooled():
         return None
+    if model.backend == "openai":
+        raise PopeError("--workers/--ray: not with --backend openai; the server batches (use --max-concurrency)",
+                        exit_code=2)
     tp = parallel.tensor_parallel_size
     if tp > 1 and model.backend == "hf":
         raise PopeError("--tensor-parallel-size: needs --backend vllm (or auto with vLLM installed)", exit_code=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, bad_option, overwrite_option, seed_option)
+                                    SamplingOptions, bad_option, overwrite_option, require_weights, seed_option)
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.stages.train.config import OPTIM_PANEL, PolicyOptions
 
@@ -53,6 +53,7 @@ class SftConfig(PolicyOptions):
 
     def __post_init__(self):
         check_choices(self)
+        require_weights(self.model)
         if self.lr is None:
             self.lr = 1e-4 if self.lora else 1e-5
         for flag, ok, message in self._policy_checks() + self._checks():

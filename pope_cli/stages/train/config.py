@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
                                     RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
-                                    overwrite_option, seed_option)
+                                    overwrite_option, require_weights, seed_option)
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.stages.train.guidance import GUIDANCE_MODES
 
@@ -155,6 +155,7 @@ class TrainConfig(PolicyOptions):
 
     def __post_init__(self):
         check_choices(self)
+        require_weights(self.model)
         if self.lr is None:
             self.lr = LORA_DEFAULT_LR if self.lora else FULL_DEFAULT_LR
         self.eval_k = sorted(set(self.eval_k or [1, self.eval_n]))
