@@ -33,6 +33,22 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def sampling_stage_config(cls, data: Path, out: Path, model_name: str = "scripted", batch_size: int = 8,
+                          max_new_tokens: int = 32, **fields):
+    """A sampling stage's config (filter-hard, make-prefixes, make-solutions) on a named scripted
+    model with the default field names, prompts and reward; `fields` set (or replace) the rest."""
+    from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+
+    values = dict(data=str(data), out=str(out), model=ModelOptions(model_name, batch_size=batch_size),
+                  fields=FieldMap(), prompt=PromptOptions(), sampling=SamplingOptions(max_new_tokens=max_new_tokens),
+                  reward=RewardOptions())
+    return cls(**{**values, **fields})
+
+
 def write_prefix_workspace(root: Path, rows: list[dict]) -> Path:
     """`root` with short char-level templates (unguided.txt, guided.txt) and a prefixes.jsonl of
     `rows` (id, problem, answer, solution, prefix, prefix_fraction), each found, under guided.txt."""

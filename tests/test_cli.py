@@ -95,7 +95,7 @@ def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
         "from conftest import build_char_tokenizer\n"
         "import pope_cli.shared.runtime as runtime\n"
         "engine = ScriptedEngine(build_char_tokenizer(), lambda prompt, stream: 'x', delay=0.2)\n"
-        "runtime.engine_factory = lambda opts, plan=None: (lambda: engine)\n"
+        "runtime.engine_factory = lambda opts, plan=None, api=None: (lambda: engine)\n"
         "runtime.scorer_factory = lambda opts: BoxScorer\n"
         "from pope_cli.cli import app\n"
         "app(['filter-hard', 'p.jsonl', '--model', 'm/x', '--out', 'o', '--k', '4', '--batch-size', '4'])\n"

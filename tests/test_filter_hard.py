@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_jsonl, sampling_stage_config
 from fakes import BoxScorer, ScriptedEngine
 from processes import killed_when, lines_in, python
-from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.shared.config import ModelOptions
 from pope_cli.stages.filter_hard import FilterHardConfig
 from pope_cli.stages.filter_hard import run_filter_hard
 
@@ -33,11 +34,7 @@ def make_problems(path: Path, count: int) -> Path:
 
 
 def config(data: Path, out: Path, **overrides) -> FilterHardConfig:
-    values = dict(data=str(data), out=str(out), model=ModelOptions("scripted", batch_size=8), fields=FieldMap(),
-                  prompt=PromptOptions(), sampling=SamplingOptions(max_new_tokens=32), reward=RewardOptions(),
-                  k=32, chunk=4, seed=3)
-    values.update(overrides)
-    return FilterHardConfig(**values)
+    return sampling_stage_config(FilterHardConfig, data, out, **{"k": 32, "chunk": 4, "seed": 3, **overrides})
 
 
 def run(cfg, tokenizer, delay: float = 0.0):
@@ -45,8 +42,6 @@ def run(cfg, tokenizer, delay: float = 0.0):
     return run_filter_hard(cfg, lambda: engine, BoxScorer), engine
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_early_stopping_draws_fewer_on_solvable_and_exactly_k_on_unsolvable(tmp_path, char_tokenizer):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_jsonl, sampling_stage_config
 from fakes import ScriptedEngine
-from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.shared.config import ModelOptions
 from pope_cli.shared.data import read_problems
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.stages.solutions import SolutionsConfig, run_make_solutions, strip_thinking
@@ -66,11 +67,8 @@ def make_problems(path: Path, kinds: list[str], solutions: dict[int, str] | None
 
 
 def config(data: Path, out: Path, **overrides) -> SolutionsConfig:
-    values = dict(data=str(data), out=str(out), model=ModelOptions("teacher", batch_size=8), fields=FieldMap(),
-                  prompt=PromptOptions(), sampling=SamplingOptions(max_new_tokens=64), reward=RewardOptions(),
-                  k=K, chunk=CHUNK, seed=SEED)
-    values.update(overrides)
-    return SolutionsConfig(**values)
+    return sampling_stage_config(SolutionsConfig, data, out, model_name="teacher", max_new_tokens=64,
+                                 **{"k": K, "chunk": CHUNK, "seed": SEED, **overrides})
 
 
 def run(cfg, tokenizer, delay: float = 0.0):
@@ -78,8 +76,6 @@ def run(cfg, tokenizer, delay: float = 0.0):
     return run_make_solutions(cfg, lambda: engine, EndScorer), engine
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def expected_pick(pid: str, keep: str = "shortest", ok=solves, kind: str = "easy") -> tuple[int, int, int]:

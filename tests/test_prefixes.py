@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_jsonl, sampling_stage_config
 from fakes import BoxScorer, ScriptedEngine
 from processes import killed_when, lines_in, python
-from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+from pope_cli.shared.config import ModelOptions
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.prompts import Rung
 from pope_cli.stages.prefixes import PrefixConfig
@@ -47,11 +48,7 @@ def make_problems(path: Path, needs: list[int | None]) -> Path:
 
 
 def config(data: Path, out: Path, **overrides) -> PrefixConfig:
-    values = dict(data=str(data), out=str(out), model=ModelOptions("scripted", batch_size=8), fields=FieldMap(),
-                  prompt=PromptOptions(), sampling=SamplingOptions(max_new_tokens=32), reward=RewardOptions(),
-                  n=4, seed=3)
-    values.update(overrides)
-    return PrefixConfig(**values)
+    return sampling_stage_config(PrefixConfig, data, out, **{"n": 4, "seed": 3, **overrides})
 
 
 def run(cfg: PrefixConfig, tokenizer, delay: float = 0.0):
@@ -63,8 +60,6 @@ def no_engine():
     raise AssertionError("no engine should be built")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def test_ladder_stops_at_the_first_successful_rung(tmp_path, char_tokenizer):

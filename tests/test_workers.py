@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import default_sigint
+from conftest import default_sigint, sampling_stage_config
 from fakes import BoxScorer
 from processes import killed_when, lines_in, python, started_until
-from pope_cli.shared.config import (FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
-                                    WorkerOptions)
+from pope_cli.shared.config import ModelOptions, SamplingOptions, WorkerOptions
 from pope_cli.shared.engines.base import Request, Sampling
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.workers.factory import WorkerPlan, plan_workers, pooled_engine
@@ -39,11 +38,8 @@ def make_problems(path: Path, count: int) -> Path:
 
 
 def config(data: Path, out: Path, **overrides) -> FilterHardConfig:
-    values = dict(data=str(data), out=str(out), model=ModelOptions("scripted", batch_size=4), fields=FieldMap(),
-                  prompt=PromptOptions(), sampling=SamplingOptions(max_new_tokens=32), reward=RewardOptions(),
-                  k=12, chunk=3, seed=5, save_samples=True)
-    values.update(overrides)
-    return FilterHardConfig(**values)
+    return sampling_stage_config(FilterHardConfig, data, out, batch_size=4,
+                                 **{"k": 12, "chunk": 3, "seed": 5, "save_samples": True, **overrides})
 
 
 def vocab_of(tokenizer) -> list[str]:

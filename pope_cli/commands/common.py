@@ -1,4 +1,4 @@
-"""The one place user errors become exit codes, and the end-of-stage table."""
+"""The one place user errors become exit codes, the end-of-stage table, and a sampling stage's run."""
 
 from __future__ import annotations
 
@@ -44,3 +44,18 @@ def print_table(title: str, rows: list[tuple[str, object]]) -> None:
     for name, value in rows:
         table.add_row(name, "-" if value is None else str(value))
     Console().print(table)
+
+
+def run_sampling_stage(name: str, cfg, run):
+    """`run(cfg, make_engine, make_scorer, progress)` of a stage that samples problems in rounds
+    (filter-hard, make-solutions): the model checked, the workers planned (and said), a progress line."""
+    from pope_cli.shared.models import check_model_ref
+    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.workers.factory import plan_workers
+
+    check_model_ref(cfg.model.model)
+    plan = plan_workers(cfg.model, cfg.parallel)
+    if plan is not None:
+        print(f"{name}: {plan.describe()}", file=sys.stderr)
+    with progress_reporter(name, total=0) as progress:
+        return run(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress)

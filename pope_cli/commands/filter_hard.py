@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
-from pope_cli.commands.common import print_table
+from pope_cli.commands.common import print_table, run_sampling_stage
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.filter_hard import FilterHardConfig
 
 
 @stage_command(FilterHardConfig)
 def command(cfg: FilterHardConfig):
-    from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec
-    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
-    from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.filter_hard import run_filter_hard
 
     validate_reward_spec(cfg.reward.spec)
@@ -23,12 +18,7 @@ def command(cfg: FilterHardConfig):
     if cfg.dry_run:
         print_plan(cfg)
         return
-    check_model_ref(cfg.model.model)
-    plan = plan_workers(cfg.model, cfg.parallel)
-    if plan is not None:
-        print(f"filter-hard: {plan.describe()}", file=sys.stderr)
-    with progress_reporter("filter-hard", total=0) as progress:
-        summary = run_filter_hard(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress)
+    summary = run_sampling_stage("filter-hard", cfg, run_filter_hard)
     print_table("filter-hard", [
         ("problems", summary["problems"]), ("hard", summary["hard"]), ("easy", summary["easy"]),
         ("samples drawn", f"{summary['samples']} of {summary['naive_samples']} a naive filter draws"),

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
-from pope_cli.commands.common import print_table
+from pope_cli.commands.common import print_table, run_sampling_stage
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.solutions import SolutionsConfig
 
 
 @stage_command(SolutionsConfig)
 def command(cfg: SolutionsConfig):
-    from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec
-    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
-    from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.solutions import run_make_solutions
 
     validate_reward_spec(cfg.reward.spec)
@@ -23,12 +18,7 @@ def command(cfg: SolutionsConfig):
     if cfg.dry_run:
         print_plan(cfg)
         return
-    check_model_ref(cfg.model.model)
-    plan = plan_workers(cfg.model, cfg.parallel)
-    if plan is not None:
-        print(f"make-solutions: {plan.describe()}", file=sys.stderr)
-    with progress_reporter("make-solutions", total=0) as progress:
-        summary = run_make_solutions(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress)
+    summary = run_sampling_stage("make-solutions", cfg, run_make_solutions)
     retries = ", ".join(f"{count} {cause}" for cause, count in sorted(summary["api_retries"].items())) or None
     rows = [("records", summary["problems"]), ("kept (had a solution)", summary["kept"]),
             ("solved", summary["solved"]), ("unsolved", summary["unsolved"]),
