@@ -51,6 +51,8 @@ class ShownPrefixes:
 
     def record(self, record: dict, share: float) -> dict | None:
         """`record` with its prefix cut to `share`; None when nothing of it is left."""
+        if share >= 1.0:
+            return record
         kept = self.kept(record, share)
         if kept == len(self.tokens(record)):
             return record
@@ -60,6 +62,8 @@ class ShownPrefixes:
 
     def fraction(self, record: dict, share: float) -> float:
         """The shown prefix's share of the solution's tokens."""
+        if share >= 1.0:
+            return float(record.get("prefix_fraction", 0.0))
         tokens = self.tokens(record)
         return float(record.get("prefix_fraction", 0.0)) * (self.kept(record, share) / len(tokens) if tokens else 0.0)
 
