@@ -6,19 +6,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from conftest import read_jsonl as read
 
 
 def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--steps", "2", "--n-easy", "4", "--n-hard", "4", "--n-heldout", "2", "--k", "4",
             "--prefix-n", "2", "--eval-n", "2", "--prompts-per-step", "2", "--group-size", "2", "--parallel", "2",
-            "--arms", "pope,pope-no-restate,sft-grpo", "--sft-steps", "2", "--heldout", "filter"]
+            "--arms", "pope,pope-no-restate,sft-grpo,pope-self", "--sft-steps", "2", "--heldout", "filter"]
     proc = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"start", "pope", "pope-no-restate", "sft-grpo"}
+    assert set(results["arms"]) == {"start", "pope", "pope-no-restate", "sft-grpo", "pope-self"}
+    found = results["training"]["pope-self"]
+    assert found["solutions"]["problems"] == results["filter"]["hard"] == sum(found["prefixes"].values())
+    assert found["solutions"]["solved"] == found["prefixes"]["found"] + found["prefixes"]["not_found_kept"]
+    assert "solution" not in json.loads((out / "solutions" / "answers.jsonl").read_text().splitlines()[0])
     assert set(results["arms"]["pope-no-restate"]) == {"unguided", "guided", "guided_own_template"}
     sft = results["training"]["sft-grpo"]
     assert sft["sft_steps"] == 2 and sft["steps"] == 2 and sft["sft_data"]["kept"] == results["filter"]["hard"]
@@ -35,19 +42,19 @@ def test_demo_runs_every_stage_and_writes_results_curves_and_a_report(tmp_path):
     assert any(c.startswith("pope train ") and "--mode pope" in c for c in results["commands"])
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report" / "manifest.json").read_text())
-    assert report["runs"] == ["pope", "pope-no-restate", "sft-grpo"]
-    assert report["evals"] == ["start", "pope", "pope-no-restate", "sft-grpo", "pope-no-restate.own-template"]
+    assert report["runs"] == ["pope", "pope-no-restate", "sft-grpo", "pope-self"]
+    assert report["evals"] == ["start", "pope", "pope-no-restate", "sft-grpo", "pope-self", "pope-no-restate.own-template"]
     figures = {figure["file"]: figure for figure in report["figures"]}
     assert {"reward.png", "solved.png", "entropy.png", "length.png", "evals.png"} <= set(figures)
     assert figures["reward.png"]["panels"][1] == {"title": "unguided prompts",
-                                                  "series": ["pope", "pope-no-restate", "sft-grpo"]}
+                                                  "series": ["pope", "pope-no-restate", "sft-grpo", "pope-self"]}
     assert all(panel["series"] == ["unguided", "guided"] for panel in figures["evals.png"]["panels"])
     assert (out / "report" / "index.html").exists() and (out / "report" / "report.md").exists()
     for stage_file in ("filter/stats.jsonl", "prefixes.jsonl", "runs/sft-grpo/final/config.json", "eval/start/summary.json"):
         assert (out / stage_file).exists(), stage_file
     assert "held-out hard problems" in proc.stdout
     # in a pipe: one line per phase, then one per command as it finishes
-    assert "train-eval: 3 × pope train, 5 × pope eval" in proc.stdout
+    assert "train-eval: 4 × pope train, 6 × pope eval" in proc.stdout
     finished = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "  done in " in line]
     assert len(finished) == len(results["commands"]) and f"pope train → {out / 'runs' / 'pope'}" in finished
     rerun = subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True)
@@ -144,7 +151,7 @@ def test_default_demo_plans_grpo_against_pope(tmp_path):
 
 
 def test_full_demo_plans_every_arm_with_one_budget_and_one_evaluation(tmp_path):
-    from pope_cli.stages.demo import ARMS, templates
+    from pope_cli.stages.demo import PAPER_ARMS as ARMS, templates
     from pope_cli.toy.heldout import HARD, PREFIXES
 
     phases = plan(tmp_path, full=True)
@@ -238,6 +245,41 @@ def test_arms_pick_the_plan_and_unknown_arms_are_refused(tmp_path):
     assert arm_list("pope, grpo,pope") == ["pope", "grpo"]
     with pytest.raises(PopeError, match="--arms: 'ppo' is not one of grpo, pope, grpo-easy"):
         DemoConfig(out=str(tmp_path), arms=arm_list("grpo,ppo"))
+
+
+def test_solution_arms_search_solutions_without_the_oracle_and_train_on_their_own_prefixes(tmp_path):
+    from pope_cli.stages.demo import SELF_K, TEACHER_K, templates, write_answers, write_found_pools, DemoConfig
+    from pope_cli.toy.model import SHIPPED_MODEL_DIR, TEACHER_MODEL_DIR
+
+    phases = plan(tmp_path, arms=["pope-self", "pope-teacher"])
+    assert list(phases) == ["data", "filter", "solutions", "prefixes", "train", "eval"]
+    solutions, prefixes, train = phases["solutions"], phases["prefixes"], phases["train"]
+    answers = str(tmp_path / "solutions" / "answers.jsonl")
+    assert {name: (c[1], value(c, "--model"), value(c, "--k"), value(c, "--template")) for name, c in solutions.items()} == {
+        "self.jsonl": (answers, str(SHIPPED_MODEL_DIR), str(SELF_K), templates()["unguided"]),
+        "teacher.jsonl": (answers, str(TEACHER_MODEL_DIR), str(TEACHER_K), templates()["unguided"])}
+    # No arm trains on the oracle's prefixes, so none are searched.
+    assert set(prefixes) == {"prefixes-self.jsonl", "prefixes-teacher.jsonl"}
+    for source in ("self", "teacher"):
+        command = prefixes[f"prefixes-{source}.jsonl"]
+        assert command[1] == str(tmp_path / "solutions" / f"{source}.pool.jsonl")
+        assert value(command, "--no-solution") == "keep"
+        arm = train[f"pope-{source}"]
+        assert arm[1] == str(tmp_path / f"prefixes-{source}.jsonl") and value(arm, "--mode") == "pope"
+    assert (TEACHER_MODEL_DIR / "model.safetensors").exists()
+
+    # Between the phases: the pool without its solutions, then each search's solved + unsolved records.
+    (tmp_path / "filter").mkdir()
+    rows = [{"id": f"h{i}", "problem": f"{i}*4", "answer": str(i * 4 % 10), "solution": "x"} for i in range(3)]
+    (tmp_path / "filter" / "hard.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_answers(tmp_path)
+    assert read(tmp_path / "solutions" / "answers.jsonl") == [{k: v for k, v in r.items() if k != "solution"} for r in rows]
+    for source in ("self", "teacher"):
+        solved = tmp_path / "solutions" / f"{source}.jsonl"
+        solved.write_text(json.dumps({"id": "h1", "solution": "y"}) + "\n")
+        Path(f"{solved}.unsolved.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in ("h0", "h2")))
+    write_found_pools(DemoConfig(out=str(tmp_path), arms=["pope-self", "pope-teacher"]), tmp_path)
+    assert [r["id"] for r in read(tmp_path / "solutions" / "self.pool.jsonl")] == ["h1", "h0", "h2"]
 
 
 def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):

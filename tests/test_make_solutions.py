@@ -80,7 +80,7 @@ def run(cfg, tokenizer, delay: float = 0.0):
 
 def expected_pick(pid: str, keep: str = "shortest", ok=solves, kind: str = "easy") -> tuple[int, int, int]:
     """(sample index kept, samples drawn, correct so far) for an easy problem, from its seed."""
-    base = derive_seed(SEED, pid)
+    base = derive_seed(SEED, "make-solutions", pid)
     first = next(j for j in range(K) if ok(base + j))
     drawn = min(K, (first // CHUNK + 1) * CHUNK)
     hits = [j for j in range(drawn - CHUNK, drawn) if ok(base + j)]
@@ -102,7 +102,7 @@ def test_early_stop_keeps_the_chunk_pick_and_sends_the_unsolved_to_a_problems_fi
         source = records[pid]["solution_source"]
         assert source == {"teacher": "teacher", "sample": index, "tokens": source["tokens"], "pass_count": correct,
                           "samples": drawn}
-        assert records[pid]["solution"] == teacher("easy", derive_seed(SEED, pid) + index)
+        assert records[pid]["solution"] == teacher("easy", derive_seed(SEED, "make-solutions", pid) + index)
         assert source["tokens"] == len(records[pid]["solution"])
         assert records[pid]["topic"] == "t"  # the input record is kept whole
     assert stats["p1"]["samples"] == stats["p4"]["samples"] == K and not stats["p1"]["solved"]
@@ -142,7 +142,7 @@ def test_strip_thinking_scores_and_keeps_the_answer_after_the_thinking_block(tmp
     for pid, record in stripped.items():
         index = record["solution_source"]["sample"]
         assert index == expected_pick(pid, ok=even, kind="think")[0]
-        raw = teacher("think", derive_seed(SEED, pid) + index)
+        raw = teacher("think", derive_seed(SEED, "make-solutions", pid) + index)
         assert record["solution"] == raw.split("</think>")[1].lstrip() and record["solution"].endswith("\\boxed{7}")
         assert record["solution_source"]["tokens"] == len(raw)  # the tokens generated, thinking included
     assert len(stripped) >= 4
@@ -168,7 +168,7 @@ def test_a_record_with_a_solution_keeps_it_unless_replace(tmp_path, char_tokeniz
     summary, _ = run(config(data, tmp_path / "replaced.jsonl", replace=True), char_tokenizer)
     replaced = read_jsonl(tmp_path / "replaced.jsonl")
     assert [r["id"] for r in replaced] == ["p0", "p1"]
-    assert replaced[0]["solution"] == teacher("easy", derive_seed(SEED, "p0") + expected_pick("p0")[0])
+    assert replaced[0]["solution"] == teacher("easy", derive_seed(SEED, "make-solutions", "p0") + expected_pick("p0")[0])
     assert [r["id"] for r in read_jsonl(tmp_path / "replaced.jsonl.unsolved.jsonl")] == ["p2"]
     assert (summary["kept"], summary["solved"], summary["unsolved"]) == (0, 2, 1)
 

@@ -103,6 +103,41 @@ def test_fallback_drop_leaves_unsolved_problems_out(tmp_path, char_tokenizer):
     assert (summary["found"], summary["dropped"], summary["not_found_kept"]) == (1, 1, 0)
 
 
+def test_no_solution_keep_writes_the_problem_without_a_prefix_for_unguided_training(tmp_path, char_tokenizer):
+    from pope_cli.stages.train.batch import DataMix
+
+    data = make_problems(tmp_path / "hard.jsonl", [3, None, 1])
+    out = tmp_path / "prefixes.jsonl"
+    summary, engine = run(config(data, out, no_solution="keep"), char_tokenizer)
+    records = read_jsonl(out)
+    assert [(r["id"], r["status"], r["prefix"] is None) for r in records] == [
+        ("p0", "found", False), ("p1", "no_solution", True), ("p2", "found", False)]
+    assert records[1]["samples"] == 0 and records[1]["answer"] == "7" and read_jsonl(f"{out}.skipped.jsonl") == []
+    assert (summary["usable"], summary["no_solution"], summary["no_solution_kept"]) == (2, 1, 1)
+    assert sum(r.n for call in engine.calls for r in call) == 4 * (3 + 1)
+    # POPE's guided stream holds the two prefixed problems, its unguided stream all three.
+    mix = DataMix(records, [], "pope", 1.0, 0.0, 6, seed=0)
+    kinds = [(item.kind, item.record["id"]) for item in mix.draw(0)]
+    assert {i for k, i in kinds if k == "guided"} == {"p0", "p2"}
+    assert sorted(i for k, i in kinds if k == "unguided") == ["p0", "p1", "p2"]
+    # Readable as a prefixes file; eval asks the unprefixed problem unguided only.
+    from pope_cli.shared.data import read_prefix_records
+    from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
+    from pope_cli.shared.errors import PopeError
+    from pope_cli.stages.evaluate import EvalConfig, load_items
+
+    assert [r["prefix"] is None for r in read_prefix_records(str(out))] == [False, True, False]
+    items = load_items(EvalConfig(data=str(out), out=str(tmp_path / "e"), models=["m"], model=ModelOptions("m"),
+                                  fields=FieldMap(), prompt=PromptOptions(), sampling=SamplingOptions(),
+                                  reward=RewardOptions(), modes=["unguided", "guided"]))
+    assert ([r["id"] for r in items["unguided"]], [r["id"] for r in items["guided"]]) == (["p0", "p1", "p2"], ["p0", "p2"])
+    records[0]["status"] = "no_solution"
+    del records[0]["prefix"]
+    (tmp_path / "broken.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(PopeError, match=r"broken.jsonl:1: missing field 'prefix'"):
+        read_prefix_records(str(tmp_path / "broken.jsonl"))
+
+
 def test_fixed_fraction_draws_no_samples_and_builds_no_engine(tmp_path, char_tokenizer):
     data = make_problems(tmp_path / "hard.jsonl", [3, None, 0])
     out = tmp_path / "prefixes.jsonl"

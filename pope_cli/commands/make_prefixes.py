@@ -37,7 +37,8 @@ def summary_rows(summary: dict, cfg) -> list[tuple[str, object]]:
                  ("not found, dropped", summary["dropped"])]
     else:
         rows += [("fixed fraction", summary["fixed"])]
-    rows += [("skipped: no solution", f"{len(skipped_ids)} ({shown})" if skipped_ids else 0),
+    no_solution = "no solution, kept without a prefix" if cfg.no_solution == "keep" else "skipped: no solution"
+    rows += [(no_solution, f"{len(skipped_ids)} ({shown})" if skipped_ids else 0),
              ("skipped: first unit over the cap", summary["no_rung"]),
              ("prefix fraction", _distribution_text(summary["fraction"]))]
     most = max([b["count"] for b in summary["fraction_histogram"]] + [1])
@@ -45,7 +46,7 @@ def summary_rows(summary: dict, cfg) -> list[tuple[str, object]]:
              for b in summary["fraction_histogram"]]
     rows += [("samples drawn", summary["samples"]), ("tokens/s (this run)", summary["tokens_per_second"]),
              ("time (s)", summary["seconds"]),
-             ("written", f"{cfg.out} ({summary['usable']} usable), {cfg.out}.skipped.jsonl, {cfg.out}.stats.jsonl")]
+             ("written", f"{cfg.out} ({summary['usable']} with a prefix), {cfg.out}.skipped.jsonl, {cfg.out}.stats.jsonl")]
     return rows
 
 

@@ -233,13 +233,15 @@ def _iter_hub(spec: str) -> Iterator[tuple[str, Any]]:
 
 
 def read_prefix_records(path: str) -> list[dict]:
-    """Read a `prefixes.jsonl` written by `pope make-prefixes`; each record has a prefix."""
+    """Read a `prefixes.jsonl` written by `pope make-prefixes`; each record has a prefix, null only
+    for a problem kept without a solution (`--no-solution keep`: trained and evaluated unguided only)."""
     records, seen = [], set()
     for loc, record in iter_raw_records(path):
         if not isinstance(record, dict):
             raise PopeError(f"{loc}: expected a JSON object, got {type(record).__name__}")
         for name in ("id", "problem", "answer", "prefix"):
-            if record.get(name) is None:
+            unguided_only = name == "prefix" and record.get("status") == "no_solution" and "prefix" in record
+            if record.get(name) is None and not unguided_only:
                 hint = " (not a prefixes file: run `pope make-prefixes` first)" if name == "prefix" else ""
                 raise PopeError(f"{loc}: missing field '{name}'{hint}")
             record[name] = _text(record[name], loc, name)

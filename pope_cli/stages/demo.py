@@ -35,7 +35,7 @@ from pope_cli.shared.errors import PopeError
 from pope_cli.shared.models import check_model_loadable
 from pope_cli.shared.options import check_choices, option
 from pope_cli.shared.live import Job, command_of, output_of
-from pope_cli.shared.outputs import atomic_write_json
+from pope_cli.shared.outputs import atomic_write_json, atomic_write_jsonl
 from pope_cli.shared.runtime import PROGRESS_SECONDS_ENV
 
 
@@ -59,6 +59,21 @@ ARMS = {
     "sft-grpo": "SFT on the hard pool's oracle solutions, then plain GRPO",
     "rs-sft-grpo": "SFT on correct guided samples (prefix + completion, unguided prompt), then plain GRPO",
 }
+PAPER_ARMS = tuple(ARMS)
+"""The paper's nine, which `--full` runs."""
+SELF_K = 512
+TEACHER_K = 256
+SOLUTION_ARMS = {"pope-self": "self", "pope-teacher": "teacher"}
+"""POPE on a pool without written solutions: the pool's oracle solutions are removed, `pope
+make-solutions` finds one per problem (the start model's own first success in SELF_K samples, or the
+toy teacher's in TEACHER_K), make-prefixes searches prefixes of those, and the problems left
+unsolved are still trained unguided."""
+ARMS.update({
+    "pope-self": f"POPE from the start model's own successes (make-solutions, up to {SELF_K} samples a problem) "
+                 "instead of the oracle solutions; unsolved problems unguided only",
+    "pope-teacher": f"POPE from the stronger toy teacher's solutions (make-solutions, up to {TEACHER_K} samples; "
+                    "pope_cli/toy/teacher/); unsolved problems unguided only",
+})
 DEFAULT_ARMS = ("grpo", "pope")
 
 
@@ -82,7 +97,7 @@ class DemoConfig:
     seed: int = seed_option()
     arms: list[str] = option(None, "Comma-separated training arms (what each one is: the README's arm table).",
                              cli_type=str, parse=arm_list, cli_default="grpo,pope", choices=tuple(ARMS))
-    full: bool = option(False, "Run every arm (overrides --arms).", flags=("--full",))
+    full: bool = option(False, "Run the paper's nine arms (overrides --arms).", flags=("--full",))
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
     n_hard: int = option(160, "Hard problems in the training pool before filtering.")
     heldout: str = option("shipped", "Held-out set: 'shipped' (the shipped toy model's hard problems, never solved in 128 "
@@ -111,7 +126,7 @@ class DemoConfig:
     overwrite: bool = overwrite_option("Start again instead of resuming an earlier demo in --out.")
 
     def __post_init__(self):
-        self.arms = list(ARMS) if self.full else (self.arms or list(DEFAULT_ARMS))
+        self.arms = list(PAPER_ARMS) if self.full else (self.arms or list(DEFAULT_ARMS))
         check_choices(self)
         self.eval_k = sorted(set(self.eval_k or [1, min(8, self.eval_n), min(16, self.eval_n), self.eval_n]))
         for option, value in (("--steps", self.steps), ("--k", self.k), ("--eval-n", self.eval_n),
@@ -168,8 +183,50 @@ def arms(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
         "entropy": [*grpo, "--entropy-coef", str(ENTROPY_COEF)],
         "clip-higher": [*grpo, "--clip-high", str(CLIP_HIGHER), "--mini-batch-size", str(CLIP_MINI_BATCH)],
         **{arm: grpo for arm in SFT_SOURCES},
+        **{arm: ["--mode", "pope"] for arm in SOLUTION_ARMS},
     }
     return {arm: every[arm] for arm in cfg.arms}
+
+
+def answers_file(out: Path) -> Path:
+    """The training pool's hard problems without their solutions: what make-solutions starts from."""
+    return out / "solutions" / "answers.jsonl"
+
+
+def solutions_file(out: Path, arm: str) -> Path:
+    return out / "solutions" / f"{SOLUTION_ARMS[arm]}.jsonl"
+
+
+def found_pool(out: Path, arm: str) -> Path:
+    """make-solutions' solved records, then its unsolved ones: every hard problem, solved or not."""
+    return out / "solutions" / f"{SOLUTION_ARMS[arm]}.pool.jsonl"
+
+
+def arm_prefixes(out: Path, arm: str) -> Path:
+    """The prefixes file an arm trains on: from the found solutions, or from the oracle's."""
+    return out / (f"prefixes-{SOLUTION_ARMS[arm]}.jsonl" if arm in SOLUTION_ARMS else "prefixes.jsonl")
+
+
+def solver(cfg: DemoConfig, arm: str) -> tuple[str, int]:
+    """The model make-solutions samples for an arm, and its samples per problem at most."""
+    if SOLUTION_ARMS[arm] == "self":
+        return start_model(cfg), SELF_K
+    from pope_cli.toy.model import TEACHER_MODEL_DIR
+
+    return str(TEACHER_MODEL_DIR), TEACHER_K
+
+
+def write_answers(out: Path) -> None:
+    rows = [json.loads(line) for line in (out / "filter" / "hard.jsonl").read_text().splitlines()]
+    atomic_write_jsonl(answers_file(out), [{k: v for k, v in row.items() if k != "solution"} for row in rows])
+
+
+def write_found_pools(cfg: DemoConfig, out: Path) -> None:
+    for arm in (a for a in cfg.arms if a in SOLUTION_ARMS):
+        solved = solutions_file(out, arm)
+        unsolved = solved.with_name(solved.name + ".unsolved.jsonl")
+        atomic_write_jsonl(found_pool(out, arm), [json.loads(line) for path in (solved, unsolved)
+                                                  for line in path.read_text().splitlines()])
 
 
 def sft_run(out: Path, arm: str) -> Path:
@@ -228,6 +285,8 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
                     "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full",
                     "--log-completions", "4", "--log-every", str(max(1, cfg.steps // 10)), *prompts, *GENERATION]
     heldout, heldout_prefixes = heldout_files(cfg, out)
+    found = [arm for arm in cfg.arms if arm in SOLUTION_ARMS]
+    oracle_prefixes = any(arm not in SOLUTION_ARMS for arm in cfg.arms)
     eval_args = [str(heldout), "--prefixes", str(heldout_prefixes), "--n", str(cfg.eval_n), "--k",
                  ",".join(map(str, cfg.eval_k)), "--seed", seed, *prompts, *GENERATION]
     filtered = cfg.heldout == "filter"
@@ -237,11 +296,16 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
         "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args]]
                   + [["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"),
                       *filter_args]] * filtered,
+        "solutions": [["make-solutions", str(answers_file(out)), "--out", str(solutions_file(out, arm)), "--model",
+                       solver(cfg, arm)[0], "--k", str(solver(cfg, arm)[1]), "--chunk", "32", "--seed", seed,
+                       "--template", tpl["unguided"], *GENERATION] for arm in found],
         "prefixes": [["make-prefixes", str(out / "filter" / "hard.jsonl"), "--out", str(out / "prefixes.jsonl"),
-                      *prefix_args]]
+                      *prefix_args]] * oracle_prefixes
+                    + [["make-prefixes", str(found_pool(out, arm)), "--out", str(arm_prefixes(out, arm)), *prefix_args,
+                        "--no-solution", "keep"] for arm in found]
                     + [["make-prefixes", str(heldout), "--out", str(heldout_prefixes), *prefix_args]] * filtered,
         "sft": sft_commands(cfg, out, model, prompts),
-        "train": [["train", str(out / "prefixes.jsonl"), "--out", str(out / "runs" / name), "--model",
+        "train": [["train", str(arm_prefixes(out, name)), "--out", str(out / "runs" / name), "--model",
                    arm_start(cfg, out, name), *extra, *train_common] for name, extra in arms(cfg, out).items()],
         # The default guided template named outright: a shipped prefixes row cannot name this machine's copy.
         "eval": [["eval", *eval_args, "--mode", "unguided,guided", "--template", tpl["guided"], "--model", path,
@@ -386,6 +450,9 @@ def _run_phases(cfg: DemoConfig, out: Path, say: Callable[[str], None], started:
             require_disjoint_heldout(out, heldout_files(cfg, out)[0])
         if name == "filter":
             require_hard_problems(out, cfg.heldout == "filter")
+            write_answers(out)
+        if name == "solutions":
+            write_found_pools(cfg, out)
         timings[name] = round(time.time() - phase_started, 1)
         cpu[name] = round(_children_cpu() - cpu_before, 1)
     curves = {arm: training_rows(out, arm) for arm in arms(cfg, out)}
@@ -416,6 +483,14 @@ def filter_counts(cfg: DemoConfig, out: Path, name: str) -> dict:
 
         return json.loads(BUILD.read_text())["filter"]
     return json.loads((out / name / "manifest.json").read_text())["counts"]
+
+
+def solution_facts(out: Path, arm: str) -> dict:
+    """What make-solutions found for an arm (and what it cost), and the prefixes searched on it."""
+    solutions = json.loads(solutions_file(out, arm).with_suffix(".jsonl.manifest.json").read_text())["counts"]
+    prefixes = json.loads(arm_prefixes(out, arm).with_suffix(".jsonl.manifest.json").read_text())["counts"]
+    return {"solutions": {k: solutions[k] for k in ("problems", "solved", "unsolved", "samples", "naive_samples", "tokens")},
+            "prefixes": {k: prefixes[k] for k in ("found", "not_found_kept", "no_solution_kept")}}
 
 
 def _children_cpu() -> float:
@@ -457,6 +532,8 @@ def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], p
     for arm in SFT_SOURCES:
         if arm in cfg.arms:
             results["training"][arm]["sft_data"] = json.loads((sft_run(out, arm) / "manifest.json").read_text())["counts"]["data"]
+    for arm in (a for a in cfg.arms if a in SOLUTION_ARMS):
+        results["training"][arm].update(solution_facts(out, arm))
     for name in ("filter", "heldout_filter"):
         counts = filter_counts(cfg, out, name)
         results[name] = {k: counts[k] for k in ("problems", "hard", "easy", "samples", "naive_samples")}

@@ -126,7 +126,7 @@ def load_items(cfg: EvalConfig) -> dict[str, list[dict]]:
         if not prefixed:
             raise PopeError("--mode guided: needs --prefixes FILE (from `pope make-prefixes`) or a prefixes file as DATA", exit_code=2)
         wanted = {p["id"] for p in problems}
-        items["guided"] = [r for r in prefixed if r["id"] in wanted]
+        items["guided"] = [r for r in prefixed if r["id"] in wanted and r["prefix"] is not None]
         if not items["guided"]:
             raise PopeError(f"{cfg.prefixes}: no prefix record matches an id in {cfg.data}", exit_code=2)
     return items

@@ -70,6 +70,10 @@ class PrefixConfig:
     fallback: str = option("largest", "When no rung is solved: 'largest' keeps the largest rung (status not_found) or "
                                       "'drop' leaves the problem out.", panel=SEARCH_PANEL,
                            choices=("largest", "drop"))
+    no_solution: str = option("skip", "A problem without a solution (e.g. one `pope make-solutions` left unsolved): 'skip' "
+                                      "sets it aside in .skipped.jsonl; 'keep' writes it with no prefix, so `pope train "
+                                      "--mode pope` still trains it unguided.", panel=SEARCH_PANEL,
+                              choices=("skip", "keep"))
     fixed_fraction: float | None = option(None, "Skip the search: every prefix is the first F of its solution "
                                                 "(QuestA-style); loads only the tokenizer.", panel=SEARCH_PANEL)
     seed: int = seed_option()
@@ -268,7 +272,7 @@ def run_make_prefixes(cfg: PrefixConfig, make_engine: Callable[[], Engine], make
 
             for problem in problems:
                 if problem.id not in done and not has_solution(problem):
-                    decided(stats_row(problem.id, "no_solution", False))
+                    decided(stats_row(problem.id, "no_solution", cfg.no_solution == "keep"))
             if tokenizer is not None:
                 for problem in todo:
                     decided(fixed_row(cfg, problem, tokenizer))
@@ -321,12 +325,12 @@ def summarize(rows: list[dict], cfg: PrefixConfig, round_stats: RoundStats) -> d
     def count(status: str, kept: bool | None = None) -> int:
         return sum(r["status"] == status and (kept is None or r["kept"] == kept) for r in rows)
 
-    fractions = [r["prefix_fraction"] for r in rows if r["kept"]]
+    fractions = [r["prefix_fraction"] for r in rows if r["kept"] and r["prefix"] is not None]
     cap = cfg.fixed_fraction if cfg.fixed_fraction is not None else cfg.max_fraction
     return {
         "problems": len(rows), "usable": len(fractions), "found": count("found"), "fixed": count("fixed"),
         "not_found_kept": count("not_found", True), "dropped": count("not_found", False),
-        "no_solution": count("no_solution"), "no_rung": count("no_rung"),
+        "no_solution": count("no_solution"), "no_solution_kept": count("no_solution", True), "no_rung": count("no_rung"),
         "no_solution_ids": [r["id"] for r in rows if r["status"] == "no_solution"],
         "fraction": _distribution(fractions), "fraction_histogram": _histogram(fractions, cap),
         "samples": sum(r["samples"] for r in rows), "samples_this_run": round_stats.samples,

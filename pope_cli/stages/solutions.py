@@ -6,8 +6,11 @@ large k (PrefixRL's self-found solutions), or a served model (`--backend openai`
 is scored; sampling stops at the first chunk holding a correct one, and that chunk's shortest (or
 first) correct sample becomes the record's `solution`. With `--strip-thinking` a reasoning
 model's thinking block is cut off before scoring, so the kept text must carry its own answer.
-Sample j of a problem comes from the stream `derive_seed(seed, id) + j`, so the files depend
-neither on chunking, batching or workers nor on a resume.
+Sample j of a problem comes from the stream `derive_seed(seed, "make-solutions", id) + j`, so the
+files depend neither on chunking, batching or workers nor on a resume. The stage's own tag keeps
+its streams apart from filter-hard's (`derive_seed(seed, id) + j`): with the policy as teacher and
+the same seed, the first k samples would otherwise be exactly the k failures that made the
+problem hard.
 
 Files, all named after `--out` (here `solutions.jsonl`):
   solutions.jsonl                 the solved records whole plus `solution` and `solution_source`, and
@@ -219,7 +222,8 @@ def run_make_solutions(cfg: SolutionsConfig, make_engine: Callable[[], Engine], 
 def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
     prompts = PromptBuilder(engine.tokenizer, replace(cfg.prompt, unguided_template=cfg.template))
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
-    jobs = (SolutionJob(p, prompts.unguided(p.fields()), cfg, derive_seed(cfg.seed, p.id)) for p in todo)
+    jobs = (SolutionJob(p, prompts.unguided(p.fields()), cfg, derive_seed(cfg.seed, "make-solutions", p.id))
+            for p in todo)
     scorer = ThinkingStripped(scorer) if cfg.strip_thinking else scorer
     with scorer, JsonlAppender(side_file(Path(cfg.out), ".stats.jsonl")) as stats_file:
         def finished(job: SolutionJob) -> None:

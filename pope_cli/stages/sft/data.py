@@ -45,7 +45,7 @@ def guided_sample_examples(cfg: SftConfig, engine, scorer, prompts) -> tuple[lis
     """Correct guided samples as examples, and the counts (problems, samples, kept, problems kept)."""
     from pope_cli.shared.data import read_prefix_records
 
-    records = read_prefix_records(cfg.data)
+    records = [r for r in read_prefix_records(cfg.data) if r["prefix"] is not None]
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
     requests = [Request(prompts.guided(r), cfg.n, derive_seed(cfg.seed, "sft-sample", r["id"])) for r in records]
     completions = engine.generate(requests, sampling)
