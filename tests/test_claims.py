@@ -20,14 +20,18 @@ def claims_module():
     return module
 
 
-def fake_run(root: Path, seed: int, pope: float, grpo: float) -> Path:
+def fake_run(root: Path, seed: int, pope: float, grpo: float, name: str = "run", trained=("pope", "grpo"),
+             pool: int = 118, **config) -> Path:
     """A finished demo directory with two arms: unguided avg@n `pope` and `grpo` (fractions)."""
-    run = root / f"run{seed}"
+    run = root / f"{name}{seed}"
     arms = {"start": {"unguided": {"avg@n": 0.0}}, "pope": {"unguided": {"avg@n": pope, "pass@16": pope}},
             "grpo": {"unguided": {"avg@n": grpo, "pass@16": grpo}}}
-    training = {arm: {"hard_solved_unguided_ever": 3, "entropy_last_tenth": 0.5} for arm in ("pope", "grpo")}
+    arms = {arm: arms.get(arm, arms["pope"]) for arm in ("start", *trained)}
+    training = {arm: {"hard_solved_unguided_ever": 3, "entropy_last_tenth": 0.5} for arm in trained}
     (run / "runs").mkdir(parents=True)
-    (run / "results.json").write_text(json.dumps({"arms": arms, "training": training, "config": {"seed": seed}}))
+    results = {"arms": arms, "training": training, "config": {"seed": seed, "arms": list(trained), **config},
+               "filter": {"hard": pool}, "commands": [f"pope train {arm}" for arm in trained], "seconds": {"total": 1}}
+    (run / "results.json").write_text(json.dumps(results))
     for arm in training:
         (run / "runs" / arm).mkdir()
         rows = [{"step": s, "reward/unguided": 0.1 * s, "solved_unguided/ever": s, "entropy": 1.0, "loss": 0.2}
@@ -86,3 +90,27 @@ def test_a_seed_counts_for_a_claim_only_when_it_goes_the_papers_way():
     rows = {(r["claim"], r["metric"]): r for r in claims.claim_rows(seeds)}
     assert rows[("grpo-easy − grpo", "unguided/avg@n")]["agree"] == 1
     assert rows[("grpo-easy − grpo", "unguided/avg@n")]["mean"] == pytest.approx(-1.445)
+
+
+def test_a_run_of_other_arms_joins_its_seed_when_the_pool_is_the_same(tmp_path):
+    claims = claims_module()
+    seeds = tmp_path / "seeds"
+    claims.add([fake_run(tmp_path, 0, 0.3, 0.1, steps=110)], seeds)
+    self_arm = fake_run(tmp_path, 0, 0.2, 0, name="self", trained=("pope-self",), steps=110)
+    results = json.loads((self_arm / "results.json").read_text())
+    results["training"]["pope-self"]["solutions"] = {"solved": 9, "samples": 60000, "tokens": 2700000}
+    (self_arm / "results.json").write_text(json.dumps(results))
+    claims.add([self_arm], seeds)
+    claims.add([self_arm], seeds)  # a second add replaces its own entry
+    (kept,) = claims.load_seeds(seeds)
+    assert list(kept["arms"]) == ["start", "pope", "grpo", "pope-self"] and kept["config"]["arms"] == ["pope", "grpo"]
+    assert [entry["arms"] for entry in kept["added"]] == [["pope-self"]]
+    assert kept["added"][0]["commands"] == ["pope train pope-self"] and (seeds / "seed0" / "pope-self.metrics.jsonl").exists()
+    rows = claims.claim_rows([kept], claims.SOLUTION_CLAIMS)
+    (versus_grpo,) = [r for r in rows if r["claim"] == "pope-self − grpo" and r["metric"] == "unguided/avg@n"]
+    assert (versus_grpo["mean"], versus_grpo["agree"]) == (pytest.approx(10.0), 1)
+    assert "| 0 | 118 | 9 | 60,000 | 2,700,000 | – | – | – |" in claims.solutions_table([kept])
+    with pytest.raises(SystemExit, match="training pool differs from the kept seed's"):
+        claims.add([fake_run(tmp_path, 0, 0.2, 0, name="other-pool", trained=("pope-self",), pool=117, steps=110)], seeds)
+    with pytest.raises(SystemExit, match=r"other settings than the kept seed \(steps\); only --arms may differ"):
+        claims.add([fake_run(tmp_path, 0, 0.2, 0, name="other-steps", trained=("pope-self",), steps=250)], seeds)

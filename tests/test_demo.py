@@ -282,6 +282,30 @@ def test_solution_arms_search_solutions_without_the_oracle_and_train_on_their_ow
     assert [r["id"] for r in read(tmp_path / "solutions" / "self.pool.jsonl")] == ["h1", "h0", "h2"]
 
 
+def test_the_beyond_suite_plans_the_off_policy_curriculum_and_guidance_arms(tmp_path):
+    from pope_cli.shared.errors import PopeError
+    from pope_cli.stages.demo import PAPER_ARMS, SUITES, DemoConfig
+
+    train = plan(tmp_path, suite="beyond")["train"]
+    assert set(train) == set(SUITES["beyond"]) and not set(train) & set(PAPER_ARMS)
+    expected = {  # arm → (mode, the options it adds to the shared ones)
+        "offpolicy": ("grpo", {"--oracle-rollouts": "1", "--oracle-is": "plain"}),
+        "luffy": ("grpo", {"--oracle-rollouts": "1", "--oracle-is": "luffy"}),
+        "curriculum": ("grpo", {"--easy": str(tmp_path / "data" / "easy.jsonl"), "--curriculum": "27"}),
+        "grpo-offpolicy": ("grpo", {"--updates-per-step": "2", "--mini-batch-size": "32"}),
+        "clip-higher-offpolicy": ("grpo", {"--updates-per-step": "2", "--mini-batch-size": "32", "--clip-high": "0.28"}),
+        "pope-adaptive": ("pope", {"--guidance": "adaptive"}),
+        "pope-anneal": ("pope", {"--guidance": "anneal"}),
+    }
+    for arm, (mode, added) in expected.items():
+        assert value(train[arm], "--mode") == mode and {flag: value(train[arm], flag) for flag in added} == added, arm
+    assert "--clip-high" not in train["grpo-offpolicy"] and "--oracle-rollouts" not in train["curriculum"]
+    assert DemoConfig(out=str(tmp_path), full=True).arms == list(PAPER_ARMS) == DemoConfig(out=str(tmp_path), suite="seed").arms
+    assert DemoConfig(out=str(tmp_path), suite="all").arms == [*PAPER_ARMS, *SUITES["beyond"]]
+    with pytest.raises(PopeError, match="--suite: --full is --suite seed"):
+        DemoConfig(out=str(tmp_path), full=True, suite="beyond")
+
+
 def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):
     from pope_cli.stages.demo import DemoConfig
     from pope_cli.stages.demo import stage_commands

@@ -7,7 +7,10 @@
 
 `add` copies a run's `results.json` and, per training arm, the metric columns the figure needs
 into `examples/toy/seeds/seed<N>/`, so that seeds run at different times accumulate instead of
-being rerun. `table` reads every kept seed, prints every arm's held-out numbers and training
+being rerun. A run of other arms with the same settings and the same seed (`pope demo --arms
+pope-self,pope-teacher --seed N`) is merged into that seed's kept results: its arms join the
+seed's, provided its training pool came out the same (filter-hard's counts), and its own commands,
+times and start-model numbers are kept under `added`. `table` reads every kept seed, prints every arm's held-out numbers and training
 count (the mean over seeds with each seed's value), then the markdown claim table (each claim: the
 paper's difference, the toy's mean paired difference with its 95% bootstrap interval over seeds,
 and in how many seeds the difference goes the paper's way), and writes `claims.png` (every arm:
@@ -63,6 +66,19 @@ CLAIMS = [
     ("clip-higher − grpo", "clip-higher", "grpo", "train/entropy_last_tenth", "entropy blows up (text)", "+"),
     ("clip-higher − grpo", "clip-higher", "grpo", "train/hard_solved_unguided_ever", "no gain (text)", "<="),
 ]
+# POPE without written solutions (not in the paper; the expectation is stated instead): the
+# start model's own successes guide fewer problems than the oracle does, but more than none;
+# the toy teacher's verified traces are the oracle's own text, so they should change nothing.
+SOLUTION_CLAIMS = [
+    *[(f"pope-self − {reference}", "pope-self", reference, metric, expectation, direction)
+      for reference, expectation, direction in (("grpo", "above (PrefixRL)", "+"), ("pope", "below (fewer guided)", "-"),
+                                                ("pope-teacher", "below (fewer guided)", "-"))
+      for metric in ("unguided/avg@n", "unguided/pass@16")],
+    ("pope-self − grpo", "pope-self", "grpo", "train/hard_solved_unguided_ever", "above (PrefixRL)", "+"),
+    *[(f"pope-teacher − {reference}", "pope-teacher", reference, metric, expectation, direction)
+      for reference, expectation, direction in (("grpo", "above (LUFFY)", "+"), ("pope", "none (the same prefixes)", "<="))
+      for metric in ("unguided/avg@n", "unguided/pass@16")],
+]
 
 
 def add(runs: list[Path], root: Path = SEEDS) -> None:
@@ -70,12 +86,40 @@ def add(runs: list[Path], root: Path = SEEDS) -> None:
         results = json.loads((run / "results.json").read_text())
         target = root / f"seed{results['config']['seed']}"
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "results.json", target / "results.json")
+        kept = target / "results.json"
+        if kept.exists() and not set(json.loads(kept.read_text())["training"]) <= set(results["training"]):
+            kept.write_text(json.dumps(merged(json.loads(kept.read_text()), results), indent=2) + "\n")
+        else:
+            shutil.copyfile(run / "results.json", kept)
         for arm in results["training"]:
             rows = [json.loads(line) for line in (run / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
             (target / f"{arm}.metrics.jsonl").write_text(
                 "".join(json.dumps({k: row.get(k) for k in CURVE_KEYS}) + "\n" for row in rows))
         print(f"kept {run} as {target}")
+
+
+def _setting(results: dict, *also: str) -> dict:
+    return {k: v for k, v in results["config"].items() if k not in ("seed", "out", "overwrite", "parallel", *also)}
+
+
+def merged(kept: dict, added: dict) -> dict:
+    """A seed's kept results with another run's arms joined in (the same settings but its arms, the
+    same training pool); the kept run's config, commands and start-model numbers stay as they were."""
+    differ = sorted(k for k in set(_setting(kept, "arms", "full")) | set(_setting(added, "arms", "full"))
+                    if _setting(kept).get(k) != _setting(added).get(k))
+    if differ:
+        raise SystemExit(f"error: {added['config'].get('out')} was run with other settings than the kept seed "
+                         f"({', '.join(differ)}); only --arms may differ")
+    if kept["filter"] != added["filter"]:
+        raise SystemExit(f"error: {added['config'].get('out')}'s training pool differs from the kept seed's "
+                         f"(filter-hard {added['filter']} against {kept['filter']})")
+    arms = list(added["training"])
+    result = {**kept, "arms": {**kept["arms"], **{arm: added["arms"][arm] for arm in arms}},
+              "training": {**kept["training"], **{arm: added["training"][arm] for arm in arms}}}
+    entry = {"arms": arms, "start": added["arms"]["start"], "commands": added["commands"],
+             "seconds": added["seconds"], "cpu_seconds": added.get("cpu_seconds")}
+    result["added"] = [e for e in kept.get("added", []) if e["arms"] != arms] + [entry]
+    return result
 
 
 def load_seeds(root: Path = SEEDS) -> list[dict]:
@@ -92,12 +136,9 @@ def load_seeds(root: Path = SEEDS) -> list[dict]:
 def require_one_comparison(seeds: list[dict]) -> None:
     """Every seed must come from the same demo settings (its seed and output aside): a table that
     mixed budgets or data sizes would compare nothing."""
-    def setting(results: dict) -> dict:
-        return {k: v for k, v in results["config"].items() if k not in ("seed", "out", "overwrite", "parallel")}
-
-    first = setting(seeds[0])
+    first = _setting(seeds[0])
     for results in seeds[1:]:
-        differ = sorted(k for k in set(first) | set(setting(results)) if first.get(k) != setting(results).get(k))
+        differ = sorted(k for k in set(first) | set(_setting(results)) if first.get(k) != _setting(results).get(k))
         if differ:
             raise SystemExit(f"error: seed {results['config']['seed']} was run with other settings than seed "
                              f"{seeds[0]['config']['seed']} ({', '.join(differ)}); keep one comparison per seeds "
@@ -113,9 +154,9 @@ def metric(results: dict, arm: str, name: str) -> float | None:
     return None if value is None else 100 * value
 
 
-def claim_rows(seeds: list[dict]) -> list[dict]:
+def claim_rows(seeds: list[dict], claims: list[tuple] = CLAIMS) -> list[dict]:
     rows = []
-    for claim, treated, reference, name, paper, direction in CLAIMS:
+    for claim, treated, reference, name, paper, direction in claims:
         # "A vs B": the treated arm's metric A against the reference arm's B (its own template
         # against the default one); otherwise the same metric for both.
         treated_name, _, reference_name = name.partition(" vs ")
@@ -129,8 +170,9 @@ def claim_rows(seeds: list[dict]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| claim | metric | paper | toy: mean paired difference [95% CI] | seeds going the paper's way |",
+def table(rows: list[dict], expected: str = "paper") -> str:
+    way = "the paper's way" if expected == "paper" else "the expected way"
+    lines = [f"| claim | metric | {expected} | toy: mean paired difference [95% CI] | seeds going {way} |",
              "|---|---|---|---|---|"]
     for row in rows:
         toy = f"{row['mean']:+.2f} [{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if "mean" in row else "no seed yet"
@@ -155,6 +197,19 @@ def arm_table(seeds: list[dict]) -> str:
             each = ", ".join(f"{v:.0f}" for v in values)
             cells.append(f"{statistics.mean(values):.1f} ({each})" if values else "–")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def solutions_table(seeds: list[dict]) -> str:
+    """What make-solutions found per seed for the arms that use it: solved of the hard pool, samples, tokens."""
+    lines = ["| seed | hard pool | self: solved | self: samples | self: tokens | teacher: solved | teacher: samples "
+             "| teacher: tokens |", "|---" * 8 + "|"]
+    for s in seeds:
+        cells = []
+        for arm in ("pope-self", "pope-teacher"):
+            found = s["training"].get(arm, {}).get("solutions")
+            cells += [f"{found['solved']}", f"{found['samples']:,}", f"{found['tokens']:,}"] if found else ["–"] * 3
+        lines.append(f"| {s['config']['seed']} | {s['filter']['hard']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -206,6 +261,9 @@ def main() -> None:
     print(f"{len(seeds)} seed(s): " + ", ".join(str(s["config"]["seed"]) for s in seeds) + "\n")
     print(arm_table(seeds) + "\n")
     print(table(claim_rows(seeds)))
+    if any("added" in s for s in seeds):
+        print("\n" + solutions_table(seeds) + "\n")
+        print(table(claim_rows(seeds, SOLUTION_CLAIMS), expected="expected"))
     plot(seeds, args.seeds.parent / "claims.png")
 
 

@@ -68,6 +68,23 @@ SOLUTION_ARMS = {"pope-self": "self", "pope-teacher": "teacher"}
 make-solutions` finds one per problem (the start model's own first success in SELF_K samples, or the
 toy teacher's in TEACHER_K), make-prefixes searches prefixes of those, and the problems left
 unsolved are still trained unguided."""
+OFF_POLICY = ("--updates-per-step", "2", "--mini-batch-size", str(CLIP_MINI_BATCH))
+"""Two passes over each step's batch in mini-batches: from the second optimizer step on the
+ratio moves off 1 for the clip to act on, for the clip-higher arm and its reference alike."""
+CURRICULUM_SHARE = 4
+"""The curriculum arm's easy phase: the first 1/CURRICULUM_SHARE of the RL steps (27 of 110)."""
+ARMS.update({
+    "offpolicy": "plain GRPO with the oracle solution as one of each unguided group's samples, importance weight "
+                 "pi_theta (behaviour probability 1), clipped",
+    "luffy": "plain GRPO with the oracle solution in each unguided group, LUFFY's shaped weight r/(r+0.1), unclipped",
+    "curriculum": f"plain GRPO on the toy's easy problems for the first 1/{CURRICULUM_SHARE} of the steps, then on the "
+                  "hard pool",
+    "grpo-offpolicy": f"plain GRPO, two passes per step in mini-batches of {CLIP_MINI_BATCH} (clip-higher-offpolicy's "
+                      "reference)",
+    "clip-higher-offpolicy": f"grpo-offpolicy with clip-high {CLIP_HIGHER}",
+    "pope-adaptive": "POPE, a guided copy only while the unguided group fails, its prefix a rung shorter once solved",
+    "pope-anneal": "POPE, the shown share of each prefix falling linearly to none by the last step",
+})
 ARMS.update({
     "pope-self": f"POPE from the start model's own successes (make-solutions, up to {SELF_K} samples a problem) "
                  "instead of the oracle solutions; unsolved problems unguided only",
@@ -75,6 +92,8 @@ ARMS.update({
                     "pope_cli/toy/teacher/); unsolved problems unguided only",
 })
 DEFAULT_ARMS = ("grpo", "pope")
+SUITES = {"seed": PAPER_ARMS, "beyond": tuple(arm for arm in ARMS if arm not in PAPER_ARMS), "all": tuple(ARMS)}
+"""`--suite`: the paper's nine (the project's first comparison), the arms beyond them, or both."""
 
 
 def arm_list(text) -> list[str] | None:
@@ -97,7 +116,11 @@ class DemoConfig:
     seed: int = seed_option()
     arms: list[str] = option(None, "Comma-separated training arms (what each one is: the README's arm table).",
                              cli_type=str, parse=arm_list, cli_default="grpo,pope", choices=tuple(ARMS))
-    full: bool = option(False, "Run the paper's nine arms (overrides --arms).", flags=("--full",))
+    full: bool = option(False, "Run the paper's nine arms (overrides --arms; --suite seed).", flags=("--full",))
+    suite: str | None = option(None, "A named set of arms (overrides --arms): seed (the paper's nine, as --full), beyond "
+                                     "(off-policy, LUFFY, curriculum, clip-higher off-policy, adaptive and annealed "
+                                     "guidance, POPE from found solutions) or all.", choices=tuple(SUITES),
+                               show_default=False)
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
     n_hard: int = option(160, "Hard problems in the training pool before filtering.")
     heldout: str = option("shipped", "Held-out set: 'shipped' (the shipped toy model's hard problems, never solved in 128 "
@@ -126,8 +149,11 @@ class DemoConfig:
     overwrite: bool = overwrite_option("Start again instead of resuming an earlier demo in --out.")
 
     def __post_init__(self):
-        self.arms = list(PAPER_ARMS) if self.full else (self.arms or list(DEFAULT_ARMS))
         check_choices(self)
+        if self.full and self.suite not in (None, "seed"):
+            raise bad_option("--suite", "--full is --suite seed; give one of them")
+        self.arms = list(SUITES["seed" if self.full else self.suite]) if self.full or self.suite else (
+            self.arms or list(DEFAULT_ARMS))
         self.eval_k = sorted(set(self.eval_k or [1, min(8, self.eval_n), min(16, self.eval_n), self.eval_n]))
         for option, value in (("--steps", self.steps), ("--k", self.k), ("--eval-n", self.eval_n),
                               ("--parallel", self.parallel), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout),
@@ -184,6 +210,13 @@ def arms(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
         "clip-higher": [*grpo, "--clip-high", str(CLIP_HIGHER), "--mini-batch-size", str(CLIP_MINI_BATCH)],
         **{arm: grpo for arm in SFT_SOURCES},
         **{arm: ["--mode", "pope"] for arm in SOLUTION_ARMS},
+        "offpolicy": [*grpo, "--oracle-rollouts", "1", "--oracle-is", "plain"],
+        "luffy": [*grpo, "--oracle-rollouts", "1", "--oracle-is", "luffy"],
+        "curriculum": [*grpo, "--easy", str(out / "data" / "easy.jsonl"), "--curriculum", str(max(1, cfg.steps // CURRICULUM_SHARE))],
+        "grpo-offpolicy": [*grpo, *OFF_POLICY],
+        "clip-higher-offpolicy": [*grpo, *OFF_POLICY, "--clip-high", str(CLIP_HIGHER)],
+        "pope-adaptive": ["--mode", "pope", "--guidance", "adaptive"],
+        "pope-anneal": ["--mode", "pope", "--guidance", "anneal"],
     }
     return {arm: every[arm] for arm in cfg.arms}
 

@@ -120,19 +120,36 @@ class Rollout:
     completions: list[list[Completion]]
     rewards: torch.Tensor  # (P, n)
     correct: torch.Tensor  # (P, n) bool
+    oracle: torch.Tensor | None = None  # (P, n) bool: the sample is the problem's oracle solution, not the policy's
+
+    def __post_init__(self):
+        if self.oracle is None:
+            self.oracle = torch.zeros_like(self.correct, dtype=torch.bool)
+
+    def sampled(self, rows: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards and correctness of the policy's own samples in `rows` (all groups by default), flat."""
+        rows = list(range(len(self.items))) if rows is None else rows
+        own = ~self.oracle[rows]
+        return self.rewards[rows][own], self.correct[rows][own]
 
 
 def rollout(items: list[Item], prompts: list[list[int]], engine: Engine, scorer, sampling: Sampling,
-            group_size: int, seed: int, step: int, first: int = 0) -> tuple[Rollout, dict]:
+            group_size: int, seed: int, step: int, first: int = 0,
+            oracle: list[Completion | None] | None = None, oracle_n: int = 0) -> tuple[Rollout, dict]:
     """Sample `group_size` completions per prompt and score them; returns (rollout, timings).
 
     Request seeds are a function of (seed, step, prompt index in the step) only, so a resumed
     run samples the same streams, and so do N ranks each given the prompts from index `first`
-    on. A reward of None (unparseable) counts as 0.
+    on. A reward of None (unparseable) counts as 0. Where `oracle` gives a prompt a completion
+    (the problem's oracle solution), the group's last `oracle_n` samples are that completion
+    instead of sampled ones, scored by the same scorer.
     """
-    requests = [Request(p, group_size, derive_seed(seed, "rollout", step, first + i)) for i, p in enumerate(prompts)]
+    oracle = oracle or [None] * len(prompts)
+    requests = [Request(p, group_size - oracle_n * (o is not None), derive_seed(seed, "rollout", step, first + i))
+                for i, (p, o) in enumerate(zip(prompts, oracle))]
     started = time.perf_counter()
-    groups = engine.generate(requests, sampling)
+    groups = [group + [o] * oracle_n if o is not None else group
+              for group, o in zip(engine.generate(requests, sampling), oracle)]
     generated = time.perf_counter()
     texts = [c.text for group in groups for c in group]
     records = [item.record for item in items for _ in range(group_size)]
@@ -141,7 +158,9 @@ def rollout(items: list[Item], prompts: list[list[int]], engine: Engine, scorer,
     flat = torch.tensor([0.0 if s is None else float(s) for s in scores])  # (P·n,)
     hits = torch.tensor([s is not None and s >= 1.0 for s in scores])  # (P·n,)
     shape = (len(items), group_size)
-    result = Rollout(items, prompts, groups, flat.view(shape), hits.view(shape))
+    from_oracle = torch.tensor([[o is not None and j >= group_size - oracle_n for j in range(group_size)]
+                                for o in oracle], dtype=torch.bool).view(shape)  # (P, n)
+    result = Rollout(items, prompts, groups, flat.view(shape), hits.view(shape), from_oracle)
     return result, {"generate": generated - started, "score": scored - generated}
 
 
@@ -149,7 +168,8 @@ def joined(parts: list[Rollout]) -> Rollout:
     """The rollouts of consecutive blocks of a step's prompts as one."""
     return Rollout([item for part in parts for item in part.items], [p for part in parts for p in part.prompts],
                    [group for part in parts for group in part.completions],
-                   torch.cat([part.rewards for part in parts]), torch.cat([part.correct for part in parts]))
+                   torch.cat([part.rewards for part in parts]), torch.cat([part.correct for part in parts]),
+                   torch.cat([part.oracle for part in parts]))
 
 
 @dataclass
@@ -161,6 +181,8 @@ class Sample:
     advantage: float
     sampler_logprobs: list[float] | None = None
     """The engine's log-prob of each completion token (for the rollout correction), if it gave them."""
+    oracle: bool = False
+    """The completion is the problem's oracle solution (`--oracle-rollouts`), not a policy sample."""
 
 
 def training_samples(result: Rollout, advantages: torch.Tensor, trained_groups: torch.Tensor,
@@ -174,7 +196,8 @@ def training_samples(result: Rollout, advantages: torch.Tensor, trained_groups: 
         for j, completion in enumerate(group):
             if not completion.token_ids or (mask_truncated and completion.finish_reason == "length"):
                 continue
-            samples.append(Sample(prompt, list(completion.token_ids), float(advantages[g, j]), completion.logprobs))
+            samples.append(Sample(prompt, list(completion.token_ids), float(advantages[g, j]), completion.logprobs,
+                                  bool(result.oracle[g, j])))
     return samples
 
 
@@ -216,16 +239,21 @@ def rollout_metrics(result: Rollout, has_signal: torch.Tensor) -> tuple[dict, se
     metrics: dict = {}
     for kind in KINDS:
         rows = by_kind.get(kind, [])
-        metrics[f"reward/{kind}"] = result.rewards[rows].mean().item() if rows else None
+        metrics[f"reward/{kind}"] = result.sampled(rows)[0].mean().item() if rows else None
         metrics[f"signal/{kind}"] = has_signal[rows].float().mean().item() if rows else None
         metrics[f"prompts/{kind}"] = len(rows)
-    lengths = [len(c.token_ids) for group in result.completions for c in group]
-    truncated = [c.finish_reason == "length" for group in result.completions for c in group]
-    metrics["reward/all"] = result.rewards.mean().item()
+    own = [c for group, from_oracle in zip(result.completions, result.oracle.tolist())
+           for c, o in zip(group, from_oracle) if not o]
+    lengths = [len(c.token_ids) for c in own]
+    truncated = [c.finish_reason == "length" for c in own]
+    metrics["reward/all"] = result.sampled()[0].mean().item()
+    if bool(result.oracle.any()):
+        metrics["oracle/groups"] = int(result.oracle.any(dim=1).sum())
+        metrics["oracle/reward"] = result.rewards[result.oracle].mean().item()
     metrics["groups_without_signal"] = int((~has_signal).sum())
     metrics["response_length"] = sum(lengths) / len(lengths)
     metrics["response_length_max"] = max(lengths)
     metrics["truncation_rate"] = sum(truncated) / len(truncated)
     metrics["gen_tokens"] = sum(lengths)
-    solved = {result.items[g].record["id"] for g in by_kind.get("unguided", []) if bool(result.correct[g].any())}
+    solved = {result.items[g].record["id"] for g in by_kind.get("unguided", []) if bool(result.sampled([g])[1].any())}
     return metrics, solved

@@ -14,6 +14,8 @@ from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, P
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.stages.train.guidance import GUIDANCE_MODES
 
+ORACLE_IS = ("plain", "luffy")
+
 MIX_PANEL = "Data mix"
 OBJECTIVE_PANEL = "Objective"
 OPTIM_PANEL = "Policy and optimizer"
@@ -98,6 +100,10 @@ class TrainConfig(PolicyOptions):
                                             "--steps).", panel=MIX_PANEL, show_default=False)
     curriculum: int = option(0, "Easy-to-hard curriculum: the first N steps train on --easy problems only, the "
                                 "later ones on the hard ones only (as --mode says); 0 = off.", panel=MIX_PANEL)
+    oracle_rollouts: int = option(0, "Off-policy RL on the oracle solutions: in each unguided hard group, the last N "
+                                     "of --group-size samples are the problem's written solution (its `solution` "
+                                     "field) instead of the policy's, scored by the same reward, advantages over the "
+                                     "union (LUFFY); 0 = off.", panel=MIX_PANEL)
     steps: int = option(200, "Training steps (a rerun with more steps extends a finished run).", panel=MIX_PANEL)
     prompts_per_step: int = option(32, "Prompts per step, drawn in seeded shuffled epochs.", panel=MIX_PANEL)
     group_size: int = option(8, "Completions sampled per prompt (the GRPO group).", panel=MIX_PANEL)
@@ -113,6 +119,12 @@ class TrainConfig(PolicyOptions):
                             panel=OBJECTIVE_PANEL)
     entropy_coef: float = option(0.0, "Weight of an entropy bonus (a failed baseline in the paper).",
                                  panel=OBJECTIVE_PANEL)
+    oracle_is: str = option("plain", "--oracle-rollouts: the oracle tokens' importance weight, their behaviour "
+                                     "probability taken as 1: plain (the clipped ratio pi_theta(token)) or luffy (the "
+                                     "shaped pi/(pi + gamma), unclipped); formulas in stages/train/loss.py.",
+                            panel=OBJECTIVE_PANEL, choices=ORACLE_IS)
+    oracle_is_gamma: float = option(0.1, "--oracle-is luffy: gamma of the shaped weight (LUFFY's 0.1).",
+                                    panel=OBJECTIVE_PANEL)
     mask_truncated: bool = option(False, "Leave completions that hit --max-new-tokens out of the loss.",
                                   flags=("--mask-truncated",), panel=OBJECTIVE_PANEL)
     updates_per_step: int = option(1, "Passes over each step's batch; 1 = fully on-policy (ratio exactly 1, no "
@@ -178,6 +190,10 @@ class TrainConfig(PolicyOptions):
             ("--curriculum", 0 <= self.curriculum < self.steps, f"must be in [0, --steps={self.steps})"),
             ("--curriculum", not (self.curriculum and self.easy_fraction),
              "--curriculum and --easy-fraction are two uses of --easy: give one"),
+            ("--oracle-rollouts", 0 <= self.oracle_rollouts < self.group_size,
+             f"must be in [0, --group-size={self.group_size}): a group keeps at least one policy sample"),
+            ("--oracle-rollouts", not self.oracle_rollouts or self.mode != "guided", "--mode guided has no unguided groups"),
+            ("--oracle-is-gamma", self.oracle_is_gamma > 0, "must be > 0"),
             ("--temperature", self.sampling.temperature > 0, "must be > 0: training samples on-policy"),
             ("--steps", self.steps >= 1, "must be at least 1"),
             ("--prompts-per-step", self.prompts_per_step >= 1, "must be at least 1"),

@@ -16,6 +16,17 @@ Aggregations (how per-token losses become one number):
 When one mini-batch is split into micro-batches for memory, pass the mini-batch's `num_tokens`
 and `num_seqs`: each micro-batch loss then uses the mini-batch's denominator and the
 micro-batch losses add up to the mini-batch loss exactly.
+
+Oracle rows (`--oracle-rollouts`: a group sample that is the problem's written solution, not
+the policy's): their behaviour probability is unknown and taken as 1 (LUFFY's assumption), so
+their old log-prob is 0 and each token's importance weight is r_t = exp(logp_t) = pi_theta(o_t | ·),
+token-level, A the row's advantage:
+- `plain`: the usual clipped term -min(r_t A, clip(r_t, 1 - eps_low, 1 + eps_high) A), the
+  textbook off-policy estimator: r_t <= 1, so a token the policy finds unlikely gets almost
+  no gradient (d/dtheta = A r_t grad log pi), and the clip cuts negative-advantage rows at 1 - eps_low;
+- `luffy`: the shaped, unclipped term -A r_t / (r_t + gamma) (gamma 0.1, LUFFY's policy
+  shaping): its gradient A gamma r_t / (r_t + gamma)^2 grad log pi peaks at r_t = gamma, so it
+  favours the oracle's low-probability tokens over the ones the policy already has.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pope_cli.stages.train.config import ROLLOUT_IS_MODES
+from pope_cli.stages.train.config import ORACLE_IS, ROLLOUT_IS_MODES
 
 AGGREGATIONS = ("token-mean", "seq-mean", "dr-grpo")
 
@@ -39,10 +50,14 @@ class LossSettings:
     max_new_tokens: int = 1024
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
+    oracle_is: str = "plain"
+    oracle_gamma: float = 0.1
 
     def __post_init__(self):
         if self.agg not in AGGREGATIONS:
             raise ValueError(f"agg must be one of {AGGREGATIONS}, not {self.agg!r}")
+        if self.oracle_is not in ORACLE_IS:
+            raise ValueError(f"oracle_is must be one of {ORACLE_IS}, not {self.oracle_is!r}")
 
 
 def token_logprobs(
@@ -94,6 +109,7 @@ def policy_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     settings: LossSettings, *, ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
     num_seqs: int | None = None, num_tokens: int | None = None, is_weights: torch.Tensor | None = None,
+    oracle: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate (+ k3 KL, − entropy bonus), aggregated; returns (loss, metrics).
 
@@ -104,17 +120,26 @@ def policy_loss(
     so micro-batches add up; divide by `tokens` for per-token means. `is_weights` (B, T), the
     rollout correction's weights (`rollout_weights`), multiply the surrogate term alone, as in
     TRL: the KL and entropy terms are not policy-gradient estimates of sampled tokens.
+    `oracle` (B,) bool marks oracle rows (their old_logp must be 0; see the module doc), which
+    add `oracle_*` sums to the metrics.
     """
     mask = mask.bool()  # (B, T)
     adv = advantages.float().unsqueeze(1)  # (B, 1)
     ratio = torch.exp(logp - old_logp)  # (B, T)
     clipped_ratio = ratio.clamp(1 - settings.clip_low, 1 + settings.clip_high)  # (B, T)
     per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)  # (B, T)
+    oracle_rows = (oracle.bool().unsqueeze(1) if oracle is not None else torch.zeros_like(adv, dtype=torch.bool)
+                   ).expand_as(mask)  # (B, T)
+    shaped = settings.oracle_is == "luffy"
+    if shaped:
+        per_token = torch.where(oracle_rows, -adv * ratio / (ratio + settings.oracle_gamma), per_token)
     if is_weights is not None:
         per_token = per_token * is_weights
-    # Tokens whose clipped term wins: their gradient is zero for this update.
-    clipped_low = (ratio < 1 - settings.clip_low) & (adv < 0)  # (B, T)
-    clipped_high = (ratio > 1 + settings.clip_high) & (adv > 0)  # (B, T)
+    surrogate = per_token
+    # Tokens whose clipped term wins: their gradient is zero for this update (never a shaped oracle token's).
+    clippable = ~oracle_rows if shaped else torch.ones_like(mask)  # (B, T)
+    clipped_low = (ratio < 1 - settings.clip_low) & (adv < 0) & clippable  # (B, T)
+    clipped_high = (ratio > 1 + settings.clip_high) & (adv > 0) & clippable  # (B, T)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)  # (B, T)
     if settings.kl_coef:
         per_token = per_token + settings.kl_coef * kl
@@ -131,10 +156,28 @@ def policy_loss(
         "clipped_high": (clipped_high & mask).sum(),
         "kl": masked_sum(kl),
         "ratio": masked_sum(ratio),
+        "loss_abs": masked_sum(surrogate.abs()),
     }
     if entropy is not None:
         metrics["entropy"] = masked_sum(entropy)
+    if oracle is not None and bool(oracle.any()):
+        metrics.update(_oracle_metrics(oracle_rows & mask, ratio, surrogate, clipped_low | clipped_high, entropy))
     return loss, metrics
+
+
+def _oracle_metrics(on_oracle: torch.Tensor, ratio: torch.Tensor, surrogate: torch.Tensor,
+                    clipped: torch.Tensor, entropy: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Sums over the oracle tokens (B, T masks): their weights r_t (and the largest), how many the
+    clip stopped, their part of the surrogate's absolute size, their entropy."""
+    def on(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        return torch.where(where, values.detach().float(), 0.0).sum()
+
+    metrics = {"oracle_tokens": on_oracle.sum(), "oracle_weight": on(ratio, on_oracle),
+               "oracle_weight_max": torch.where(on_oracle, ratio.detach(), 0.0).max(),
+               "oracle_clipped": (clipped & on_oracle).sum(), "oracle_loss_abs": on(surrogate.abs(), on_oracle)}
+    if entropy is not None:
+        metrics["oracle_entropy"] = on(entropy, on_oracle)
+    return metrics
 
 
 def rollout_weights(train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, mode: str,

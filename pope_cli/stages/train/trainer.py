@@ -17,9 +17,19 @@ The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value m
   stays in when a KL or entropy term is on, since those do move it). The loss is then averaged
   over the trained groups' tokens (as after DAPO's dynamic sampling), so a step where few groups
   have signal is not scaled down; TRL divides by every token of the batch instead.
+- Off-policy oracle rollouts (`oracle_rollouts` N, off by default; the baseline the paper's
+  summary argues against, and LUFFY's regularised form of it): in every unguided group of a
+  problem with a `solution`, the policy samples G - N completions and the last N are the oracle
+  solution (its tokens, then EOS), scored by the same reward; advantages are taken over the
+  union. The oracle tokens' old log-probs are 0 (behaviour probability 1, LUFFY's assumption), so
+  their importance weight is r_t = pi_theta(o_t | ·): `oracle_is` plain keeps the clipped
+  surrogate, luffy replaces it on oracle tokens by the unclipped -A r_t / (r_t + gamma) (formulas
+  and gradients in loss.py). Training metrics (reward, problems solved) count the policy's own
+  samples only; `oracle/*` logs the oracle tokens' weights (mean, max), the share the clip
+  stopped, their share of the surrogate, their entropy.
 - Loss: the PPO-clipped surrogate over completion tokens only, EOS included; the prompt, the
   oracle prefix inside it and the padding are never a target, so the model is never trained to
-  imitate oracle tokens, only on its own continuations. Aggregation `token-mean` by default.
+  imitate oracle tokens, only on its own continuations (unless `oracle_rollouts` asks for it). Aggregation `token-mean` by default.
   KL (k3, to the starting model) and an entropy bonus exist but are off, as in the paper, whose
   clip-higher and entropy-bonus baselines made entropy blow up.
 - One optimizer step per batch by default. The policy that sampled is then exactly the policy
@@ -73,6 +83,7 @@ from pathlib import Path
 import torch
 
 from pope_cli.shared.distributed import SOLO, Ranks, launched
+from pope_cli.shared.engines.base import Completion
 from pope_cli.shared.errors import Interrupted, PopeError
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.config import MODEL_RESUME_IGNORED
@@ -87,7 +98,7 @@ from pope_cli.stages.train.loss import LossSettings
 from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
 from pope_cli.stages.train.report import StepReporter
-from pope_cli.stages.train.update import UpdateSettings, policy_update, reference_scorer
+from pope_cli.stages.train.update import ORACLE_METRICS, UpdateSettings, policy_update, reference_scorer
 from pope_cli.stages.train.guidance import AdaptiveGuidance, ShownPrefixes, prefix_share
 from pope_cli.stages.train.watch import RunWatch, completion_rows
 
@@ -100,7 +111,7 @@ _NO_UPDATE = {"loss": None, "grad_norm": None, "optimizer_steps": 0, "nan_skippe
               "clip_fraction": None, "clip_low_fraction": None, "clip_high_fraction": None, "ratio_mean": None,
               "trained_sequences": 0, "train_tokens": 0, "train/pad_fraction": None, "train/pad_fraction_unsorted": None,
               "mismatch/kl": None, "mismatch/ratio_mean": None, "mismatch/ratio_max": None,
-              "mismatch/masked_fraction": None}
+              "mismatch/masked_fraction": None, **dict.fromkeys(ORACLE_METRICS)}
 
 
 class Run:
@@ -132,6 +143,7 @@ class Run:
         self.prompts = PromptBuilder(self.policy.tokenizer, cfg.prompt, cfg.template)
         self._prompt_cache: dict = {}
         self.shown = ShownPrefixes(self.policy.tokenizer)
+        self._oracle: dict[str, Completion] = {}
         self.adaptive = AdaptiveGuidance(cfg.guidance_shorten_at, state.get("guidance")) \
             if cfg.guidance == "adaptive" else None
         # The sampled tokens' log-probs measure (and correct) the sampler/trainer mismatch.
@@ -144,7 +156,7 @@ class Run:
             self.sync.sync()
         self.settings = UpdateSettings(
             LossSettings(cfg.clip_low, cfg.clip_high, cfg.loss_agg, cfg.sampling.max_new_tokens, cfg.kl_coef,
-                         cfg.entropy_coef),
+                         cfg.entropy_coef, cfg.oracle_is, cfg.oracle_is_gamma),
             cfg.sampling.temperature, cfg.updates_per_step, cfg.mini_batch_size, cfg.micro_batch_size,
             cfg.max_grad_norm, self.policy.autocast_dtype, cfg.logprob_chunk, rollout_mode(cfg.rollout_is, vllm),
             cfg.rollout_is_cap, cfg.rollout_is_min if cfg.rollout_is_min is not None else 1 / cfg.rollout_is_cap)
@@ -180,6 +192,20 @@ class Run:
             self._prompt_cache[key] = self.prompts.build(as_kind, shown or record)
         return self._prompt_cache[key]
 
+    def oracle_completion(self, item) -> Completion | None:
+        """`--oracle-rollouts`: an unguided hard prompt's oracle solution as a group sample (its
+        tokens, then EOS, as the policy would end it); None for other prompts and problems without one."""
+        solution = str(item.record.get("solution") or "").strip()
+        if not self.cfg.oracle_rollouts or item.kind != "unguided" or not solution:
+            return None
+        if item.record["id"] not in self._oracle:
+            from pope_cli.shared.engines.hf import eos_ids
+
+            ids = self.policy.tokenizer.encode(solution, add_special_tokens=False)
+            self._oracle[item.record["id"]] = Completion(ids + eos_ids(self.policy.model, self.policy.tokenizer)[:1],
+                                                         solution, "stop")
+        return self._oracle[item.record["id"]]
+
     def state(self) -> dict:
         guidance = {"guidance": self.adaptive.state()} if self.adaptive is not None else {}
         return {"data": self.mix.state(), "solved_ever": sorted(self.solved_ever), "nan_streak": self.nan_streak,
@@ -207,7 +233,7 @@ def _drawn(run: Run, step: int) -> tuple[list, int]:
 
 def _adapt(run: Run, result) -> int:
     """Adaptive guidance takes the step's outcomes; returns how many prefixes it shortened."""
-    return sum(run.adaptive.observe(item.kind, item.record, result.correct[g].tolist())
+    return sum(run.adaptive.observe(item.kind, item.record, result.sampled([g])[1].tolist())
                for g, item in enumerate(result.items))
 
 
@@ -218,9 +244,10 @@ def train_step(run: Run, step: int) -> dict:
     mine = run.ranks.block(len(items))
     share = prefix_share(cfg.guidance, step, cfg.anneal_steps or cfg.steps)
     prompts = [run.prompt_ids(item.kind, item.record, share) for item in items[mine]]
+    oracle = [run.oracle_completion(item) for item in items[mine]]
     with run.generating():
         result, times = rollout(items[mine], prompts, run.engine, run.scorer, run.sampling, cfg.group_size, cfg.seed,
-                                step, mine.start)
+                                step, mine.start, oracle, cfg.oracle_rollouts)
     result, times = _whole_step(run.ranks, result, times)
     run.last_rollout = result  # for the logged completions
     advantages, has_signal = group_advantages(result.rewards, cfg.adv_norm)  # (P, n), (P,)
@@ -317,6 +344,8 @@ def read_training_data(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
         if unladdered:
             raise PopeError(f"--guidance adaptive: {cfg.prefixes}: {len(unladdered)} record(s) have no rung ladder "
                             f"(first: {unladdered[0]!r}); make the prefixes again with this pope's make-prefixes")
+    if cfg.oracle_rollouts and not any(str(r.get("solution") or "").strip() for r in hard):
+        raise PopeError(f"--oracle-rollouts: no record of {cfg.prefixes} has a `solution` to put in its groups", exit_code=2)
     easy = [p.fields() for p in read_problems(cfg.easy)] if cfg.easy else []
     return hard, easy
 

@@ -8,7 +8,9 @@ mini-batch gradient whatever the micro-batch size.
 Old log-probs: with a single optimizer step per batch the policy that sampled is the policy
 being differentiated, so the ratio is exactly 1 and `old_logp = logp.detach()` costs nothing.
 Only with several optimizer steps per batch (`updates_per_step` > 1 or several mini-batches)
-are the log-probs computed once, before the first update, by a no-grad forward.
+are the log-probs computed once, before the first update, by a no-grad forward. An oracle row
+(`--oracle-rollouts`) has old log-probs 0 in every update: its behaviour probability is taken as
+1 (loss.py), and it stays out of the rollout correction, which measures the sampler.
 
 On N ranks every rank holds the whole step's samples and walks the same mini-batches; each
 rank takes every N-th sequence of a mini-batch. The loss denominators (tokens, sequences) are
@@ -178,7 +180,25 @@ def policy_update(model, optimizer, samples: list[Sample], settings: UpdateSetti
         "mismatch/ratio_mean": acc.fraction("mismatch_ratio", "mismatch_tokens"),
         "mismatch/ratio_max": acc.maxes.get("mismatch_ratio_max"),
         "mismatch/masked_fraction": acc.fraction("mismatch_masked", "mismatch_tokens"),
+        **oracle_metrics(acc),
     }
+
+
+ORACLE_METRICS = ("oracle/weight_mean", "oracle/weight_max", "oracle/clip_fraction", "oracle/loss_share",
+                  "oracle/entropy", "oracle/tokens")
+
+
+def oracle_metrics(acc: Accumulator) -> dict:
+    """The oracle tokens' importance weights (mean, max), the share the clip stopped, their share of
+    the surrogate's absolute size, their entropy; None in a step without oracle tokens."""
+    if not acc.sums.get("oracle_tokens"):
+        return dict.fromkeys(ORACLE_METRICS)
+    return {"oracle/weight_mean": acc.fraction("oracle_weight", "oracle_tokens"),
+            "oracle/weight_max": acc.maxes.get("oracle_weight_max"),
+            "oracle/clip_fraction": acc.fraction("oracle_clipped", "oracle_tokens"),
+            "oracle/loss_share": acc.fraction("oracle_loss_abs", "loss_abs"),
+            "oracle/entropy": acc.fraction("oracle_entropy", "oracle_tokens"),
+            "oracle/tokens": int(acc.sums["oracle_tokens"])}
 
 
 def _pad_fraction(acc: Accumulator, cells: str) -> float | None:
@@ -226,12 +246,15 @@ def _backward(model, samples: list[Sample], chunk: list[int], old, ref, settings
                                               settings.autocast_dtype, settings.logprob_chunk)  # (B, C), (B, C)
             width = logp.shape[1]
             old_logp = _pad_rows([old[i] for i in part], width) if old is not None else logp.detach()  # (B, C)
+            oracle = torch.tensor([samples[i].oracle for i in part], device=logp.device)  # (B,)
+            old_logp = torch.where(oracle.unsqueeze(1), 0.0, old_logp)  # (B, C)
             ref_logp = _pad_rows([ref[i] for i in part], width) if ref is not None else None  # (B, C)
             mask = batch.loss_mask[:, batch.start:]  # (B, C)
-            weights = _rollout_correction([samples[i] for i in part], old_logp, mask, settings, acc)
+            weights = _rollout_correction([samples[i] for i in part], old_logp, mask & ~oracle.unsqueeze(1), settings,
+                                          acc)
             loss, metrics = policy_loss(logp, old_logp, batch.advantages, mask, settings.loss, ref_logp=ref_logp,
                                         entropy=entropy, num_seqs=len(chunk), num_tokens=num_tokens,
-                                        is_weights=weights)
+                                        is_weights=weights, oracle=oracle if bool(oracle.any()) else None)
             (loss * ranks.world).backward()
         acc.add(metrics)
         total += loss.detach().item()
@@ -244,11 +267,11 @@ def _rollout_correction(part: list[Sample], train_logp: torch.Tensor, mask: torc
     """The rollout correction's weights (B, C) for a micro-batch, its mismatch sums added to
     `acc`; None when the engine returned no log-probs or the correction is off. The trainer's
     side is the policy that sampled (old log-probs), so the weights do not change between the
-    updates of one step."""
-    if any(s.sampler_logprobs is None for s in part):
+    updates of one step. `mask` leaves out the oracle rows, which get weight 1."""
+    if any(s.sampler_logprobs is None and not s.oracle for s in part):
         return None
-    sampler = _pad_rows([torch.tensor(s.sampler_logprobs, device=train_logp.device) for s in part],
-                        train_logp.shape[1])  # (B, C)
+    sampler = _pad_rows([torch.tensor(s.sampler_logprobs if not s.oracle else [0.0] * len(s.completion),
+                                      device=train_logp.device) for s in part], train_logp.shape[1])  # (B, C)
     weights, mismatch = rollout_weights(train_logp, sampler, mask, settings.rollout_is, settings.rollout_is_cap,
                                         settings.rollout_is_min)
     acc.add({**mismatch, "mismatch_tokens": mask.sum()})
