@@ -304,6 +304,8 @@ def test_the_beyond_suite_plans_the_off_policy_curriculum_and_guidance_arms(tmp_
     assert DemoConfig(out=str(tmp_path), suite="all").arms == [*PAPER_ARMS, *SUITES["beyond"]]
     with pytest.raises(PopeError, match="--suite: --full is --suite seed"):
         DemoConfig(out=str(tmp_path), full=True, suite="beyond")
+    (make_data,) = plan(tmp_path, oracle_style="terse")["data"].values()
+    assert value(make_data, "--oracle-style") == "terse" and "--oracle-style" not in plan(tmp_path)["data"]["data"]
 
 
 def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):

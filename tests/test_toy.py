@@ -13,7 +13,7 @@ from pope_cli.commands.toy import app as toy_app
 from pope_cli.shared.reward.checker import is_correct
 from pope_cli.toy.model import SHIPPED_MODEL_DIR
 from pope_cli.toy.reward import score
-from pope_cli.toy.task import easy_problems, hard_problems, write_problem_sets
+from pope_cli.toy.task import easy_problems, hard_problems, make_record, write_problem_sets
 
 
 def read_jsonl(path):
@@ -179,3 +179,25 @@ def test_shipped_model_fails_hard_problems_unguided(shipped):
     outputs = generate(shipped, heldout, 16, sample=True)
     solved = [sum(score(t, r) for t in texts) for r, texts in zip(heldout, outputs)]
     assert sum(solved) <= 4 and sum(s == 0 for s in solved) >= 6
+
+
+def test_terse_solutions_skip_every_other_result_and_the_reward_checks_them_as_steps(tmp_path):
+    write_problem_sets(tmp_path / "steps", seed=1, n_easy=6, n_hard=6, n_heldout=0)
+    write_problem_sets(tmp_path / "terse", seed=1, n_easy=6, n_hard=6, n_heldout=0, style="terse")
+    read = {style: [json.loads(line) for line in (tmp_path / style / "mix.jsonl").read_text().splitlines()]
+            for style in ("steps", "terse")}
+    # The same problems in the same order; only the written solutions differ.
+    assert [(r["id"], r["problem"], r["answer"]) for r in read["steps"]] == [
+        (r["id"], r["problem"], r["answer"]) for r in read["terse"]]
+    record = make_record("h", "toy-hard", 7, [("*", 9), ("-", 5), ("*", 9), ("*", 7), ("+", 9), ("*", 4)], "terse")
+    assert record["solution"] == "7*9-5=8\n8*9*7=4\n4+9*4=2\n\\boxed{2}"
+    steps = make_record("h", "toy-hard", 7, [("*", 9), ("-", 5), ("*", 9), ("*", 7), ("+", 9), ("*", 4)])["solution"]
+    for terse, plain in zip(read["terse"], read["steps"]):
+        assert score(terse["solution"], terse) == score(plain["solution"], terse) == 1.0
+    assert score(record["solution"], record) == score(steps, record) == 1.0
+    assert score(record["solution"].replace("=4\n", "=5\n"), record) == 0.0  # a merged line's result is checked
+    assert score("7*9-5=8\n8*9*7=4\n\\boxed{4}", record) == 0.0  # and the chain must end
+    # Guided by a terse prefix: restating it, or continuing after the steps it stands for.
+    guided = {**record, "prefix": "7*9-5=8"}
+    assert score(steps, guided) == score("\n".join(steps.splitlines()[2:]), guided) == 1.0
+    assert score("\n".join(steps.splitlines()[3:]), guided) == 0.0

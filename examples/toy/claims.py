@@ -98,8 +98,13 @@ def add(runs: list[Path], root: Path = SEEDS) -> None:
         print(f"kept {run} as {target}")
 
 
+LATER_OPTIONS = {"suite": None, "oracle_style": "steps"}
+"""Demo options added after the first seeds ran, at the value those seeds had."""
+
+
 def _setting(results: dict, *also: str) -> dict:
-    return {k: v for k, v in results["config"].items() if k not in ("seed", "out", "overwrite", "parallel", *also)}
+    config = {**LATER_OPTIONS, **results["config"]}
+    return {k: v for k, v in config.items() if k not in ("seed", "out", "overwrite", "parallel", *also)}
 
 
 def merged(kept: dict, added: dict) -> dict:

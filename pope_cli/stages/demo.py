@@ -37,6 +37,7 @@ from pope_cli.shared.options import check_choices, option
 from pope_cli.shared.live import Job, command_of, output_of
 from pope_cli.shared.outputs import atomic_write_json, atomic_write_jsonl
 from pope_cli.shared.runtime import PROGRESS_SECONDS_ENV
+from pope_cli.toy.task import ORACLE_STYLES
 
 
 ENTROPY_COEF = 0.01
@@ -121,6 +122,10 @@ class DemoConfig:
                                      "(off-policy, LUFFY, curriculum, clip-higher off-policy, adaptive and annealed "
                                      "guidance, POPE from found solutions) or all.", choices=tuple(SUITES),
                                show_default=False)
+    oracle_style: str = option("steps", "How the toy's written solutions read (toy make-data --oracle-style): steps (the "
+                                        "model's own style) or terse (two steps a line, as a person writes); the "
+                                        "prefixes, SFT data and oracle rollouts come from them.",
+                               choices=ORACLE_STYLES)
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
     n_hard: int = option(160, "Hard problems in the training pool before filtering.")
     heldout: str = option("shipped", "Held-out set: 'shipped' (the shipped toy model's hard problems, never solved in 128 "
@@ -325,7 +330,8 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
     filtered = cfg.heldout == "filter"
     phases = {
         "data": [["toy", "make-data", "--out", str(out / "data"), "--seed", seed, "--n-easy", str(cfg.n_easy),
-                  "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout)]],
+                  "--n-hard", str(cfg.n_hard), "--n-heldout", str(cfg.n_heldout),
+                  *(["--oracle-style", cfg.oracle_style] if cfg.oracle_style != "steps" else [])]],
         "filter": [["filter-hard", str(out / "data" / "mix.jsonl"), "--out", str(out / "filter"), *filter_args]]
                   + [["filter-hard", str(out / "data" / "heldout.jsonl"), "--out", str(out / "heldout_filter"),
                       *filter_args]] * filtered,

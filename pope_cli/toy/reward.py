@@ -3,8 +3,9 @@
 Use it as `--reward pope_cli.toy.reward:score`. The answer alone would be a poor reward here:
 with ten possible answers a guess is right 10% of the time. So the score is 1.0 only when
 
-1. every non-blank line but the last is a step `a<op>b=c` (spaces ignored), and these steps
-   are exactly the problem's steps k..n, each with its correct result: k = 1 for an unguided
+1. every non-blank line but the last is a step `a<op>b=c` or several merged, `a<op>b<op>c=d`
+   (the terse style, task.py; spaces ignored), and these steps are exactly the problem's steps
+   k..n, each line with its correct result: k = 1 for an unguided
    prompt; for a guided one (the record has a `prefix`), the steps may start anywhere up to
    right after the given lines, so both restating the given lines and continuing after them
    count;
@@ -19,9 +20,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from pope_cli.toy.task import solution_lines
+from pope_cli.toy.task import apply, solution_lines
 
 _PROBLEM = re.compile(r"(\d)((?:[+*-]\d)+)")
+_MERGED = re.compile(r"(\d)((?:[+*-]\d){2,})=(\d)")
 _BOXED = re.compile(r"\\boxed\{[^{}]*\}")
 
 
@@ -44,7 +46,14 @@ def given_steps(prefix: object, oracle: list[str]) -> int:
 
 
 def _lines(text: str) -> list[str]:
-    return [line.replace(" ", "") for line in text.splitlines() if line.strip()]
+    """The non-blank lines without spaces, a merged line `a<op>b<op>c=d` written out as its single
+    steps when d is its result (left as it is when not, so it matches no step)."""
+    lines = []
+    for line in (line.replace(" ", "") for line in text.splitlines() if line.strip()):
+        merged = _MERGED.fullmatch(line)
+        steps = solution_lines(*parse_problem(merged.group(1) + merged.group(2))) if merged else []
+        lines.extend(steps if steps and steps[-1].endswith(f"={merged.group(3)}") else [line])
+    return lines
 
 
 def derivation_ok(completion: str, oracle: list[str], given: int) -> bool:

@@ -24,6 +24,12 @@ Tiers, and why POPE's mechanism can occur here:
   lines, so its continuation needs only the last one or two look-ups: solvable. They are the
   same table the unguided problems need, which is what lets guided learning transfer.
 - *held-out*: more hard problems, disjoint from the training pool, for evaluation.
+
+Written solutions come in two styles (`--oracle-style`). `steps` is the model's own: one step a
+line, as the model was pretrained to write. `terse` is how a person might write it: two steps a
+line with the intermediate result left out (`7*9-5=8`), so a model that copies the style has to
+do two look-ups in one go; the reward accepts either (a merged line is checked as the steps it
+stands for). It plays the human solutions that are far from the model's distribution.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pope_cli.shared.config import bad_option, seed_option
-from pope_cli.shared.options import option
+from pope_cli.shared.options import check_choices, option
 
 STAR_RATE = 0.3
 """Share of easy problems that carry one `*` step (the rest are pure `+`/`-`)."""
@@ -66,9 +72,24 @@ def solution_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
     return lines
 
 
-def make_record(pid: str, source: str, start: int, steps: list[tuple[str, int]]) -> dict:
-    """A pipeline record: the problem text, its gold answer and the worked solution."""
-    lines = solution_lines(start, steps)
+ORACLE_STYLES = ("steps", "terse")
+
+
+def terse_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
+    """A person's derivation: two steps a line, the intermediate result skipped (`7*9-5=8`)."""
+    lines, value = [], start
+    for first in range(0, len(steps), 2):
+        pair, result = steps[first:first + 2], value
+        for op, operand in pair:
+            result = apply(result, op, operand)
+        lines.append(f"{value}" + "".join(f"{op}{operand}" for op, operand in pair) + f"={result}")
+        value = result
+    return lines
+
+
+def make_record(pid: str, source: str, start: int, steps: list[tuple[str, int]], style: str = "steps") -> dict:
+    """A pipeline record: the problem text, its gold answer and the worked solution (in `style`)."""
+    lines = solution_lines(start, steps) if style == "steps" else terse_lines(start, steps)
     answer = lines[-1].split("=")[1]
     problem = str(start) + "".join(f"{op}{operand}" for op, operand in steps)
     solution = "\n".join(lines + [f"\\boxed{{{answer}}}"])
@@ -113,7 +134,7 @@ def hard_ok(start: int, steps: list[tuple[str, int]]) -> bool:
     return True
 
 
-def hard_problems(seed: int, n_pool: int, n_heldout: int) -> tuple[list[dict], list[dict]]:
+def hard_problems(seed: int, n_pool: int, n_heldout: int, style: str = "steps") -> tuple[list[dict], list[dict]]:
     """Distinct hard problems: the first `n_pool` form the training pool, the next the held-out set."""
     rng = random.Random(f"toy-hard-{seed}")
     seen: set[str] = set()
@@ -122,20 +143,20 @@ def hard_problems(seed: int, n_pool: int, n_heldout: int) -> tuple[list[dict], l
         start, steps = sample_hard(rng)
         pool = len(records) < n_pool
         pid = f"hard-{len(records):05d}" if pool else f"heldout-{len(records) - n_pool:05d}"
-        record = make_record(pid, "toy-hard", start, steps)
+        record = make_record(pid, "toy-hard", start, steps, style)
         if record["problem"] not in seen:
             seen.add(record["problem"])
             records.append(record)
     return records[:n_pool], records[n_pool:]
 
 
-def easy_problems(seed: int, n: int) -> list[dict]:
+def easy_problems(seed: int, n: int, style: str = "steps") -> list[dict]:
     """Distinct easy problems drawn like the pretraining data (a different stream)."""
     rng = random.Random(f"toy-easy-{seed}")
     seen: set[str] = set()
     records: list[dict] = []
     while len(records) < n:
-        record = make_record(f"easy-{len(records):05d}", "toy-easy", *sample_easy(rng))
+        record = make_record(f"easy-{len(records):05d}", "toy-easy", *sample_easy(rng), style)
         if record["problem"] not in seen:
             seen.add(record["problem"])
             records.append(record)
@@ -157,23 +178,27 @@ class ProblemSetsConfig:
     n_easy: int = option(64, "Easy problems (solved by the shipped model).")
     n_hard: int = option(256, "Hard problems in the training pool.")
     n_heldout: int = option(64, "Held-out hard problems for evaluation, disjoint from the pool.")
+    oracle_style: str = option("steps", "How the written solutions read: steps (one step a line, the model's own style) "
+                                        "or terse (two steps a line, the intermediate result skipped, as a person "
+                                        "writes); the problems are the same.", choices=ORACLE_STYLES)
 
     def __post_init__(self):
+        check_choices(self)
         for name, value in (("--n-easy", self.n_easy), ("--n-hard", self.n_hard), ("--n-heldout", self.n_heldout)):
             if value < 0:
                 raise bad_option(name, "must be >= 0")
 
 
 def write_problem_sets(out_dir: str | Path, seed: int = 0, n_easy: int = 64, n_hard: int = 256,
-                       n_heldout: int = 64) -> dict[str, int]:
+                       n_heldout: int = 64, style: str = "steps") -> dict[str, int]:
     """Write easy.jsonl, hard_pool.jsonl, heldout.jsonl and mix.jsonl (easy + hard pool, shuffled).
 
     Returns the row count of each file. The same seed always gives the same files.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    easy = easy_problems(seed, n_easy)
-    pool, heldout = hard_problems(seed, n_hard, n_heldout)
+    easy = easy_problems(seed, n_easy, style)
+    pool, heldout = hard_problems(seed, n_hard, n_heldout, style)
     mix = easy + pool
     random.Random(f"toy-mix-{seed}").shuffle(mix)
     files = {"easy.jsonl": easy, "hard_pool.jsonl": pool, "heldout.jsonl": heldout, "mix.jsonl": mix}
