@@ -176,6 +176,43 @@ def test_filter_hard_samples_a_served_model(tmp_path, monkeypatch):
     assert (summary["hard"], summary["easy"]) == (2, 4)
 
 
+def guided_answer(prompt: str, seed: int) -> str:
+    """Solves a problem once its prompt shows 'step 2' of the solution; else a wrong answer."""
+    return "\\boxed{7}" if "step 2" in prompt else "\\boxed{0}"
+
+
+def test_make_prefixes_and_eval_sample_a_served_model(tmp_path, monkeypatch):
+    from pope_cli.stages.evaluate import EvalConfig, run_eval
+    from pope_cli.stages.prefixes import PrefixConfig, run_make_prefixes
+
+    rows = [{"id": f"p{i}", "problem": f"problem #{i}.", "answer": "7",
+             "solution": "step 1 then.\n\nstep 2 then.\n\nstep 3 then.\n\nso \\boxed{7}"} for i in range(3)]
+    data = tmp_path / "hard.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv(KEY_ENV, KEY)
+    stub = Stub(guided_answer, key=KEY)
+    common = dict(model=ModelOptions(str(TOY_MODEL), backend="openai"), prompt=PromptOptions(),
+                  sampling=SamplingOptions(max_new_tokens=32), reward=RewardOptions(),
+                  api=ApiOptions(api_base="", api_model=MODEL, api_key_env=KEY_ENV), seed=SEED)
+    with StubServer(stub) as base_url:
+        common["api"].api_base = base_url
+        prefixes = tmp_path / "prefixes.jsonl"
+        cfg = PrefixConfig(data=str(data), out=str(prefixes), fields=FieldMap(), n=2, max_fraction=0.9, max_rungs=0,
+                           **common)
+        summary = run_make_prefixes(cfg, lambda: make_engine(cfg.model, api=cfg.api), EndScorer)
+        # Rung 1 shows step 1 only (wrong answers), rung 2 shows step 2: the shortest prefix that solves.
+        assert summary["found"] == 3 and {r["rung"] for r in read_jsonl(prefixes)} == {2}
+        assert len(stub.completions()) == 3 * 2 * 2
+        ecfg = EvalConfig(data=str(prefixes), out=str(tmp_path / "eval"), models=[str(TOY_MODEL)], fields=FieldMap(),
+                          n=4, ks=[1, 4], modes=["unguided", "guided"], bootstrap=0, **common)
+        result = run_eval(ecfg, lambda opts: make_engine(opts, api=ecfg.api), EndScorer)
+    (modes,) = result["models"].values()
+    assert (modes["unguided"]["avg@n"], modes["guided"]["avg@n"], modes["guided"]["pass@4"]) == (0.0, 1.0, 1.0)
+    assert len(stub.completions()) == 12 + 3 * 4 * 2
+    with pytest.raises(PopeError, match="--model: with --backend openai give one --model"):
+        EvalConfig(data=str(prefixes), out=str(tmp_path / "e2"), models=["a", "b"], fields=FieldMap(), **common)
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "x.jsonl", "--out", "o", "--model", "m", "--backend", "openai"],
      "error: --backend: openai serves text only; training needs the weights here (use hf, vllm or auto)"),
@@ -204,5 +241,5 @@ def test_workers_are_refused_with_a_served_model():
 
 
 def test_stages_without_the_server_options_refuse_a_served_model():
-    with pytest.raises(PopeError, match=r"only make-solutions and filter-hard sample a served model"):
+    with pytest.raises(PopeError, match=r"only the sampling stages .* sample a served model"):
         make_engine(ModelOptions("m", backend="openai"))

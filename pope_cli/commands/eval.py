@@ -27,7 +27,7 @@ def command(cfg: EvalConfig):
     if plan is not None:
         print(f"eval: {plan.describe()}", file=sys.stderr)
     with progress_reporter("eval", total=0, unit="units") as progress:
-        summary = run_eval(cfg, lambda opts: engine_factory(opts, plan)(), scorer_factory(cfg.reward), progress)
+        summary = run_eval(cfg, lambda opts: engine_factory(opts, plan, cfg.api)(), scorer_factory(cfg.reward), progress)
     print_summary(summary)
 
 

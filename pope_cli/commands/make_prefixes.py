@@ -23,7 +23,7 @@ def command(cfg: PrefixConfig):
     if plan is not None:
         print(f"make-prefixes: {plan.describe()}", file=sys.stderr)
     with progress_reporter("make-prefixes", total=0) as progress:
-        summary = run_make_prefixes(cfg, engine_factory(cfg.model, plan), scorer_factory(cfg.reward), progress)
+        summary = run_make_prefixes(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress)
     print_table("make-prefixes", summary_rows(summary, cfg))
 
 

@@ -62,7 +62,7 @@ class ModelOptions:
     model: str = option(help="Hub id or local directory of the model (a PEFT adapter directory loads base + adapter).",
                         flags=("--model", "-m"), panel=MODEL_PANEL, metavar="ID|DIR")
     backend: str = option("auto", "Generation backend: hf (transformers), vllm, auto (vllm when importable and CUDA is "
-                                  "present), or openai (a served model, in make-solutions and filter-hard: see --api-base).",
+                                  "present), or openai (a served model, in the sampling stages: see --api-base).",
                           panel=MODEL_PANEL, choices=BACKENDS)
     dtype: str = option("auto", "auto: bf16 on GPU, fp32 on CPU.", panel=MODEL_PANEL,
                         choices=("auto", "bfloat16", "float16", "float32"))

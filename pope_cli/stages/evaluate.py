@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pope_cli.shared.config import (MODEL_PANEL, PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
+from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_PANEL, ApiOptions, PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
                                     SamplingOptions, MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, int_list,
                                     overwrite_option, seed_option)
 from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_problems, PREFIX_FIELDS
@@ -51,6 +51,7 @@ class EvalConfig:
     sampling: SamplingOptions = group(defaults={"temperature": 0.8})
     reward: RewardOptions = group()
     parallel: WorkerOptions = group(default_factory=WorkerOptions)
+    api: ApiOptions = group(default_factory=ApiOptions)
     n: int = option(16, "Samples per problem and mode.")
     ks: list[int] = option(None, "Comma-separated k values for unbiased pass@k (each ≤ n).", param="k", cli_type=str,
                            cli_default="1,8,16", parse=int_list("--k"))
@@ -78,9 +79,14 @@ class EvalConfig:
             raise bad_option("--bootstrap", "must be >= 0")
         if not self.model.model:
             self.model.model = self.models[0]
+        if self.model.backend == "openai" and len(self.models) > 1:
+            raise bad_option("--model", "with --backend openai give one --model (the served model's tokenizer; "
+                                        "--api-model names the model): one server serves one model")
+        self.api.check(self.model)
 
 
-RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, "overwrite", "reward.workers", "bootstrap")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, *API_RESUME_IGNORED, "overwrite", "reward.workers",
+                  "bootstrap")
 
 
 @dataclass
@@ -202,7 +208,7 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
                     done.add((job.model, job.mode, job.record["id"]))
                     progress(len(done), total)
 
-                run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size, finished, stats)
+                run_rounds(jobs, engine, sampling, scorer, cfg.api.rows_per_round(cfg.model), finished, stats)
             engine = None
         return _finish(cfg, items, started, stats)
 

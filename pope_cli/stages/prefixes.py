@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
+from pope_cli.shared.config import (API_RESUME_IGNORED, PROMPT_PANEL, ApiOptions, FieldMap, ModelOptions, PromptOptions, RewardOptions,
                                     SamplingOptions, MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, overwrite_option,
                                     seed_option)
 from pope_cli.shared.data import Problem, read_problems
@@ -57,6 +57,7 @@ class PrefixConfig:
     sampling: SamplingOptions = group()
     reward: RewardOptions = group()
     parallel: WorkerOptions = group(default_factory=WorkerOptions)
+    api: ApiOptions = group(default_factory=ApiOptions)
     template: str = option("pope", "Guided template: pope, no-restate, or a text file with {problem} and {prefix}; recorded "
                                    "in each record.", panel=PROMPT_PANEL, metavar="NAME|FILE")
     split: str = option("units", "Cut solutions into 'units' (paragraph, line and sentence boundaries outside math) or "
@@ -81,6 +82,7 @@ class PrefixConfig:
 
     def __post_init__(self):
         check_choices(self)
+        self.api.check(self.model)
         if not 0 < self.max_fraction <= 1:
             raise bad_option("--max-fraction", f"must be in (0, 1], not {self.max_fraction}")
         if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:
@@ -94,7 +96,7 @@ class PrefixConfig:
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
-RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, "overwrite", "reward.workers")
+RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, *API_RESUME_IGNORED, "overwrite", "reward.workers")
 
 # Every stats row has all of these (None where they do not apply), whatever its status.
 STATS_FIELDS = ("id", "status", "kept", "prefix", "prefix_units", "prefix_tokens", "prefix_fraction", "rung",
@@ -296,7 +298,7 @@ def _search(cfg: PrefixConfig, todo: list[Problem], engine, scorer, decided) -> 
     # A generator: each ladder is cut when its job enters a round, not all before the first one.
     jobs = (make_job(cfg, problem, engine.tokenizer, prompts) for problem in todo)
     with scorer:
-        return run_rounds(jobs, engine, sampling, scorer, cfg.model.batch_size,
+        return run_rounds(jobs, engine, sampling, scorer, cfg.api.rows_per_round(cfg.model),
                           lambda job: decided(job.row(cfg.fallback)))
 
 

@@ -34,7 +34,8 @@ def make_engine(opts, *, api=None, max_lora_rank: int | None = None, enable_slee
 
         if api is None:
             # Without --api-base the client would fall back to api.openai.com.
-            raise PopeError("--backend openai: only make-solutions and filter-hard sample a served model", exit_code=2)
+            raise PopeError("--backend openai: only the sampling stages (filter-hard, make-solutions, make-prefixes, "
+                            "eval) sample a served model", exit_code=2)
         return OpenAIEngine.from_options(opts, api)
     if choose_backend(opts.backend) == "vllm":
         from pope_cli.shared.engines.vllm import VLLMEngine
