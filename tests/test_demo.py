@@ -258,6 +258,7 @@ def test_solution_arms_search_solutions_without_the_oracle_and_train_on_their_ow
     assert {name: (c[1], value(c, "--model"), value(c, "--k"), value(c, "--template")) for name, c in solutions.items()} == {
         "self.jsonl": (answers, str(SHIPPED_MODEL_DIR), str(SELF_K), templates()["unguided"]),
         "teacher.jsonl": (answers, str(TEACHER_MODEL_DIR), str(TEACHER_K), templates()["unguided"])}
+    assert list(solutions) == ["teacher.jsonl", "self.jsonl"]  # the long search last: it gets the idle core
     # No arm trains on the oracle's prefixes, so none are searched.
     assert set(prefixes) == {"prefixes-self.jsonl", "prefixes-teacher.jsonl"}
     for source in ("self", "teacher"):

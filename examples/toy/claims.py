@@ -76,7 +76,8 @@ SOLUTION_CLAIMS = [
       for metric in ("unguided/avg@n", "unguided/pass@16")],
     ("pope-self − grpo", "pope-self", "grpo", "train/hard_solved_unguided_ever", "above (PrefixRL)", "+"),
     *[(f"pope-teacher − {reference}", "pope-teacher", reference, metric, expectation, direction)
-      for reference, expectation, direction in (("grpo", "above (LUFFY)", "+"), ("pope", "none (the same prefixes)", "<="))
+      for reference, expectation, direction in (("grpo", "above (a teacher's traces)", "+"),
+                                                ("pope", "none (the same prefixes)", "<="))
       for metric in ("unguided/avg@n", "unguided/pass@16")],
 ]
 

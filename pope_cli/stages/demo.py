@@ -323,7 +323,8 @@ def stage_commands(cfg: DemoConfig, out: Path) -> dict[str, list[list[str]]]:
                     "--adv-norm", cfg.adv_norm, "--save-every", "50", "--seed", seed, "--full",
                     "--log-completions", "4", "--log-every", str(max(1, cfg.steps // 10)), *prompts, *GENERATION]
     heldout, heldout_prefixes = heldout_files(cfg, out)
-    found = [arm for arm in cfg.arms if arm in SOLUTION_ARMS]
+    # The self search last: it takes far longer than the teacher's, and the phase's last command gets a worker per core.
+    found = sorted((arm for arm in cfg.arms if arm in SOLUTION_ARMS), key=lambda arm: SOLUTION_ARMS[arm] == "self")
     oracle_prefixes = any(arm not in SOLUTION_ARMS for arm in cfg.arms)
     eval_args = [str(heldout), "--prefixes", str(heldout_prefixes), "--n", str(cfg.eval_n), "--k",
                  ",".join(map(str, cfg.eval_k)), "--seed", seed, *prompts, *GENERATION]
