@@ -34,8 +34,15 @@ BACKOFF_MAX = 30.0
 NO_KEY = "EMPTY"
 
 
+_REPORTING = threading.Lock()
+
+
 def report_to_stderr(line: str) -> None:
-    print(f"openai: {line}", file=sys.stderr, flush=True)
+    # One locked write of the whole line: print() writes the text and the newline apart, and the
+    # request threads' reports then ran together into one garbled line.
+    with _REPORTING:
+        sys.stderr.write(f"openai: {line}\n")
+        sys.stderr.flush()
 
 
 class OpenAIEngine:
