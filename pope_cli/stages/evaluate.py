@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_PANEL, ApiOptions, PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, int_list,
+from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_PANEL, MODEL_RESUME_IGNORED, PROMPT_PANEL,
+                                    WORKER_RESUME_IGNORED, ApiOptions, FieldMap, ModelOptions, PromptOptions,
+                                    RewardOptions, SamplingOptions, WorkerOptions, bad_option, int_list,
                                     overwrite_option, seed_option)
 from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_problems, PREFIX_FIELDS
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling

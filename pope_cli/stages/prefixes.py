@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pope_cli.shared.config import (API_RESUME_IGNORED, PROMPT_PANEL, ApiOptions, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, MODEL_RESUME_IGNORED, WORKER_RESUME_IGNORED, WorkerOptions, bad_option, overwrite_option,
-                                    seed_option)
+from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, PROMPT_PANEL, WORKER_RESUME_IGNORED,
+                                    ApiOptions, FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
+                                    WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError

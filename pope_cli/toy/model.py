@@ -11,8 +11,8 @@ from pathlib import Path
 
 SHIPPED_MODEL_DIR = Path(__file__).parent / "model"
 TEACHER_MODEL_DIR = Path(__file__).parent / "teacher"
-"""A stronger toy model for `pope make-solutions`' teacher: pretrained like the shipped one but with
-far more `*` steps by 4-9 (teacher/EVAL.md)."""
+"""A stronger toy model for `pope make-solutions`' teacher: the shipped one fine-tuned on 512 other hard
+problems' solutions, so it knows the `*` table by 4-9 (teacher/EVAL.md)."""
 MAX_POSITIONS = 256
 """Longest prompt + response the model is built for; toy sequences stay under about 150."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from pope_cli.toy.task import apply, solution_lines
+from pope_cli.toy.task import solution_lines
 
 _PROBLEM = re.compile(r"(\d)((?:[+*-]\d)+)")
 _MERGED = re.compile(r"(\d)((?:[+*-]\d){2,})=(\d)")

@@ -246,6 +246,7 @@ def _backward(model, samples: list[Sample], chunk: list[int], old, ref, settings
                                               settings.autocast_dtype, settings.logprob_chunk)  # (B, C), (B, C)
             width = logp.shape[1]
             old_logp = _pad_rows([old[i] for i in part], width) if old is not None else logp.detach()  # (B, C)
+            has_oracle = any(samples[i].oracle for i in part)  # asked of the samples: no device sync
             oracle = torch.tensor([samples[i].oracle for i in part], device=logp.device)  # (B,)
             old_logp = torch.where(oracle.unsqueeze(1), 0.0, old_logp)  # (B, C)
             ref_logp = _pad_rows([ref[i] for i in part], width) if ref is not None else None  # (B, C)
@@ -254,7 +255,7 @@ def _backward(model, samples: list[Sample], chunk: list[int], old, ref, settings
                                           acc)
             loss, metrics = policy_loss(logp, old_logp, batch.advantages, mask, settings.loss, ref_logp=ref_logp,
                                         entropy=entropy, num_seqs=len(chunk), num_tokens=num_tokens,
-                                        is_weights=weights, oracle=oracle if bool(oracle.any()) else None)
+                                        is_weights=weights, oracle=oracle if has_oracle else None)
             (loss * ranks.world).backward()
         acc.add(metrics)
         total += loss.detach().item()
