@@ -114,3 +114,23 @@ def test_a_run_of_other_arms_joins_its_seed_when_the_pool_is_the_same(tmp_path):
         claims.add([fake_run(tmp_path, 0, 0.2, 0, name="other-pool", trained=("pope-self",), pool=117, steps=110)], seeds)
     with pytest.raises(SystemExit, match=r"other settings than the kept seed \(steps\); only --arms may differ"):
         claims.add([fake_run(tmp_path, 0, 0.2, 0, name="other-steps", trained=("pope-self",), steps=250)], seeds)
+
+
+def test_the_beyond_claims_state_their_direction_and_the_oracle_table_reads_the_weights():
+    claims = claims_module()
+    directions = {(c[0], c[3]): c[5] for c in claims.BEYOND_CLAIMS}
+    assert directions[("curriculum − grpo", "train/hard_solved_unguided_ever")] == "-"
+    assert directions[("clip-higher-offpolicy − grpo-offpolicy", "train/hard_solved_unguided_ever")] == "<="
+    # "no loss": a tie agrees, a one-point drop does not
+    seeds = [{"arms": {"pope": {"unguided": {"avg@n": 0.4}}, "pope-adaptive": {"unguided": {"avg@n": 0.4 + gain}}},
+              "training": {"pope": {"guided_prompts": 7040}, "pope-adaptive": {"guided_prompts": 3000}}}
+             for gain in (0.0, -0.01)]
+    rows = {(r["claim"], r["metric"]): r for r in claims.claim_rows(seeds, claims.BEYOND_CLAIMS)}
+    assert rows[("pope-adaptive − pope", "unguided/avg@n")]["agree"] == 1
+    assert rows[("pope-adaptive − pope", "train/guided_prompts")]["mean"] == -4040
+    assert rows[("luffy − pope", "unguided/avg@n")]["seeds"] == 0
+    seed = {"config": {"seed": 3}, "training": {"offpolicy": {"oracle_weight_mean": 0.91234, "oracle_weight_max": 1.0,
+                                                           "oracle_clip_fraction": 0.0, "oracle_loss_share": 0.25,
+                                                           "oracle_entropy_last_tenth": 0.00123, "oracle_reward": 1.0},
+                                             "grpo": {}}}
+    assert claims.oracle_table([seed]).splitlines()[2] == "| 3 | offpolicy | 0.912 | 1.000 | 0.000 | 0.250 | 0.0012 | 1.00 |"

@@ -309,6 +309,25 @@ def test_the_beyond_suite_plans_the_off_policy_curriculum_and_guidance_arms(tmp_
     assert value(make_data, "--oracle-style") == "terse" and "--oracle-style" not in plan(tmp_path)["data"]["data"]
 
 
+def test_the_training_facts_sum_the_guided_prompts_and_read_the_oracle_weights():
+    from pope_cli.stages.demo import guidance_facts, oracle_facts
+
+    rows = [{"prompts/guided": 4, "guidance/prefix_fraction": 0.5, "guidance/guided_skipped": 0},
+            {"prompts/guided": 0, "guidance/prefix_fraction": None, "guidance/guided_skipped": 4},
+            {"prompts/guided": 2, "guidance/prefix_fraction": 0.2, "guidance/guided_skipped": 2}]
+    # the shown share per guided prompt: (4 * 0.5 + 2 * 0.2) / 6
+    assert guidance_facts(rows) == {"prefix_fraction_mean": pytest.approx(0.4), "guided_skipped": 6}
+    assert guidance_facts([{"prompts/guided": 0}]) == {} and oracle_facts([{"oracle/tokens": None}]) == {}
+    rows = [{"oracle/tokens": 10, "oracle/weight_max": 0.9, "oracle/weight_mean": 0.5, "oracle/clip_fraction": 0.0,
+             "oracle/loss_share": 0.2, "oracle/entropy": 0.3, "oracle/reward": 1.0},
+            {"oracle/tokens": 0, "oracle/weight_max": None, "oracle/reward": 1.0},  # a step without an update
+            {"oracle/tokens": 12, "oracle/weight_max": 0.99, "oracle/weight_mean": 0.7, "oracle/clip_fraction": 0.5,
+             "oracle/loss_share": 0.4, "oracle/entropy": 0.1, "oracle/reward": 0.0}]
+    assert oracle_facts(rows) == {"oracle_weight_max": 0.99, "oracle_weight_mean": pytest.approx(0.6),
+                                  "oracle_clip_fraction": 0.25, "oracle_loss_share": pytest.approx(0.3),
+                                  "oracle_entropy_last_tenth": 0.1, "oracle_reward": pytest.approx(2 / 3)}
+
+
 def test_full_demo_after_a_default_one_reuses_every_finished_command(tmp_path):
     from pope_cli.stages.demo import DemoConfig
     from pope_cli.stages.demo import stage_commands

@@ -119,3 +119,19 @@ def test_dry_run_reads_a_config_file_and_reports_a_bad_one_in_one_line(tmp_path)
                "--model-config", "nowhere.json", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.splitlines() == ["error: --model-config: nowhere.json: no such file or directory"]
+
+
+def test_dry_run_counts_oracle_rollouts_as_trained_not_generated(tmp_path):
+    rows = [{"id": f"p{i}", "problem": f"What is {i} + 3?", "answer": str(i + 3), "prefix": "Add.",
+             "prefix_fraction": 0.2, "status": "found", "template": "pope", **({"solution": "Add."} if i % 2 else {})}
+            for i in range(6)]
+    (tmp_path / "prefixes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_tiny_model(vocab_size=100).config.to_json_file(tmp_path / "config.json")
+    args = ("train", "prefixes.jsonl", "--model", "org/absent", "--out", "run", "--dry-run", "--model-config",
+            "config.json", "--mode", "grpo", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "64")
+    plain, oracle = pope(*args, cwd=tmp_path), pope(*args, "--oracle-rollouts", "1", cwd=tmp_path)
+    assert plain.returncode == oracle.returncode == 0, oracle.stderr
+    assert "generated <= 1,024 tokens" in plain.stdout and "oracle solutions" not in plain.stdout
+    # 4 unguided prompts a step, half of the problems with a solution: 2 oracle samples of 16
+    assert "of which 2.0 a step are oracle solutions (--oracle-rollouts), not generated" in oracle.stdout
+    assert "generated <= 896 tokens" in oracle.stdout and "x 4 samples = 16 completions" in oracle.stdout

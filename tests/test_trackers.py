@@ -184,3 +184,5 @@ def test_logged_completions_take_every_kind_in_turn():
     assert picked(result, 3) == [(0, 0), (2, 0), (3, 0)]
     assert picked(result, 6) == [(0, 0), (2, 0), (3, 0), (1, 0), (0, 1), (2, 1)]
     assert len(picked(result, 100)) == 8
+    result.oracle[2, 1] = True  # u0's second sample is its oracle solution: never logged as the policy's
+    assert len(picked(result, 100)) == 7 and (2, 1) not in picked(result, 100)

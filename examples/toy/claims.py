@@ -81,6 +81,27 @@ SOLUTION_CLAIMS = [
       for metric in ("unguided/avg@n", "unguided/pass@16")],
 ]
 
+# The seed's remaining comparisons (the summary's section on why curriculum and offline data fail;
+# clip-higher on off-policy steps for the arm and its reference alike) and guidance that adapts
+# (not in the paper: BREAD/Guide-GRPO and UFT's expectation that less guidance loses nothing).
+BEYOND_CLAIMS = [
+    ("offpolicy − grpo", "offpolicy", "grpo", "unguided/avg@n", "training failure (summary)", "-"),
+    ("offpolicy − grpo", "offpolicy", "grpo", "train/entropy_last_tenth", "entropy collapse (summary)", "-"),
+    ("luffy − grpo", "luffy", "grpo", "unguided/avg@n", "above (LUFFY's paper)", "+"),
+    ("luffy − pope", "luffy", "pope", "unguided/avg@n", "below (oracle as exploration, not target)", "-"),
+    ("luffy − offpolicy", "luffy", "offpolicy", "train/oracle_entropy_last_tenth", "above (shaping keeps entropy)", "+"),
+    ("curriculum − grpo", "curriculum", "grpo", "unguided/avg@n", "below (ray interference)", "-"),
+    ("curriculum − grpo", "curriculum", "grpo", "train/hard_solved_unguided_ever", "below (ray interference)", "-"),
+    ("clip-higher-offpolicy − grpo-offpolicy", "clip-higher-offpolicy", "grpo-offpolicy", "train/entropy_last_tenth",
+     "entropy blows up (text)", "+"),
+    ("clip-higher-offpolicy − grpo-offpolicy", "clip-higher-offpolicy", "grpo-offpolicy",
+     "train/hard_solved_unguided_ever", "no gain (text)", "<="),
+    ("pope-adaptive − pope", "pope-adaptive", "pope", "unguided/avg@n", "no loss (BREAD)", ">="),
+    ("pope-adaptive − pope", "pope-adaptive", "pope", "train/guided_prompts", "fewer guided rollouts", "-"),
+    ("pope-anneal − pope", "pope-anneal", "pope", "unguided/avg@n", "no loss (UFT)", ">="),
+    ("pope-anneal − pope", "pope-anneal", "pope", "train/prefix_fraction_mean", "less of the solution shown", "-"),
+]
+
 
 def add(runs: list[Path], root: Path = SEEDS) -> None:
     for run in runs:
@@ -219,6 +240,25 @@ def solutions_table(seeds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+ORACLE_ARMS = ("offpolicy", "luffy")
+ORACLE_FACTS = (("oracle_weight_mean", "weight mean", ".3f"), ("oracle_weight_max", "weight max", ".3f"),
+                ("oracle_clip_fraction", "clipped", ".3f"), ("oracle_loss_share", "loss share", ".3f"),
+                ("oracle_entropy_last_tenth", "entropy (last tenth)", ".4f"), ("oracle_reward", "reward", ".2f"))
+
+
+def oracle_table(seeds: list[dict]) -> str:
+    """The oracle tokens of the off-policy arms per seed: importance weights r_t = pi_theta(o_t)
+    (behaviour probability 1), the share the clip stopped, their part of the loss, their entropy."""
+    lines = ["| seed | arm | " + " | ".join(title for _, title, _ in ORACLE_FACTS) + " |",
+             "|---" * (len(ORACLE_FACTS) + 2) + "|"]
+    for s in seeds:
+        for arm in (a for a in ORACLE_ARMS if a in s["training"]):
+            facts = s["training"][arm]
+            cells = [format(facts[key], spec) if facts.get(key) is not None else "–" for key, _, spec in ORACLE_FACTS]
+            lines.append(f"| {s['config']['seed']} | {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(seeds: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -267,9 +307,12 @@ def main() -> None:
     print(f"{len(seeds)} seed(s): " + ", ".join(str(s["config"]["seed"]) for s in seeds) + "\n")
     print(arm_table(seeds) + "\n")
     print(table(claim_rows(seeds)))
-    if any("added" in s for s in seeds):
+    if any(arm in s["training"] for s in seeds for arm in ("pope-self", "pope-teacher")):
         print("\n" + solutions_table(seeds) + "\n")
         print(table(claim_rows(seeds, SOLUTION_CLAIMS), expected="expected"))
+    if any(arm in s["training"] for s in seeds for _, arm, *_ in BEYOND_CLAIMS):
+        print("\n" + table(claim_rows(seeds, BEYOND_CLAIMS), expected="expected") + "\n")
+        print(oracle_table(seeds))
     plot(seeds, args.seeds.parent / "claims.png")
 
 

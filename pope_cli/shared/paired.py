@@ -19,7 +19,7 @@ import random
 from collections import Counter
 
 EXACT_SEEDS = 10
-DIRECTIONS = {"+": lambda d: d > 0, "-": lambda d: d < 0, "<=": lambda d: d <= 0}
+DIRECTIONS = {"+": lambda d: d > 0, "-": lambda d: d < 0, "<=": lambda d: d <= 0, ">=": lambda d: d >= 0}
 
 
 def agrees(difference: float, direction: str) -> bool:

@@ -85,8 +85,6 @@ ARMS.update({
     "clip-higher-offpolicy": f"grpo-offpolicy with clip-high {CLIP_HIGHER}",
     "pope-adaptive": "POPE, a guided copy only while the unguided group fails, its prefix a rung shorter once solved",
     "pope-anneal": "POPE, the shown share of each prefix falling linearly to none by the last step",
-})
-ARMS.update({
     "pope-self": f"POPE from the start model's own successes (make-solutions, up to {SELF_K} samples a problem) "
                  "instead of the oracle solutions; unsolved problems unguided only",
     "pope-teacher": f"POPE from the stronger toy teacher's solutions (make-solutions, up to {TEACHER_K} samples; "
@@ -125,7 +123,7 @@ class DemoConfig:
     oracle_style: str = option("steps", "How the toy's written solutions read (toy make-data --oracle-style): steps (the "
                                         "model's own style) or terse (two steps a line, as a person writes); the "
                                         "prefixes, SFT data and oracle rollouts come from them.",
-                               choices=ORACLE_STYLES)
+                               choices=tuple(ORACLE_STYLES))
     n_easy: int = option(64, "Easy problems mixed into the filter-hard input.")
     n_hard: int = option(160, "Hard problems in the training pool before filtering.")
     heldout: str = option("shipped", "Held-out set: 'shipped' (the shipped toy model's hard problems, never solved in 128 "
@@ -547,6 +545,37 @@ def training_rows(out: Path, arm: str) -> list[dict]:
     return [json.loads(line) for line in (out / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
 
 
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def guidance_facts(rows: list[dict]) -> dict:
+    """How much guidance an arm showed: the mean shown share of the solution over its guided prompts."""
+    if not any(r.get("prompts/guided") for r in rows):
+        return {}
+    weighted = [(r["guidance/prefix_fraction"], r["prompts/guided"]) for r in rows
+                if r.get("guidance/prefix_fraction") is not None and r.get("prompts/guided")]
+    total = sum(n for _, n in weighted)
+    return {"prefix_fraction_mean": sum(f * n for f, n in weighted) / total if total else None,
+            "guided_skipped": sum(r.get("guidance/guided_skipped") or 0 for r in rows)}
+
+
+def oracle_facts(rows: list[dict]) -> dict:
+    """The oracle tokens' importance weights, loss share and entropy over an arm's steps (arms with
+    --oracle-rollouts): the largest weight any step saw, the rest as means over the steps that trained."""
+    if not any(r.get("oracle/tokens") for r in rows):
+        return {}
+    trained = [r for r in rows if r.get("oracle/tokens")]
+    late = trained[-max(1, len(trained) // 10):]
+    return {"oracle_weight_max": max(r["oracle/weight_max"] for r in trained),
+            "oracle_weight_mean": _mean(r.get("oracle/weight_mean") for r in trained),
+            "oracle_clip_fraction": _mean(r.get("oracle/clip_fraction") for r in trained),
+            "oracle_loss_share": _mean(r.get("oracle/loss_share") for r in trained),
+            "oracle_entropy_last_tenth": _mean(r.get("oracle/entropy") for r in late),
+            "oracle_reward": _mean(r.get("oracle/reward") for r in rows)}
+
+
 def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], phases: dict, timings: dict,
                     started: float) -> dict:
     """arm → mode → metric → value, plus training facts (from each arm's metric rows in
@@ -568,6 +597,9 @@ def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], p
             "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
             "steps_with_unguided_signal": sum(1 for r in rows if (r.get("reward/unguided") or 0) > 0),
             "entropy_last_tenth": sum(late) / len(late) if late else None,
+            "guided_prompts": sum(r.get("prompts/guided") or 0 for r in rows),
+            "gen_tokens": sum(r.get("gen_tokens") or 0 for r in rows),
+            **guidance_facts(rows), **oracle_facts(rows),
         }
     for arm in SFT_SOURCES:
         if arm in cfg.arms:

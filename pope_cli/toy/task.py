@@ -62,34 +62,28 @@ def apply(value: int, op: str, operand: int) -> int:
     return (value * operand) % 10
 
 
-def solution_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
-    """The oracle derivation, one `a<op>b=c` line per step (no answer line)."""
+ORACLE_STYLES = {"steps": 1, "terse": 2}
+"""How a written solution reads: the steps per derivation line. `steps` is the way the model
+writes (it was pretrained on it); `terse` is a person's, two steps a line with the intermediate
+result skipped (`7*9-5=8`)."""
+
+
+def solution_lines(start: int, steps: list[tuple[str, int]], style: str = "steps") -> list[str]:
+    """The derivation in `style`, one `a<op>b...=c` line per ORACLE_STYLES[style] steps (no answer line)."""
+    per_line = ORACLE_STYLES[style]
     lines, value = [], start
-    for op, operand in steps:
-        result = apply(value, op, operand)
-        lines.append(f"{value}{op}{operand}={result}")
-        value = result
-    return lines
-
-
-ORACLE_STYLES = ("steps", "terse")
-
-
-def terse_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
-    """A person's derivation: two steps a line, the intermediate result skipped (`7*9-5=8`)."""
-    lines, value = [], start
-    for first in range(0, len(steps), 2):
-        pair, result = steps[first:first + 2], value
-        for op, operand in pair:
+    for first in range(0, len(steps), per_line):
+        chunk, result = steps[first:first + per_line], value
+        for op, operand in chunk:
             result = apply(result, op, operand)
-        lines.append(f"{value}" + "".join(f"{op}{operand}" for op, operand in pair) + f"={result}")
+        lines.append(f"{value}" + "".join(f"{op}{operand}" for op, operand in chunk) + f"={result}")
         value = result
     return lines
 
 
 def make_record(pid: str, source: str, start: int, steps: list[tuple[str, int]], style: str = "steps") -> dict:
     """A pipeline record: the problem text, its gold answer and the worked solution (in `style`)."""
-    lines = solution_lines(start, steps) if style == "steps" else terse_lines(start, steps)
+    lines = solution_lines(start, steps, style)
     answer = lines[-1].split("=")[1]
     problem = str(start) + "".join(f"{op}{operand}" for op, operand in steps)
     solution = "\n".join(lines + [f"\\boxed{{{answer}}}"])
@@ -180,7 +174,7 @@ class ProblemSetsConfig:
     n_heldout: int = option(64, "Held-out hard problems for evaluation, disjoint from the pool.")
     oracle_style: str = option("steps", "How the written solutions read: steps (one step a line, the model's own style) "
                                         "or terse (two steps a line, the intermediate result skipped, as a person "
-                                        "writes); the problems are the same.", choices=ORACLE_STYLES)
+                                        "writes); the problems are the same.", choices=tuple(ORACLE_STYLES))
 
     def __post_init__(self):
         check_choices(self)

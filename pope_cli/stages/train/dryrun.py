@@ -26,7 +26,9 @@ The numbers are estimates for sizing hardware and catching a run that cannot fit
   per token, inside --gpu-memory-utilization of the GPU. It sleeps while the policy trains, so
   the two phases peak separately; the policy's weights and optimizer stay. With --backend hf
   the KV cache of `generate` holds --batch-size sequences at once.
-- Time: generation at --gen-tokens-per-s per GPU; training FLOPs per token = 2 x params forward
+- Time: generation at --gen-tokens-per-s per GPU, of the completions the policy samples (with
+  --oracle-rollouts N, N of each unguided group of a problem with a solution are the oracle's,
+  trained on but not generated; the data file's share of such problems sets their number); training FLOPs per token = 2 x params forward
   (plus 2 x layers x attention width x sequence length for attention), backward twice the
   forward for a full run and once for LoRA (a frozen weight needs no weight gradient), one more
   forward with --grad-checkpointing, one more LM-head projection (2 x hidden x vocabulary) with
@@ -155,8 +157,13 @@ def data_plan(cfg: TrainConfig) -> dict:
     totals = {kind: sum(mix.counts(step)[kind] for step in range(cfg.steps)) for kind in KINDS}
     pools = {kind: len(stream.records) for kind, stream in mix.streams.items()}
     lengths, exact = prompt_lengths(cfg, hard, easy)
+    # --oracle-rollouts: the last N samples of an unguided group whose problem has a solution are
+    # the oracle's, trained on but not generated.
+    with_solution = sum(1 for r in hard if str(r.get("solution") or "").strip()) / len(hard) if hard else 0.0
+    oracle = totals["unguided"] / cfg.steps * with_solution * min(cfg.oracle_rollouts, cfg.group_size)
     return {"hard": len(hard), "pools": pools, "per_step": {k: v / cfg.steps for k, v in totals.items() if v},
-            "epochs": {k: totals[k] / pools[k] for k in pools}, "prompt_tokens": lengths, "exact_tokens": exact}
+            "epochs": {k: totals[k] / pools[k] for k in pools}, "prompt_tokens": lengths, "exact_tokens": exact,
+            "oracle_per_step": oracle}
 
 
 def _strategy(cfg: TrainConfig, gpus: int) -> str:
@@ -207,15 +214,17 @@ def engine_memory(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples_per
             "kv_tokens": max(0, int(kv // shape.kv_bytes_per_token)), "concurrent": concurrent, "waves": waves}
 
 
-def step_time(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples: int, mean_prompt: float) -> dict:
-    """Seconds per step for generation and for the training passes, from the stated throughputs."""
+def step_time(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples: int, generated: float,
+              mean_prompt: float) -> dict:
+    """Seconds per step for generation (of the `generated` samples; oracle rollouts are not) and for
+    the training passes over all `samples`, from the stated throughputs."""
     seq = mean_prompt + cfg.sampling.max_new_tokens
     forward = 2 * shape.compute_params + 2 * shape.layers * shape.attention_width * seq  # FLOPs per token
     update = forward * (2 if cfg.lora else 3) + (forward if cfg.grad_checkpointing else 0)
     update += 2 * shape.hidden * shape.vocab if cfg.logprob_chunk else 0
     extra = (cfg.updates_per_step > 1 or cfg.mini_batch_size is not None) + (cfg.kl_coef > 0)
     flops = samples * seq * (cfg.updates_per_step * update + extra * forward)
-    generate = samples * cfg.sampling.max_new_tokens / (dry.gen_tokens_per_s * dry.gpus)
+    generate = generated * cfg.sampling.max_new_tokens / (dry.gen_tokens_per_s * dry.gpus)
     train = flops / (dry.gpus * dry.peak_tflops * 1e12 * dry.mfu)
     return {"generate": generate, "train": train, "flops": flops, "step": generate + train}
 
@@ -243,8 +252,8 @@ def plan(cfg: TrainConfig, dry: DryRunConfig) -> dict:
             "mean_prompt": mean_prompt, "max_prompt": max_prompt, "seq_len": seq_len, "strategy": strategy,
             "policy": policy, "pass": pass_memory(cfg, shape, seq_len, cfg.micro_batch_size),
             "largest_micro_batch": largest,
-            "engine": engine_memory(cfg, shape, dry, samples / dry.gpus, seq_len),
-            "time": step_time(cfg, shape, dry, samples, mean_prompt)}
+            "engine": engine_memory(cfg, shape, dry, (samples - data["oracle_per_step"]) / dry.gpus, seq_len),
+            "time": step_time(cfg, shape, dry, samples, samples - data["oracle_per_step"], mean_prompt)}
 
 
 def _gb(value: float) -> str:
@@ -256,7 +265,8 @@ def _data_lines(cfg: TrainConfig, p: dict) -> list[str]:
     per_step = ", ".join(f"{n:g} {kind}" for kind, n in data["per_step"].items())
     lengths = ", ".join(f"{kind} {mean:,.0f} / {top:,}" for kind, (mean, top) in data["prompt_tokens"].items())
     how = "counted with the tokenizer" if data["exact_tokens"] else f"estimated at {CHARS_PER_TOKEN} characters per token"
-    generated = p["samples"] * cfg.sampling.max_new_tokens
+    oracle = data["oracle_per_step"]
+    generated = round(p["samples"] - oracle) * cfg.sampling.max_new_tokens
     trained = p["samples"] * (p["mean_prompt"] + cfg.sampling.max_new_tokens)
     epochs = ", ".join(f"{kind} {n:.1f}" for kind, n in data["epochs"].items())
     return [
@@ -264,6 +274,8 @@ def _data_lines(cfg: TrainConfig, p: dict) -> list[str]:
         f"mode {cfg.mode}" + (f", guided:unguided {cfg.guided_ratio:g}:1" if cfg.mode == "pope" else ""),
         f"step     {cfg.prompts_per_step} prompts ({per_step}) x {cfg.group_size} samples = {p['samples']:,} completions",
         f"         prompt tokens, mean / max: {lengths} ({how})",
+        *([f"         of which {oracle:,.1f} a step are oracle solutions (--oracle-rollouts), not generated"]
+          if oracle else []),
         f"         generated <= {generated:,} tokens; trained <= {trained:,.0f} tokens (prompt + completion)",
         f"run      {cfg.steps} steps; draws per problem over the run: {epochs}",
     ]

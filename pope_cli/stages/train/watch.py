@@ -23,12 +23,14 @@ PROMPT_TAIL_CHARS = 200
 
 
 def picked(result: Rollout, count: int) -> list[tuple[int, int]]:
-    """(group, sample) pairs of `count` completions, round-robin over kinds, groups, samples."""
+    """(group, sample) pairs of `count` of the policy's completions (oracle rollouts are not its),
+    round-robin over kinds, groups, samples."""
     by_kind = {kind: [g for g, item in enumerate(result.items) if item.kind == kind] for kind in KINDS}
     groups = [g for rank in range(len(result.items)) for kind in KINDS if rank < len(by_kind[kind])
               for g in [by_kind[kind][rank]]]
     width = max((len(group) for group in result.completions), default=0)
-    return [(g, j) for j in range(width) for g in groups if j < len(result.completions[g])][:count]
+    return [(g, j) for j in range(width) for g in groups
+            if j < len(result.completions[g]) and not bool(result.oracle[g, j])][:count]
 
 
 def completion_rows(step: int, result: Rollout, count: int, decode: Callable[[list[int]], str]) -> list[dict]:
