@@ -590,13 +590,12 @@ def collect_results(cfg: DemoConfig, out: Path, curves: dict[str, list[dict]], p
         (modes,) = summary["models"].values()
         results["arms"][arm]["guided_own_template"] = {k: v for k, v in modes["guided"].items() if k != "ci95"}
     for arm, rows in curves.items():
-        late = [r["entropy"] for r in rows[-max(1, len(rows) // 10):] if r.get("entropy") is not None]
         results["training"][arm] = {
             "steps": len(rows),
             "sft_steps": cfg.sft_steps if arm in SFT_SOURCES else 0,
             "hard_solved_unguided_ever": rows[-1]["solved_unguided/ever"] if rows else 0,
             "steps_with_unguided_signal": sum(1 for r in rows if (r.get("reward/unguided") or 0) > 0),
-            "entropy_last_tenth": sum(late) / len(late) if late else None,
+            "entropy_last_tenth": _mean(r.get("entropy") for r in rows[-max(1, len(rows) // 10):]),
             "guided_prompts": sum(r.get("prompts/guided") or 0 for r in rows),
             "gen_tokens": sum(r.get("gen_tokens") or 0 for r in rows),
             **guidance_facts(rows), **oracle_facts(rows),
