@@ -134,3 +134,13 @@ def test_the_beyond_claims_state_their_direction_and_the_oracle_table_reads_the_
                                                            "oracle_entropy_last_tenth": 0.00123, "oracle_reward": 1.0},
                                              "grpo": {}}}
     assert claims.oracle_table([seed]).splitlines()[2] == "| 3 | offpolicy | 0.912 | 1.000 | 0.000 | 0.250 | 0.0012 | 1.00 |"
+
+
+def test_each_seeds_directory_writes_its_own_figures_and_the_beyond_arms_get_theirs():
+    claims = claims_module()
+    curves = {arm: [] for arm in ("grpo", "pope", "sft-grpo", "pope-self", "luffy", "pope-anneal")}
+    seeds = [{"curves": curves}, {"curves": {arm: [] for arm in curves if arm != "pope-anneal"}}]
+    assert claims.figures(seeds, "seeds") == {"claims.png": ["grpo", "pope", "sft-grpo", "pope-self"],
+                                              "beyond.png": ["grpo", "pope", "luffy"]}
+    assert claims.figures(seeds[1:], "seeds-terse")["claims-terse.png"] == ["grpo", "pope", "sft-grpo", "pope-self"]
+    assert list(claims.figures([{"curves": {"grpo": []}}], "seeds")) == ["claims.png"]

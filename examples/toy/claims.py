@@ -13,9 +13,10 @@ seed's, provided its training pool came out the same (filter-hard's counts), and
 times and start-model numbers are kept under `added`. `table` reads every kept seed, prints every arm's held-out numbers and training
 count (the mean over seeds with each seed's value), then the markdown claim table (each claim: the
 paper's difference, the toy's mean paired difference with its 95% bootstrap interval over seeds,
-and in how many seeds the difference goes the paper's way), and writes `claims.png` (every arm:
-unguided training reward, hard problems ever solved unguided, token entropy per step; mean over
-seeds). Where the seeds hold their arms, it also prints the found-solution claims (`pope-self`,
+and in how many seeds the difference goes the paper's way), and writes `claims.png` (the paper's
+arms and the found-solution ones: unguided training reward, hard problems ever solved unguided,
+token entropy per step; mean over seeds) and, once every seed holds them, `beyond.png` (the arms
+beyond the paper's table against grpo and pope); `--seeds seeds-terse` writes `claims-terse.png`. Where the seeds hold their arms, it also prints the found-solution claims (`pope-self`,
 `pope-teacher`, with what make-solutions found) and the claims beyond the paper's table (off-policy
 RL, LUFFY, the curriculum, clip-higher on off-policy steps, adaptive and annealed guidance), with
 the oracle tokens' weights per seed. Nothing is recomputed: the numbers are the demo's own.
@@ -262,27 +263,30 @@ def oracle_table(seeds: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(seeds: list[dict], path: Path) -> None:
+def plot(seeds: list[dict], arms: list[str], path: Path) -> None:
+    """The arms' curves, mean over seeds (grpo and pope first in every figure, so in the same colours)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pope_cli.stages.demo import ARMS
     from pope_cli.stages.report.figures import smooth
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     panels = (("reward/unguided", "unguided training reward (10-step mean)"),
               ("solved_unguided/ever", "hard problems ever solved unguided"),
               ("entropy", "token entropy (nats, log scale)"))
-    for index, arm in enumerate(a for a in ARMS if all(a in s["curves"] for s in seeds)):
+    # tab20's strong hues first, then their light pairs: the first ten arms share no hue.
+    palette = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]
+    for index, arm in enumerate(arms):
         for ax, (key, title) in zip(axes, panels):
             series = [[row.get(key) for row in s["curves"][arm]] for s in seeds]
             mean = [statistics.mean(v for v in step if v is not None) if any(v is not None for v in step) else None
                     for step in zip(*series)]
             steps = [row["step"] for row in seeds[0]["curves"][arm]]
             # Entropy is logged only on steps that train (a step without signal has no update).
-            ax.plot(steps, smooth(mean, 10) if key != "solved_unguided/ever" else mean, color=f"C{index}", label=arm)
+            ax.plot(steps, smooth(mean, 10) if key != "solved_unguided/ever" else mean,
+                    color=palette[index % len(palette)], label=arm)
             ax.set(title=title, xlabel="RL step")
     # The entropy bonus's ~5.5 nats would flatten every other arm's ~0.02 to a line at zero.
     axes[2].set_yscale("log")
@@ -316,7 +320,24 @@ def main() -> None:
     if any(arm in s["training"] for s in seeds for _, arm, *_ in BEYOND_CLAIMS):
         print("\n" + table(claim_rows(seeds, BEYOND_CLAIMS), expected="expected") + "\n")
         print(oracle_table(seeds))
-    plot(seeds, args.seeds.parent / "claims.png")
+    for name, arms in figures(seeds, args.seeds.name).items():
+        plot(seeds, arms, args.seeds.parent / name)
+
+
+def figures(seeds: list[dict], seeds_name: str) -> dict[str, list[str]]:
+    """The figures of one seeds directory, each named after it (`seeds-terse` → `claims-terse.png`):
+    the paper's arms with the found-solution ones, and the beyond arms against grpo and pope, each
+    of the arms every seed holds."""
+    from pope_cli.stages.demo import SUITES
+
+    suffix = seeds_name.removeprefix("seeds")
+    everywhere = [arm for arm in seeds[0]["curves"] if all(arm in s["curves"] for s in seeds)]
+    beyond = [arm for arm in everywhere if arm in SUITES["beyond"] and arm not in ("pope-self", "pope-teacher")]
+    paper = [arm for arm in everywhere if arm not in beyond]
+    result = {f"claims{suffix}.png": paper}
+    if beyond:
+        result[f"beyond{suffix}.png"] = [arm for arm in ("grpo", "pope") if arm in paper] + beyond
+    return result
 
 
 if __name__ == "__main__":
