@@ -144,3 +144,25 @@ def test_each_seeds_directory_writes_its_own_figures_and_the_beyond_arms_get_the
                                               "beyond.png": ["grpo", "pope", "luffy"]}
     assert claims.figures(seeds[1:], "seeds-terse")["claims-terse.png"] == ["grpo", "pope", "sft-grpo", "pope-self"]
     assert list(claims.figures([{"curves": {"grpo": []}}], "seeds")) == ["claims.png"]
+
+
+def test_an_arm_the_seed_holds_gains_only_the_facts_of_the_same_run_and_is_never_replaced(tmp_path, capsys):
+    claims = claims_module()
+    seeds = tmp_path / "seeds"
+    claims.add([fake_run(tmp_path, 0, 0.3, 0.1)], seeds)
+    curve = (seeds / "seed0" / "pope.metrics.jsonl").read_bytes()
+    again = fake_run(tmp_path, 0, 0.3, 0.1, name="again", trained=("pope", "luffy"))
+    results = json.loads((again / "results.json").read_text())
+    results["training"]["pope"].update(guided_prompts=880, hard_solved_unguided_ever=99)
+    (again / "results.json").write_text(json.dumps(results))
+    claims.add([again], seeds)
+    (kept,) = claims.load_seeds(seeds)
+    # the same held-out numbers: the kept facts stay, the rerun's new fact joins them
+    assert kept["training"]["pope"] == {"hard_solved_unguided_ever": 3, "entropy_last_tenth": 0.5, "guided_prompts": 880}
+    assert (kept["added"][0]["new"], kept["added"][0]["again"]) == (["luffy"], ["pope"])
+    other = fake_run(tmp_path, 0, 0.25, 0.1, name="other", trained=("pope", "offpolicy"))
+    claims.add([other], seeds)
+    (kept,) = claims.load_seeds(seeds)
+    assert kept["arms"]["pope"]["unguided"]["avg@n"] == 0.3 and "offpolicy" in kept["arms"]
+    assert (seeds / "seed0" / "pope.metrics.jsonl").read_bytes() == curve
+    assert "pope is kept already" in capsys.readouterr().out

@@ -113,11 +113,14 @@ def add(runs: list[Path], root: Path = SEEDS) -> None:
         target = root / f"seed{results['config']['seed']}"
         target.mkdir(parents=True, exist_ok=True)
         kept = target / "results.json"
+        arms = list(results["training"])
         if kept.exists() and not set(json.loads(kept.read_text())["training"]) <= set(results["training"]):
-            kept.write_text(json.dumps(merged(json.loads(kept.read_text()), results), indent=2) + "\n")
+            joined = merged(json.loads(kept.read_text()), results)
+            kept.write_text(json.dumps(joined, indent=2) + "\n")
+            arms = joined["added"][-1]["new"]
         else:
             shutil.copyfile(run / "results.json", kept)
-        for arm in results["training"]:
+        for arm in arms:
             rows = [json.loads(line) for line in (run / "runs" / arm / "metrics.jsonl").read_text().splitlines()]
             (target / f"{arm}.metrics.jsonl").write_text(
                 "".join(json.dumps({k: row.get(k) for k in CURVE_KEYS}) + "\n" for row in rows))
@@ -135,7 +138,12 @@ def _setting(results: dict, *also: str) -> dict:
 
 def merged(kept: dict, added: dict) -> dict:
     """A seed's kept results with another run's arms joined in (the same settings but its arms, the
-    same training pool); the kept run's config, commands and start-model numbers stay as they were."""
+    same training pool); the kept run's config, commands and start-model numbers stay as they were.
+
+    An arm the seed holds already keeps its kept run. When the other run's held-out numbers for it
+    are the kept ones exactly (the same run again), the training facts only the other run logged
+    join the kept facts; when they differ, the other run's arm is left out, since a rerun is another
+    draw and the kept tables must not change under a merge."""
     differ = sorted(k for k in set(_setting(kept, "arms", "full")) | set(_setting(added, "arms", "full"))
                     if _setting(kept).get(k) != _setting(added).get(k))
     if differ:
@@ -145,10 +153,16 @@ def merged(kept: dict, added: dict) -> dict:
         raise SystemExit(f"error: {added['config'].get('out')}'s training pool differs from the kept seed's "
                          f"(filter-hard {added['filter']} against {kept['filter']})")
     arms = list(added["training"])
-    result = {**kept, "arms": {**kept["arms"], **{arm: added["arms"][arm] for arm in arms}},
-              "training": {**kept["training"], **{arm: added["training"][arm] for arm in arms}}}
-    entry = {"arms": arms, "start": added["arms"]["start"], "commands": added["commands"],
-             "seconds": added["seconds"], "cpu_seconds": added.get("cpu_seconds")}
+    new = [arm for arm in arms if arm not in kept["training"]]
+    again = [arm for arm in arms if arm in kept["training"] and added["arms"][arm] == kept["arms"][arm]]
+    for arm in sorted(set(arms) - set(new) - set(again)):
+        print(f"note: {arm} is kept already and {added['config'].get('out')}'s run of it differs; "
+              "the kept run stays")
+    result = {**kept, "arms": {**kept["arms"], **{arm: added["arms"][arm] for arm in new}},
+              "training": {**kept["training"], **{arm: added["training"][arm] for arm in new},
+                           **{arm: {**added["training"][arm], **kept["training"][arm]} for arm in again}}}
+    entry = {"arms": arms, "new": new, "again": again, "start": added["arms"]["start"],
+             "commands": added["commands"], "seconds": added["seconds"], "cpu_seconds": added.get("cpu_seconds")}
     result["added"] = [e for e in kept.get("added", []) if e["arms"] != arms] + [entry]
     return result
 
