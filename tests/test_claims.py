@@ -63,6 +63,9 @@ def test_kept_seeds_give_the_paired_claims_and_a_figure(tmp_path):
     # the arm table: mean over seeds, then each seed's value (30 and 20 points)
     assert "| pope | 25.0 (30, 20) | 25.0 (30, 20) | – | – | 3.0 (3, 3) |" in printed.stdout
     assert "| start | 0.0 (0, 0) | – | – | – | – |" in printed.stdout
+    # no seed holds grpo-easy: its claims are named once, not printed as empty rows
+    assert "| grpo-easy − grpo |" not in printed.stdout
+    assert "no seed holds the arms of: grpo-easy − grpo, pope-easy − pope," in printed.stdout
     assert (tmp_path / "toy" / "claims.png").read_bytes()[:4] == b"\x89PNG"
 
 

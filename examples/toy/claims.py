@@ -215,6 +215,22 @@ def claim_rows(seeds: list[dict], claims: list[tuple] = CLAIMS) -> list[dict]:
     return rows
 
 
+def held_claims(seeds: list[dict], claims: list[tuple]) -> tuple[list[tuple], list[str]]:
+    """The claims both of whose arms some seed holds, and the names of the others (a seeds
+    directory of a few arms, like the terse variant's, would otherwise print rows of nothing)."""
+    held = {arm for s in seeds for arm in s["arms"]}
+    kept = [c for c in claims if c[1] in held and c[2] in held]
+    return kept, list(dict.fromkeys(c[0] for c in claims if c not in kept))
+
+
+def print_claims(seeds: list[dict], claims: list[tuple], expected: str = "paper") -> None:
+    kept, left_out = held_claims(seeds, claims)
+    if kept:
+        print(table(claim_rows(seeds, kept), expected))
+    if left_out:
+        print("\nno seed holds the arms of: " + ", ".join(left_out))
+
+
 def table(rows: list[dict], expected: str = "paper") -> str:
     way = "the paper's way" if expected == "paper" else "the expected way"
     lines = [f"| claim | metric | {expected} | toy: mean paired difference [95% CI] | seeds going {way} |",
@@ -327,13 +343,14 @@ def main() -> None:
                          "first")
     print(f"{len(seeds)} seed(s): " + ", ".join(str(s["config"]["seed"]) for s in seeds) + "\n")
     print(arm_table(seeds) + "\n")
-    print(table(claim_rows(seeds)))
+    print_claims(seeds, CLAIMS)
     if any(arm in s["training"] for s in seeds for arm in ("pope-self", "pope-teacher")):
         print("\n" + solutions_table(seeds) + "\n")
-        print(table(claim_rows(seeds, SOLUTION_CLAIMS), expected="expected"))
+        print_claims(seeds, SOLUTION_CLAIMS, expected="expected")
     if any(arm in s["training"] for s in seeds for _, arm, *_ in BEYOND_CLAIMS):
-        print("\n" + table(claim_rows(seeds, BEYOND_CLAIMS), expected="expected") + "\n")
-        print(oracle_table(seeds))
+        print()
+        print_claims(seeds, BEYOND_CLAIMS, expected="expected")
+        print("\n" + oracle_table(seeds))
     for name, arms in figures(seeds, args.seeds.name).items():
         plot(seeds, arms, args.seeds.parent / name)
 
