@@ -137,6 +137,9 @@ def test_the_beyond_claims_state_their_direction_and_the_oracle_table_reads_the_
                                                            "oracle_entropy_last_tenth": 0.00123, "oracle_reward": 1.0},
                                              "grpo": {}}}
     assert claims.oracle_table([seed]).splitlines()[2] == "| 3 | offpolicy | 0.912 | 1.000 | 0.000 | 0.250 | 0.0012 | 1.00 |"
+    seed["training"].update({"pope": {"guided_prompts": 880}, "pope-adaptive": {"guided_prompts": 706, "guided_skipped": 174,
+                                                                              "prefix_fraction_mean": 0.47843}})
+    assert claims.guidance_table([seed]).splitlines()[2] == "| 3 | – | 706, 174, 0.478 | – |"
 
 
 def test_each_seeds_directory_writes_its_own_figures_and_the_beyond_arms_get_theirs():

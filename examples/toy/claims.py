@@ -293,6 +293,25 @@ def oracle_table(seeds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+GUIDANCE_ARMS = ("pope", "pope-adaptive", "pope-anneal")
+
+
+def guidance_table(seeds: list[dict]) -> str:
+    """How much guidance each POPE arm used per seed: guided prompts trained, guided copies the
+    adaptive rule skipped, the mean share of the solution shown ("–": the kept run predates the fact)."""
+    lines = ["| seed | " + " | ".join(f"{arm}: guided, skipped, shown" for arm in GUIDANCE_ARMS) + " |",
+             "|---" * (len(GUIDANCE_ARMS) + 1) + "|"]
+    for s in seeds:
+        cells = []
+        for arm in GUIDANCE_ARMS:
+            facts = s["training"].get(arm, {})
+            fraction = facts.get("prefix_fraction_mean")
+            cells.append(f"{facts['guided_prompts']}, {facts['guided_skipped']}, {fraction:.3f}"
+                         if "guided_skipped" in facts and fraction is not None else "–")
+        lines.append(f"| {s['config']['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(seeds: list[dict], arms: list[str], path: Path) -> None:
     """The arms' curves, mean over seeds (grpo and pope first in every figure, so in the same colours)."""
     import matplotlib
@@ -351,6 +370,7 @@ def main() -> None:
         print()
         print_claims(seeds, BEYOND_CLAIMS, expected="expected")
         print("\n" + oracle_table(seeds))
+        print("\n" + guidance_table(seeds))
     for name, arms in figures(seeds, args.seeds.name).items():
         plot(seeds, arms, args.seeds.parent / name)
 
