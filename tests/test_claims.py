@@ -172,3 +172,22 @@ def test_an_arm_the_seed_holds_gains_only_the_facts_of_the_same_run_and_is_never
     assert kept["arms"]["pope"]["unguided"]["avg@n"] == 0.3 and "offpolicy" in kept["arms"]
     assert (seeds / "seed0" / "pope.metrics.jsonl").read_bytes() == curve
     assert "pope is kept already" in capsys.readouterr().out
+
+
+def test_an_arm_named_to_replace_takes_the_new_runs_numbers_facts_and_curve(tmp_path):
+    claims = claims_module()
+    seeds = tmp_path / "seeds"
+    claims.add([fake_run(tmp_path, 0, 0.3, 0.1)], seeds)
+    fixed = fake_run(tmp_path, 0, 0.45, 0.1, name="fixed", trained=("pope",))
+    results = json.loads((fixed / "results.json").read_text())
+    results["training"]["pope"] = {"guided_prompts": 440}
+    (fixed / "results.json").write_text(json.dumps(results))
+    rows = [{"step": 1, "reward/unguided": 0.9, "solved_unguided/ever": 7, "entropy": 0.4}]
+    (fixed / "runs" / "pope" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    subprocess.run([sys.executable, str(CLAIMS), "--seeds", str(seeds), "add", "--replace", "pope", str(fixed)],
+                   check=True, capture_output=True)
+    (kept,) = claims.load_seeds(seeds)
+    assert kept["arms"]["pope"]["unguided"]["avg@n"] == 0.45 and kept["arms"]["grpo"]["unguided"]["avg@n"] == 0.1
+    assert kept["training"]["pope"] == {"guided_prompts": 440}
+    assert (kept["added"][0]["new"], kept["added"][0]["again"], kept["added"][0]["replaced"]) == ([], [], ["pope"])
+    assert json.loads((seeds / "seed0" / "pope.metrics.jsonl").read_text())["reward/unguided"] == 0.9

@@ -500,32 +500,40 @@ def test_a_curriculum_run_logs_easy_rewards_first_and_hard_ones_after(data, tiny
     assert logged == [["easy"], ["easy"], ["guided", "unguided"], ["guided", "unguided"]]
 
 
-def test_annealed_guidance_shows_a_linearly_shrinking_share_of_the_prefix(char_tokenizer):
-    from pope_cli.stages.train.guidance import ShownPrefixes, prefix_share
+def test_annealed_guidance_shows_whole_lines_from_the_whole_derivation_down(char_tokenizer):
+    from pope_cli.stages.train.guidance import AnnealedPrefixes, prefix_share
 
     assert [prefix_share("anneal", step, 4) for step in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
     assert {prefix_share("fixed", step, 4) for step in range(6)} == {1.0}
-    shown = ShownPrefixes(char_tokenizer)
-    record = {"id": "p", "prefix": "abcdefgh", "prefix_fraction": 0.4}
-    assert shown.record(record, 1.0) is record
-    assert [shown.record(record, share)["prefix"] for share in (0.75, 0.5, 0.25)] == ["abcdef", "abcd", "ab"]
-    assert shown.record(record, 0.1) is None  # floor(8 x 0.1) = 0 tokens: the unguided prompt
-    assert [shown.fraction(record, share) for share in (1.0, 0.5, 0.1)] == [0.4, 0.2, 0.0]
+    annealed = AnnealedPrefixes(char_tokenizer)
+    # 10 characters; the derivation (all lines but the answer's) is 8 of them: D = 0.8, whatever
+    # rung make-prefixes chose. Lines are shown whole: 0.75 x 0.8 = 0.6 shows 2 lines (0.5), not 6 characters.
+    record = {"id": "p", "solution": "12\n34\n56\nA", "prefix": "12", "prefix_fraction": 0.2}
+    shown = [annealed.record(record, share) for share in (1.0, 0.75, 0.5, 0.25, 0.2)]
+    assert [r and r["prefix"] for r in shown] == ["12\n34\n56", "12\n34", "12", "12", None]
+    assert [annealed.fraction(record, share) for share in (1.0, 0.75, 0.5, 0.19)] == [0.8, 0.5, 0.2, 0.0]
+    assert annealed.record({"id": "q", "solution": "one line, the answer"}, 1.0) is None
 
 
-def test_an_annealed_run_logs_its_schedule_and_ends_on_unguided_prompts(data, tiny_model_dir):
+def test_an_annealed_run_logs_its_schedule_and_ends_on_unguided_prompts(tmp_path, tiny_model_dir):
+    data = write_prefix_workspace(tmp_path, [
+        {"id": f"p{i}", "problem": f"{i}+{i}", "answer": "x", "solution": "ab\ncd\nx", "prefix": "ab",
+         "prefix_fraction": 0.25} for i in range(8)])
     run_train(make_cfg(data, tiny_model_dir, guidance="anneal", anneal_steps=2, group_size=4, log_completions=8,
                        log_every=1))
     rows = metric_rows(data / "run")
     assert [row["guidance/prefix_share"] for row in rows] == [1.0, 0.5, 0.0, 0.0]
-    # The records' prefixes are 1 or 2 characters at fractions 0.25 or 0.5: half of 1 character is none.
-    assert rows[0]["guidance/prefix_fraction"] > rows[1]["guidance/prefix_fraction"] > 0 == rows[2]["guidance/prefix_fraction"]
+    # "ab\ncd" is 5 of the 7 tokens, "ab" 2: half of 5/7 leaves room for "ab" only, then nothing.
+    assert [row["guidance/prefix_fraction"] for row in rows] == pytest.approx([5 / 7, 2 / 7, 0.0, 0.0])
     logged = [json.loads(line) for line in (data / "run" / "completions.jsonl").read_text().splitlines()]
-    guided = [row for row in logged if row["kind"] == "guided"]
-    assert {row["step"] for row in guided} == {1, 2, 3, 4}
-    for row in guided:  # p1, p3, ... have the 2-character prefix "ab", of which step 2 keeps "a"
-        still_guided = row["step"] == 1 or (row["step"] == 2 and int(row["problem_id"][1:]) % 2 == 1)
-        assert row["prompt_tail"].endswith("C:<|end|><|assistant|>") == still_guided, row
+    tails = {row["step"]: row["prompt_tail"] for row in logged if row["kind"] == "guided"}
+    assert tails[1].endswith("P:ab\ncd C:<|end|><|assistant|>") and tails[2].endswith("P:ab C:<|end|><|assistant|>")
+    assert tails[3].endswith("A:<|end|><|assistant|>") and tails[4].endswith("A:<|end|><|assistant|>")
+    (tmp_path / "unwritten").mkdir()
+    unwritten = write_prefix_workspace(tmp_path / "unwritten", [{"id": "p0", "problem": "1+1", "answer": "x",
+                                                                 "prefix": "ab", "prefix_fraction": 0.5}])
+    with pytest.raises(PopeError, match="--guidance anneal: .* 1 guided record\\(s\\) have no `solution`"):
+        run_train(make_cfg(unwritten, tiny_model_dir, guidance="anneal"))
     with pytest.raises(PopeError, match="--anneal-steps: only with --guidance anneal"):
         make_cfg(data, tiny_model_dir, anneal_steps=3)
     with pytest.raises(PopeError, match="--guidance: 'sometimes' is not one of fixed, anneal, adaptive"):

@@ -1,6 +1,7 @@
 """The paper's claims over seeds of `pope demo --full`: paired differences, intervals, a figure.
 
     python examples/toy/claims.py add RUN_DIR [RUN_DIR ...]   # keep a finished seed
+    python examples/toy/claims.py add --replace ARM RUN_DIR    # a changed arm's run replaces the kept one
     python examples/toy/claims.py table                        # the claim table and claims.png
 
 (`--seeds DIR` before the action reads and writes another seeds directory.)
@@ -107,7 +108,7 @@ BEYOND_CLAIMS = [
 ]
 
 
-def add(runs: list[Path], root: Path = SEEDS) -> None:
+def add(runs: list[Path], root: Path = SEEDS, replace: tuple[str, ...] = ()) -> None:
     for run in runs:
         results = json.loads((run / "results.json").read_text())
         target = root / f"seed{results['config']['seed']}"
@@ -115,9 +116,9 @@ def add(runs: list[Path], root: Path = SEEDS) -> None:
         kept = target / "results.json"
         arms = list(results["training"])
         if kept.exists() and not set(json.loads(kept.read_text())["training"]) <= set(results["training"]):
-            joined = merged(json.loads(kept.read_text()), results)
+            joined = merged(json.loads(kept.read_text()), results, replace)
             kept.write_text(json.dumps(joined, indent=2) + "\n")
-            arms = joined["added"][-1]["new"]
+            arms = joined["added"][-1]["new"] + joined["added"][-1].get("replaced", [])
         else:
             shutil.copyfile(run / "results.json", kept)
         for arm in arms:
@@ -136,14 +137,16 @@ def _setting(results: dict, *also: str) -> dict:
     return {k: v for k, v in config.items() if k not in ("seed", "out", "overwrite", "parallel", *also)}
 
 
-def merged(kept: dict, added: dict) -> dict:
+def merged(kept: dict, added: dict, replace: tuple[str, ...] = ()) -> dict:
     """A seed's kept results with another run's arms joined in (the same settings but its arms, the
     same training pool); the kept run's config, commands and start-model numbers stay as they were.
 
     An arm the seed holds already keeps its kept run. When the other run's held-out numbers for it
     are the kept ones exactly (the same run again), the training facts only the other run logged
     join the kept facts; when they differ, the other run's arm is left out, since a rerun is another
-    draw and the kept tables must not change under a merge."""
+    draw and the kept tables must not change under a merge. Only an arm named in `replace` (one whose
+    code changed, so that the kept run is of another method) takes the other run's numbers and facts
+    in place of the kept ones; the entry names it under `replaced`."""
     differ = sorted(k for k in set(_setting(kept, "arms", "full")) | set(_setting(added, "arms", "full"))
                     if _setting(kept).get(k) != _setting(added).get(k))
     if differ:
@@ -154,14 +157,18 @@ def merged(kept: dict, added: dict) -> dict:
                          f"(filter-hard {added['filter']} against {kept['filter']})")
     arms = list(added["training"])
     new = [arm for arm in arms if arm not in kept["training"]]
-    again = [arm for arm in arms if arm in kept["training"] and added["arms"][arm] == kept["arms"][arm]]
-    for arm in sorted(set(arms) - set(new) - set(again)):
+    replaced = [arm for arm in arms if arm in kept["training"] and arm in replace]
+    again = [arm for arm in arms if arm in kept["training"] and arm not in replace
+             and added["arms"][arm] == kept["arms"][arm]]
+    for arm in sorted(set(arms) - set(new) - set(again) - set(replaced)):
         print(f"note: {arm} is kept already and {added['config'].get('out')}'s run of it differs; "
               "the kept run stays")
-    result = {**kept, "arms": {**kept["arms"], **{arm: added["arms"][arm] for arm in new}},
-              "training": {**kept["training"], **{arm: added["training"][arm] for arm in new},
+    taken = new + replaced
+    result = {**kept, "arms": {**kept["arms"], **{arm: added["arms"][arm] for arm in taken}},
+              "training": {**kept["training"], **{arm: added["training"][arm] for arm in taken},
                            **{arm: {**added["training"][arm], **kept["training"][arm]} for arm in again}}}
-    entry = {"arms": arms, "new": new, "again": again, "start": added["arms"]["start"],
+    entry = {"arms": arms, "new": new, "again": again, **({"replaced": replaced} if replaced else {}),
+             "start": added["arms"]["start"],
              "commands": added["commands"], "seconds": added["seconds"], "cpu_seconds": added.get("cpu_seconds")}
     result["added"] = [e for e in kept.get("added", []) if e["arms"] != arms] + [entry]
     return result
@@ -350,11 +357,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=Path, default=SEEDS, help="the kept seeds (default: examples/toy/seeds)")
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("add", help="keep finished `pope demo --full` runs as seeds").add_argument("runs", nargs="+", type=Path)
+    adding = sub.add_parser("add", help="keep finished `pope demo --full` runs as seeds")
+    adding.add_argument("runs", nargs="+", type=Path)
+    adding.add_argument("--replace", default="", metavar="ARM[,ARM]",
+                        help="arms whose kept runs these runs replace (the arm's code changed since)")
     sub.add_parser("table", help="print the claim table and write claims.png")
     args = parser.parse_args()
     if args.action == "add":
-        add(args.runs, args.seeds)
+        add(args.runs, args.seeds, tuple(arm for arm in args.replace.split(",") if arm))
         return
     seeds = load_seeds(args.seeds)
     if not seeds:

@@ -84,7 +84,8 @@ ARMS.update({
                       "reference)",
     "clip-higher-offpolicy": f"grpo-offpolicy with clip-high {CLIP_HIGHER}",
     "pope-adaptive": "POPE, a guided copy only while the unguided group fails, its prefix a rung shorter once solved",
-    "pope-anneal": "POPE, the shown share of each prefix falling linearly to none by the last step",
+    "pope-anneal": "POPE's guided copies showing the whole derivation, then a line less as the share falls "
+                   "linearly to none by the last step (UFT)",
     "pope-self": f"POPE from the start model's own successes (make-solutions, up to {SELF_K} samples a problem) "
                  "instead of the oracle solutions; unsolved problems unguided only",
     "pope-teacher": f"POPE from the stronger toy teacher's solutions (make-solutions, up to {TEACHER_K} samples; "

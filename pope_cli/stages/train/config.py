@@ -88,10 +88,11 @@ class TrainConfig(PolicyOptions):
     easy: str | None = option(None, "Problem file of easy problems to mix in, unguided (the paper's interference "
                                     "experiment).", panel=MIX_PANEL, metavar="FILE")
     easy_fraction: float = option(0.0, "Fraction of each step's prompts taken from --easy.", panel=MIX_PANEL)
-    guidance: str = option("fixed", "How much of the chosen prefix a guided prompt shows: fixed (POPE: all of it, "
-                                    "every step), anneal (a share falling linearly to none by --anneal-steps) or "
-                                    "adaptive (guided copies only while the unguided group fails, the prefix a "
-                                    "rung shorter once solved; see stages/train/guidance.py).", panel=MIX_PANEL,
+    guidance: str = option("fixed", "How much of the solution a guided prompt shows: fixed (POPE: the chosen "
+                                    "prefix, every step), anneal (whole lines of it, from the whole derivation "
+                                    "falling linearly to none by --anneal-steps) or adaptive (guided copies only "
+                                    "while the unguided group fails, the prefix a rung shorter once solved; see "
+                                    "stages/train/guidance.py).", panel=MIX_PANEL,
                            choices=GUIDANCE_MODES)
     guidance_shorten_at: float = option(0.5, "--guidance adaptive: a problem's prefix steps one rung shorter after "
                                              "its guided group solves more than this share of its samples.",

@@ -1,12 +1,17 @@
 """`--guidance`: how much of a hard problem's oracle prefix its guided prompt shows, step by step.
 
 - fixed (POPE, the default): the prefix `make-prefixes` chose, at every step.
-- anneal (the hint annealed to nothing, as in UFT): at step s (0-based) of a run with
-  `--anneal-steps` S, the share of the chosen prefix shown is a(s) = max(0, 1 - s/S), and the
-  guided prompt holds the first floor(T * a(s)) tokens of it (T: the chosen prefix's tokens under
-  the policy's tokenizer), decoded back to text. Once that is 0 tokens the guided copy is the
-  problem's unguided prompt, still counted (and logged) as a guided copy. The prefix shown is
-  always a beginning of the oracle solution, as in POPE.
+- anneal (the hint annealed to nothing, UFT's schedule): at step s (0-based) of a run with
+  `--anneal-steps` S, the guided prompt of a problem shows the longest beginning of its oracle
+  solution, in whole text units (lines and sentences, `prompts.split_solution`, whatever
+  make-prefixes' `--split`), that holds at most a(s) * D of the solution's tokens, where a(s) =
+  max(0, 1 - s/S) and D is the token share of the whole derivation: every unit but the last,
+  which states the answer and is never shown. So step 0 shows the whole derivation, whatever rung
+  make-prefixes chose, and the prefix loses a unit each time a(s) * D falls below its share; a
+  unit is never cut in the middle (a line without its result would read as a wrong one). Once
+  not even the first unit fits, the guided copy is the problem's unguided prompt, still counted
+  (and logged) as a guided copy. A record needs its `solution`; one with a single unit has no
+  derivation to show.
 - adaptive (guide only the groups that fail, as BREAD and Guide-GRPO do, and shorten the guide as
   it is learnt): a problem's guided copy is drawn (its slot is left empty otherwise, so the step
   has fewer prompts) only while the last unguided group of that problem had no correct sample
@@ -16,13 +21,14 @@
   The state (last unguided outcome, current rung, per problem) is part of the checkpoint.
 
 Logged per step: `guidance/prefix_share` a(s) (anneal; 1 otherwise), `guidance/prefix_fraction`,
-the mean over the step's guided prompts of the shown prefix's share of the solution's tokens, and
+the mean over the step's guided prompts of the shown prefix's share of the solution's tokens (for
+fixed, the chosen prefix's `prefix_fraction`), and
 for adaptive `guidance/guided_skipped` (guided copies left out) and `guidance/shortened`.
 """
 
 from __future__ import annotations
 
-import math
+from pope_cli.shared.prompts import Rung, prefix_ladder, split_solution
 
 GUIDANCE_MODES = ("fixed", "anneal", "adaptive")
 
@@ -32,40 +38,39 @@ def prefix_share(mode: str, step: int, anneal_steps: int) -> float:
     return max(0.0, 1.0 - step / anneal_steps) if mode == "anneal" else 1.0
 
 
-class ShownPrefixes:
-    """The guided records as a step shows them: the prefix cut to its share, in tokens."""
+class AnnealedPrefixes:
+    """`--guidance anneal`: each record's whole-unit derivation prefixes, and the one a share shows."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self._tokens: dict[str, list[int]] = {}
+        self._rungs: dict[str, list[Rung]] = {}
 
-    def tokens(self, record: dict) -> list[int]:
-        if record["id"] not in self._tokens:
-            self._tokens[record["id"]] = self.tokenizer(record["prefix"], add_special_tokens=False).input_ids
-        return self._tokens[record["id"]]
+    def rungs(self, record: dict) -> list[Rung]:
+        """The solution's beginnings of 1, 2, ..., n-1 of its n units, shortest first (the last unit never)."""
+        if record["id"] not in self._rungs:
+            solution = str(record.get("solution") or "")
+            units = split_solution(solution)
+            self._rungs[record["id"]] = prefix_ladder(units, self.tokenizer, 1.0, solution)[:-1] if units else []
+        return self._rungs[record["id"]]
 
-    def kept(self, record: dict, share: float) -> int:
-        """How many of the chosen prefix's tokens a prompt at `share` keeps."""
-        tokens = self.tokens(record)
-        return len(tokens) if share >= 1.0 else math.floor(len(tokens) * share)
+    def shown(self, record: dict, share: float) -> Rung | None:
+        """The longest rung within `share` of the derivation's token share; None when none fits."""
+        rungs = self.rungs(record)
+        if not rungs:
+            return None
+        limit = share * rungs[-1].fraction
+        fitting = [rung for rung in rungs if rung.fraction <= limit + 1e-12]
+        return fitting[-1] if fitting else None
 
     def record(self, record: dict, share: float) -> dict | None:
-        """`record` with its prefix cut to `share`; None when nothing of it is left."""
-        if share >= 1.0:
-            return record
-        kept = self.kept(record, share)
-        if kept == len(self.tokens(record)):
-            return record
-        if kept == 0:
-            return None
-        return {**record, "prefix": self.tokenizer.decode(self.tokens(record)[:kept])}
+        """`record` with the prefix a prompt at `share` shows; None when nothing is shown."""
+        rung = self.shown(record, share)
+        return None if rung is None else {**record, "prefix": rung.text, "prefix_fraction": rung.fraction}
 
     def fraction(self, record: dict, share: float) -> float:
-        """The shown prefix's share of the solution's tokens."""
-        if share >= 1.0:
-            return float(record.get("prefix_fraction", 0.0))
-        tokens = self.tokens(record)
-        return float(record.get("prefix_fraction", 0.0)) * (self.kept(record, share) / len(tokens) if tokens else 0.0)
+        """The shown prefix's share of the solution's tokens (0 when nothing is shown)."""
+        rung = self.shown(record, share)
+        return rung.fraction if rung is not None else 0.0
 
 
 class AdaptiveGuidance:

@@ -6,10 +6,11 @@ The algorithm, exactly: GRPO with an outcome reward, fully on-policy, no value m
   (1:1 by default), optionally easy problems: `easy_fraction` of every step, or, with
   `curriculum` C, every prompt of steps 1..C and none after (the easy-to-hard curriculum the
   paper's summary argues against). A guided prompt shows the whole chosen prefix (`guidance`
-  fixed) or, with `guidance` anneal, a share of its tokens falling linearly to none; `guidance`
-  adaptive draws a guided copy only while the problem's last unguided group failed and shortens
-  its prefix a rung once the guided group mostly succeeds (exact rules in guidance.py). The current policy samples `group_size`
-  completions per prompt at `temperature` (0.8, the paper's).
+  fixed) or, with `guidance` anneal, a beginning of the written solution in whole lines, from
+  the whole derivation at the first step falling linearly to none; `guidance` adaptive draws a
+  guided copy only while the problem's last unguided group failed and shortens its prefix a
+  rung once the guided group mostly succeeds (exact rules in guidance.py). The current policy
+  samples `group_size` completions per prompt at `temperature` (0.8, the paper's).
 - Reward: 1 if the final answer is correct, else 0 (an unparseable answer is 0).
 - Advantage: reward − the group's mean reward, divided by the group's sample std (GRPO) or not
   (`adv_norm=none`, Dr. GRPO). A group whose rewards are all equal has no signal: it is left
@@ -99,7 +100,7 @@ from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
 from pope_cli.stages.train.report import StepReporter
 from pope_cli.stages.train.update import ORACLE_METRICS, UpdateSettings, policy_update, reference_scorer
-from pope_cli.stages.train.guidance import AdaptiveGuidance, ShownPrefixes, prefix_share
+from pope_cli.stages.train.guidance import AdaptiveGuidance, AnnealedPrefixes, prefix_share
 from pope_cli.stages.train.watch import RunWatch, completion_rows
 
 # Options a rerun may change without changing what the finished steps computed.
@@ -142,7 +143,7 @@ class Run:
                            state.get("data"), cfg.curriculum)
         self.prompts = PromptBuilder(self.policy.tokenizer, cfg.prompt, cfg.template)
         self._prompt_cache: dict = {}
-        self.shown = ShownPrefixes(self.policy.tokenizer)
+        self.annealed = AnnealedPrefixes(self.policy.tokenizer) if cfg.guidance == "anneal" else None
         self._oracle: dict[str, Completion] = {}
         self.adaptive = AdaptiveGuidance(cfg.guidance_shorten_at, state.get("guidance")) \
             if cfg.guidance == "adaptive" else None
@@ -182,7 +183,9 @@ class Run:
 
     def shown_guided(self, record: dict, share: float) -> dict | None:
         """A guided record as this step shows it (guidance.py); None: no prefix left, the unguided prompt."""
-        return self.adaptive.record(record) if self.adaptive is not None else self.shown.record(record, share)
+        if self.adaptive is not None:
+            return self.adaptive.record(record)
+        return self.annealed.record(record, share) if self.annealed is not None else record
 
     def prompt_ids(self, kind: str, record: dict, share: float = 1.0) -> list[int]:
         shown = self.shown_guided(record, share) if kind == "guided" else None
@@ -213,12 +216,9 @@ class Run:
 
 
 def _guidance_metrics(run: Run, items: list, share: float) -> dict:
-    guided = [item.record for item in items if item.kind == "guided"]
-    if run.adaptive is not None:
-        fractions = [float(run.adaptive.record(record)["prefix_fraction"]) for record in guided]
-    else:
-        fractions = [run.shown.fraction(record, share) for record in guided]
-    return {"guidance/prefix_share": share if guided else None,
+    shown = [run.shown_guided(item.record, share) for item in items if item.kind == "guided"]
+    fractions = [float(record.get("prefix_fraction") or 0.0) if record is not None else 0.0 for record in shown]
+    return {"guidance/prefix_share": share if shown else None,
             "guidance/prefix_fraction": sum(fractions) / len(fractions) if fractions else None}
 
 
@@ -344,6 +344,11 @@ def read_training_data(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
         if unladdered:
             raise PopeError(f"--guidance adaptive: {cfg.prefixes}: {len(unladdered)} record(s) have no rung ladder "
                             f"(first: {unladdered[0]!r}); make the prefixes again with this pope's make-prefixes")
+    if cfg.guidance == "anneal":
+        unwritten = [r["id"] for r in hard if r.get("prefix") and not str(r.get("solution") or "").strip()]
+        if unwritten:
+            raise PopeError(f"--guidance anneal: {cfg.prefixes}: {len(unwritten)} guided record(s) have no `solution` "
+                            f"to anneal from (first: {unwritten[0]!r})", exit_code=2)
     if cfg.oracle_rollouts and not any(str(r.get("solution") or "").strip() for r in hard):
         raise PopeError(f"--oracle-rollouts: no record of {cfg.prefixes} has a `solution` to put in its groups", exit_code=2)
     easy = [p.fields() for p in read_problems(cfg.easy)] if cfg.easy else []
