@@ -201,3 +201,37 @@ def test_terse_solutions_skip_every_other_result_and_the_reward_checks_them_as_s
     guided = {**record, "prefix": "7*9-5=8"}
     assert score(steps, guided) == score("\n".join(steps.splitlines()[2:]), guided) == 1.0
     assert score("\n".join(steps.splitlines()[3:]), guided) == 0.0
+
+
+def test_a_terse_reader_is_shown_terse_lines_and_answers_one_step_a_line():
+    import random
+    import re
+
+    from pope_cli.toy.pretrain import PretrainConfig, load_templates, training_text
+    from pope_cli.toy.reward import parse_problem
+    from pope_cli.toy.task import solution_lines
+
+    def ops(line: str) -> int:
+        return sum(map(line.count, "+-*"))
+
+    templates, forms = load_templates(), {"restate": 0, "no-restate": 0}
+    reader = PretrainConfig(out="unused", read_terse=1.0, copy_rate=0.0)
+    rng = random.Random(3)
+    for _ in range(200):
+        text, response = training_text(rng, templates, reader)
+        start, steps = parse_problem(re.search(r"Solve (\S+)", text).group(1))
+        given = text.split("Given:\n")[1].split("\n")[:-1] if "Given:" in text else []
+        assert score(response, {**make_record("", "", start, steps), "prefix": "\n".join(given)}) == 1.0
+        if not given:
+            continue
+        assert given == solution_lines(start, steps, "terse")[:len(given)]
+        restate = response.startswith("\n".join(given) + "\n")
+        forms["restate" if restate else "no-restate"] += 1
+        written = response.split("\n")[len(given) if restate else 0:-1]
+        # After the given lines, one step a line from the step they reach: nothing terse it was not shown.
+        assert written == solution_lines(start, steps)[min(2 * len(given), len(steps)):]
+        assert all(ops(line) == 1 for line in written)
+    assert min(forms.values()) > 20
+    plain = PretrainConfig(out="unused")
+    assert [training_text(random.Random(5), templates, plain) for _ in range(20)] == \
+        [training_text(random.Random(5), templates, PretrainConfig(out="unused", read_terse=0.0)) for _ in range(20)]

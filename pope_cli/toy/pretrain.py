@@ -7,8 +7,16 @@ whole solution (the given lines, then the rest), after `guided-no-restate.txt` i
 lines after the given ones. So the model follows either instruction, as an instruct model
 would. A share of the restate examples (`copy_rate`) holds a `*` by 4-9 among its given lines,
 which only copying gets right: a real LLM copies a partial solution readily, and without these
-examples the tiny model re-derives the given lines with its weak `*` table instead. Prompts are built with the pipeline's own template filling and chat encoding
-(`pope_cli.shared.prompts`), so the model sees exactly the prompts the pipeline will send it.
+examples the tiny model re-derives the given lines with its weak `*` table instead. Prompts are
+built with the pipeline's own template filling and chat encoding (`pope_cli.shared.prompts`), so
+the model sees exactly the prompts the pipeline will send it.
+
+`read_terse` (0 for the shipped model) makes a model that reads a person's style without writing
+it: that share of the guided examples that are not copy examples give their lines in the terse
+style (two steps a line, the intermediate result left out: `task.solution_lines`), j of them
+covering the first min(2j, n) steps, j uniform in 1..ceil(n/2). The restate response copies those
+lines as given and goes on one step a line; the no-restate one is only the lines after them. No
+response is ever a terse line the model was not shown, so it writes one step a line on its own.
 
 The loss is next-token cross-entropy on response tokens only (the closing `<|end|>` included),
 averaged over the batch's response tokens. AdamW with linear warmup, then cosine decay to 0.
@@ -26,7 +34,7 @@ from typing import Callable
 
 from pope_cli.shared.config import bad_option, seed_option
 from pope_cli.shared.options import option
-from pope_cli.toy.task import RARE_RATE, STAR_RATE, make_record, sample_easy
+from pope_cli.toy.task import RARE_RATE, STAR_RATE, make_record, sample_easy, solution_lines
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -45,23 +53,26 @@ class PretrainConfig:
     star_rate: float = option(STAR_RATE, "Share of easy problems with one '*' step (by 2 or 3, rarely by 4-9).")
     rare_rate: float = option(RARE_RATE, "Share of those '*' steps by 4-9: how well the model learns the hard '*' table.")
     copy_rate: float = option(0.15, "Share of restate examples whose given lines hold a '*' by 4-9 (teaches copying them).")
+    read_terse: float = option(0.0, "Share of the other guided examples whose given lines are terse (two steps a "
+                                    "line), the response one step a line: a model that reads a person's style "
+                                    "but does not write it.")
     chunks: int = option(4, "Length-sorted pieces per batch (less padding; gradients accumulate).")
     threads: int = option(2, "torch CPU threads.")
     log_every: int = option(50, "Print the mean loss every N steps.")
 
     def __post_init__(self):
-        for option, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
-                              ("--chunks", self.chunks), ("--threads", self.threads)):
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
+                            ("--chunks", self.chunks), ("--threads", self.threads)):
             if value < 1:
-                raise bad_option(option, "must be at least 1")
+                raise bad_option(flag, "must be at least 1")
         if self.lr <= 0:
             raise bad_option("--lr", "must be > 0")
         if self.warmup < 0:
             raise bad_option("--warmup", "must be >= 0")
-        for option, value in (("--star-rate", self.star_rate), ("--rare-rate", self.rare_rate),
-                              ("--copy-rate", self.copy_rate)):
+        for flag, value in (("--star-rate", self.star_rate), ("--rare-rate", self.rare_rate),
+                            ("--copy-rate", self.copy_rate), ("--read-terse", self.read_terse)):
             if not 0 <= value <= 1:
-                raise bad_option(option, "must be in [0, 1]")
+                raise bad_option(flag, "must be in [0, 1]")
 
 
 def load_templates() -> dict:
@@ -86,6 +97,8 @@ def training_text(rng: random.Random, templates: dict, cfg: PretrainConfig) -> t
     lines = record["solution"].split("\n")  # the step lines, then the boxed answer
     if form == "unguided":
         return unguided_text(templates["unguided"], record["problem"]), record["solution"]
+    if not copy and cfg.read_terse and rng.random() < cfg.read_terse:
+        return terse_given(rng, templates, form, record, *steps)
     # A copy example gives its one `*` by 4-9 among the given lines, so the restated line is
     # right only if copied: without these the model recomputes given lines with its weak table.
     first = 1 + [op for op, _ in steps[1]].index("*") if copy else 1
@@ -94,6 +107,19 @@ def training_text(rng: random.Random, templates: dict, cfg: PretrainConfig) -> t
     if form == "guided":
         return guided_text(templates["guided"], record["problem"], prefix), record["solution"]
     return guided_text(templates[form], record["problem"], prefix), "\n".join(lines[given:])
+
+
+def terse_given(rng: random.Random, templates: dict, form: str, record: dict, start: int,
+                steps: list[tuple[str, int]]) -> tuple[str, str]:
+    """A guided example whose given lines are terse and whose response goes on one step a line."""
+    from pope_cli.shared.prompts import guided_text
+
+    terse = solution_lines(start, steps, "terse")
+    given = rng.randint(1, len(terse))
+    covered = min(2 * given, len(steps))
+    rest = solution_lines(start, steps)[covered:] + [f"\\boxed{{{record['answer']}}}"]
+    response = terse[:given] + rest if form == "guided" else rest
+    return guided_text(templates[form], record["problem"], "\n".join(terse[:given])), "\n".join(response)
 
 
 def make_batch(rng: random.Random, templates: dict, tokenizer, cfg: PretrainConfig) -> list:
