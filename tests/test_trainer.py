@@ -511,7 +511,8 @@ def test_annealed_guidance_shows_whole_lines_from_the_whole_derivation_down(char
     record = {"id": "p", "solution": "12\n34\n56\nA", "prefix": "12", "prefix_fraction": 0.2}
     shown = [annealed.record(record, share) for share in (1.0, 0.75, 0.5, 0.25, 0.2)]
     assert [r and r["prefix"] for r in shown] == ["12\n34\n56", "12\n34", "12", "12", None]
-    assert [annealed.fraction(record, share) for share in (1.0, 0.75, 0.5, 0.19)] == [0.8, 0.5, 0.2, 0.0]
+    fractions = [annealed.record(record, share) for share in (1.0, 0.75, 0.5, 0.19)]
+    assert [r["prefix_fraction"] if r else 0.0 for r in fractions] == [0.8, 0.5, 0.2, 0.0]
     assert annealed.record({"id": "q", "solution": "one line, the answer"}, 1.0) is None
 
 

@@ -117,7 +117,7 @@ def terse_given(rng: random.Random, templates: dict, form: str, record: dict, st
     terse = solution_lines(start, steps, "terse")
     given = rng.randint(1, len(terse))
     covered = min(2 * given, len(steps))
-    rest = solution_lines(start, steps)[covered:] + [f"\\boxed{{{record['answer']}}}"]
+    rest = record["solution"].split("\n")[covered:]  # the record's own steps-style lines, then the answer
     response = terse[:given] + rest if form == "guided" else rest
     return guided_text(templates[form], record["problem"], "\n".join(terse[:given])), "\n".join(response)
 

@@ -67,11 +67,6 @@ class AnnealedPrefixes:
         rung = self.shown(record, share)
         return None if rung is None else {**record, "prefix": rung.text, "prefix_fraction": rung.fraction}
 
-    def fraction(self, record: dict, share: float) -> float:
-        """The shown prefix's share of the solution's tokens (0 when nothing is shown)."""
-        rung = self.shown(record, share)
-        return rung.fraction if rung is not None else 0.0
-
 
 class AdaptiveGuidance:
     """The adaptive rule's state and decisions, over the records of one run."""
