@@ -153,7 +153,7 @@ def test_training_samples_and_rollout_metrics():
 def test_prompt_and_prefix_positions_get_exactly_zero_gradient(data, tiny_model_dir):
     run = Run(make_cfg(data, tiny_model_dir), None, LowerScorer())
     record = json.loads((data / "prefixes.jsonl").read_text().splitlines()[1])
-    prompt = run.prompt_ids("guided", record)
+    prompt = run.prompt_ids(record, run.shown_guided(record, 1.0))
     prefix_ids = run.policy.tokenizer("P:" + record["prefix"], add_special_tokens=False).input_ids
     assert any(prompt[i:i + len(prefix_ids)] == prefix_ids for i in range(len(prompt)))  # the prefix is in the prompt
     batch = collate([Sample(prompt, [40, 41, 1], 1.0), Sample(prompt[2:], [42, 1], -0.5)], run.policy.pad_id)

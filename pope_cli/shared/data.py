@@ -254,3 +254,8 @@ def read_prefix_records(path: str) -> list[dict]:
     if not records:
         raise PopeError(f"{path}: no records")
     return records
+
+
+def written_solution(record: dict) -> str:
+    """A record's written oracle solution, stripped; "" when it has none (or only whitespace)."""
+    return str(record.get("solution") or "").strip()

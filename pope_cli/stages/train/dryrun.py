@@ -43,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pope_cli.shared.data import written_solution
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.train.config import DryRunConfig, TrainConfig
 
@@ -159,7 +160,7 @@ def data_plan(cfg: TrainConfig) -> dict:
     lengths, exact = prompt_lengths(cfg, hard, easy)
     # --oracle-rollouts: the last N samples of an unguided group whose problem has a solution are
     # the oracle's, trained on but not generated.
-    with_solution = sum(1 for r in hard if str(r.get("solution") or "").strip()) / len(hard) if hard else 0.0
+    with_solution = sum(1 for r in hard if written_solution(r)) / len(hard) if hard else 0.0
     oracle = totals["unguided"] / cfg.steps * with_solution * min(cfg.oracle_rollouts, cfg.group_size)
     return {"hard": len(hard), "pools": pools, "per_step": {k: v / cfg.steps for k, v in totals.items() if v},
             "epochs": {k: totals[k] / pools[k] for k in pools}, "prompt_tokens": lengths, "exact_tokens": exact,

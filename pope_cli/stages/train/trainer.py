@@ -83,6 +83,7 @@ from pathlib import Path
 
 import torch
 
+from pope_cli.shared.data import written_solution
 from pope_cli.shared.distributed import SOLO, Ranks, launched
 from pope_cli.shared.engines.base import Completion
 from pope_cli.shared.errors import Interrupted, PopeError
@@ -187,8 +188,8 @@ class Run:
             return self.adaptive.record(record)
         return self.annealed.record(record, share) if self.annealed is not None else record
 
-    def prompt_ids(self, kind: str, record: dict, share: float = 1.0) -> list[int]:
-        shown = self.shown_guided(record, share) if kind == "guided" else None
+    def prompt_ids(self, record: dict, shown: dict | None) -> list[int]:
+        """`record`'s prompt: guided on `shown` (what `shown_guided` gave), unguided when None."""
         as_kind = "guided" if shown is not None else "unguided"
         key = (as_kind, record["id"], len(shown["prefix"]) if shown is not None else 0)
         if key not in self._prompt_cache:
@@ -198,7 +199,7 @@ class Run:
     def oracle_completion(self, item) -> Completion | None:
         """`--oracle-rollouts`: an unguided hard prompt's oracle solution as a group sample (its
         tokens, then EOS, as the policy would end it); None for other prompts and problems without one."""
-        solution = str(item.record.get("solution") or "").strip()
+        solution = written_solution(item.record)
         if not self.cfg.oracle_rollouts or item.kind != "unguided" or not solution:
             return None
         if item.record["id"] not in self._oracle:
@@ -215,8 +216,8 @@ class Run:
                 **guidance}
 
 
-def _guidance_metrics(run: Run, items: list, share: float) -> dict:
-    shown = [run.shown_guided(item.record, share) for item in items if item.kind == "guided"]
+def _guidance_metrics(shown: list, share: float) -> dict:
+    """The step's guidance from what its guided copies showed (None: the unguided prompt)."""
     fractions = [float(record.get("prefix_fraction") or 0.0) if record is not None else 0.0 for record in shown]
     return {"guidance/prefix_share": share if shown else None,
             "guidance/prefix_fraction": sum(fractions) / len(fractions) if fractions else None}
@@ -243,7 +244,8 @@ def train_step(run: Run, step: int) -> dict:
     items, skipped = _drawn(run, step)
     mine = run.ranks.block(len(items))
     share = prefix_share(cfg.guidance, step, cfg.anneal_steps or cfg.steps)
-    prompts = [run.prompt_ids(item.kind, item.record, share) for item in items[mine]]
+    shown = [run.shown_guided(item.record, share) if item.kind == "guided" else None for item in items]
+    prompts = [run.prompt_ids(item.record, record) for item, record in zip(items[mine], shown[mine])]
     oracle = [run.oracle_completion(item) for item in items[mine]]
     with run.generating():
         result, times = rollout(items[mine], prompts, run.engine, run.scorer, run.sampling, cfg.group_size, cfg.seed,
@@ -271,7 +273,7 @@ def train_step(run: Run, step: int) -> dict:
     sync_started = time.perf_counter()
     run.sync.after_update()
     sync_s = time.perf_counter() - sync_started
-    metrics.update(_guidance_metrics(run, items, share))
+    metrics.update(_guidance_metrics([record for item, record in zip(items, shown) if item.kind == "guided"], share))
     if run.adaptive is not None:
         metrics.update({"guidance/guided_skipped": skipped, "guidance/shortened": _adapt(run, result)})
     row = {"step": step + 1, **metrics, "solved_unguided/step": len(solved), "solved_unguided/ever": len(run.solved_ever),
@@ -345,11 +347,11 @@ def read_training_data(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
             raise PopeError(f"--guidance adaptive: {cfg.prefixes}: {len(unladdered)} record(s) have no rung ladder "
                             f"(first: {unladdered[0]!r}); make the prefixes again with this pope's make-prefixes")
     if cfg.guidance == "anneal":
-        unwritten = [r["id"] for r in hard if r.get("prefix") and not str(r.get("solution") or "").strip()]
+        unwritten = [r["id"] for r in hard if r.get("prefix") and not written_solution(r)]
         if unwritten:
             raise PopeError(f"--guidance anneal: {cfg.prefixes}: {len(unwritten)} guided record(s) have no `solution` "
                             f"to anneal from (first: {unwritten[0]!r})", exit_code=2)
-    if cfg.oracle_rollouts and not any(str(r.get("solution") or "").strip() for r in hard):
+    if cfg.oracle_rollouts and not any(written_solution(r) for r in hard):
         raise PopeError(f"--oracle-rollouts: no record of {cfg.prefixes} has a `solution` to put in its groups", exit_code=2)
     easy = [p.fields() for p in read_problems(cfg.easy)] if cfg.easy else []
     return hard, easy
