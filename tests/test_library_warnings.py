@@ -38,7 +38,9 @@ def test_peft_s_gradient_checkpointing_warning_is_gone_and_others_stay():
     assert "transformers says this" in quiet  # the same category from elsewhere still shows
     if not transformers_deprecates_the_alias():
         pytest.skip("this transformers does not deprecate is_gradient_checkpointing: nothing to filter")
-    assert "is_gradient_checkpointing" in stderr_of("")  # without pope the warning is there
+    if "is_gradient_checkpointing" not in stderr_of(""):
+        # peft 0.22 stopped reading the alias; the filter still serves peft 0.18-0.21 with transformers >= 5.24
+        pytest.skip("this peft does not read the deprecated alias: nothing to filter")
 
 
 @pytest.mark.parametrize("lora", [True, False])

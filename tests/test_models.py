@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from pope_cli.shared.models import (
 
 
 def test_load_a_local_model_dir(tiny_model_dir, char_tokenizer):
-    model = load_model(ModelOptions(model=str(tiny_model_dir)))
+    model = load_model(ModelOptions(model=str(tiny_model_dir), dtype="float32"))
     assert not model.training and model.dtype == torch.float32 and model.device.type == "cpu"
     tokenizer = load_tokenizer(str(tiny_model_dir))
     assert tokenizer("abc")["input_ids"] == char_tokenizer("abc")["input_ids"]
@@ -65,7 +67,7 @@ def test_devices_and_dtypes(monkeypatch):
     assert resolve_device(ModelOptions(model="m/x")).type == ("cuda" if torch.cuda.is_available() else "cpu")
     cpu = resolve_device(ModelOptions(model="m/x", device="cpu"))
     assert cpu.type == "cpu"
-    assert resolve_dtype(ModelOptions(model="m/x"), cpu) == torch.float32
+    assert resolve_dtype(ModelOptions(model="m/x", dtype="float32"), cpu) == torch.float32
     assert resolve_dtype(ModelOptions(model="m/x"), torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype(ModelOptions(model="m/x", dtype="float16"), cpu) == torch.float16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -74,6 +76,29 @@ def test_devices_and_dtypes(monkeypatch):
     assert no_cuda.value.exit_code == 2
     with pytest.raises(PopeError, match="--device"):
         resolve_device(ModelOptions(model="m/x", device="tpu-ish"))
+
+
+def test_auto_dtype_is_bf16_where_the_cpu_has_bf16_units_and_float32_elsewhere(monkeypatch, capsys):
+    import pope_cli.shared.models as models
+
+    cpu, auto = torch.device("cpu"), ModelOptions(model="m/x")
+    here = models.cpu_bf16_units()
+    assert resolve_dtype(auto, cpu) == (torch.bfloat16 if here else torch.float32)
+    if {"amx_bf16", "avx512_bf16"} & set(Path("/proc/cpuinfo").read_text().split()):
+        assert here in ("AMX-BF16", "AVX512-BF16")  # torch agrees with the kernel's flags
+    monkeypatch.setattr(models, "cpu_bf16_units", lambda: "AVX512-BF16")
+    assert resolve_dtype(auto, cpu) == torch.bfloat16
+    assert models.describe_dtype(ModelOptions(model="m/x", device="cpu")) == ("bfloat16", "auto: this CPU has AVX512-BF16")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(models, "cpu_bf16_units", lambda: None)
+    monkeypatch.setattr(models, "_warned_emulated", [])
+    assert resolve_dtype(auto, cpu) == torch.float32
+    assert models.describe_dtype(ModelOptions(model="m/x", device="cpu"))[0] == "float32"
+    assert capsys.readouterr().err == ""
+    # asked for on such a CPU it still works, with one warning per process
+    for _ in range(2):
+        assert resolve_dtype(ModelOptions(model="m/x", dtype="bfloat16"), cpu) == torch.bfloat16
+    assert capsys.readouterr().err.count("bf16 is emulated") == 1
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +120,7 @@ def test_an_adapter_dir_loads_base_plus_adapter(adapter_dir, tiny_model_dir, cha
     path, in_memory = adapter_dir
     assert adapter_base(str(path)) == str(tiny_model_dir)
     assert tokenizer_source(str(path)) == str(tiny_model_dir)
-    loaded = load_model(ModelOptions(model=str(path)))
+    loaded = load_model(ModelOptions(model=str(path), dtype="float32"))
     assert type(loaded).__name__.startswith("Peft")
     requests = [Request(char_tokenizer("adapter")["input_ids"], 3, 5)]
     sampling = Sampling(temperature=1.0, max_new_tokens=8, logprobs=True)
@@ -104,7 +129,7 @@ def test_an_adapter_dir_loads_base_plus_adapter(adapter_dir, tiny_model_dir, cha
     assert [c.token_ids for c in ours] == [c.token_ids for c in reference]
     for a, b in zip(ours, reference):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
-    base = HFEngine(load_model(ModelOptions(model=str(tiny_model_dir))), char_tokenizer)
+    base = HFEngine(load_model(ModelOptions(model=str(tiny_model_dir), dtype="float32")), char_tokenizer)
     # the shared noise may pick the same tokens; the adapter shows in their probabilities
     without = base.generate(requests, sampling)[0]
     assert max(abs(x - y) for a, b in zip(without, ours) for x, y in zip(a.logprobs, b.logprobs)) > 1e-3

@@ -47,7 +47,8 @@ def data(tmp_path):
 
 def make_cfg(data: Path, model_dir, **overrides) -> TrainConfig:
     fields = dict(prefixes=str(data / "prefixes.jsonl"), out=str(data / "run"),
-                  model=ModelOptions(str(model_dir), backend="hf", device="cpu"),
+                  # float32: these tests check exact equalities (micro-batching, ranks, reloads); bf16 has its own
+                  model=ModelOptions(str(model_dir), backend="hf", device="cpu", dtype="float32"),
                   prompt=PromptOptions(unguided_template=str(data / "unguided.txt")),
                   sampling=SamplingOptions(temperature=1.0, max_new_tokens=8),
                   reward=RewardOptions("train_rewards:starts_lower", workers=1),
@@ -323,7 +324,7 @@ def test_final_reloads_to_identical_outputs(data, tiny_model_dir):
     with torch.no_grad():
         assert not torch.allclose(base(input_ids=ids).logits, expected)  # training moved it
         via_peft = PeftModel.from_pretrained(base, data / "run" / "final").eval()
-        via_pope = load_model(ModelOptions(str(data / "run" / "final"), device="cpu"))
+        via_pope = load_model(ModelOptions(str(data / "run" / "final"), device="cpu", dtype="float32"))
         merged = AutoModelForCausalLM.from_pretrained(data / "run" / "final_merged")
         assert torch.equal(via_peft(input_ids=ids).logits, expected)
         assert torch.equal(via_pope(input_ids=ids).logits, expected)
@@ -441,13 +442,13 @@ def command_line(data: Path, model_dir, out: Path, *extra: str) -> list[str]:
             "--unguided-template", str(data / "unguided.txt"), "--reward", "train_rewards:slow_starts_lower",
             "--reward-workers", "1", "--max-new-tokens", "8", "--temperature", "1.0", "--prompts-per-step", "4",
             "--group-size", "8", "--full", "--lr", "1e-2", "--warmup-steps", "0", "--backend", "hf", "--device", "cpu",
-            *extra]
+            "--dtype", "float32", *extra]
 
 
-@pytest.mark.parametrize("kill_after_rows", [5, 10])
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_dir, kill_after_rows):
+@pytest.mark.parametrize("kill_after_rows, dtype", [(5, "float32"), (10, "float32"), (5, "bfloat16")])
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_dir, kill_after_rows, dtype):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
-    args = ["--steps", "12", "--save-every", "4"]
+    args = ["--steps", "12", "--save-every", "4", "--dtype", dtype]
     killed = data / "killed"
     killed_when(command_line(data, tiny_model_dir, killed, *args), lambda: finished_steps(killed) >= kill_after_rows,
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -457,6 +458,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(data, tiny_model_
     assert f"resuming after step {4 * ((kill_after_rows - 1) // 4)}" in resumed.stderr
     whole = data / "whole"  # the uninterrupted run, in this process (also one torch thread)
     run_train(make_cfg(data, tiny_model_dir, out=str(whole), steps=12, save_every=4,
+                       model=ModelOptions(str(tiny_model_dir), backend="hf", device="cpu", dtype=dtype),
                        reward=RewardOptions("train_rewards:slow_starts_lower", workers=1)))
     assert metric_rows(killed) == metric_rows(whole)
 

@@ -15,6 +15,7 @@ from pope_cli.shared.config import ModelOptions
 from pope_cli.shared.engines import make_engine
 from pope_cli.shared.engines.base import Request, Sampling
 from pope_cli.shared.errors import PopeError
+from pope_cli.shared.models import cpu_bf16_units
 
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=12)
 GPU = dict(device="cuda", sleep_mode=True, generator_offsets=True)
@@ -133,7 +134,8 @@ def test_a_cpu_engine_prefills_whole_prompts_sizes_its_kv_cache_and_never_sleeps
     kwargs = FakeLLM.instances[0].kwargs
     assert kwargs["enable_chunked_prefill"] is False
     assert kwargs["enable_sleep_mode"] is False and not engine.can_sleep
-    assert kwargs["kv_cache_memory_bytes"] == 1024 ** 3 and kwargs["dtype"] == "float32"
+    assert kwargs["kv_cache_memory_bytes"] == 1024 ** 3
+    assert kwargs["dtype"] == ("bfloat16" if cpu_bf16_units() else "float32")  # --dtype auto, as the hf engine
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert os.environ["OMP_NUM_THREADS"] == str(torch.get_num_threads())
     engine.sleep()

@@ -64,7 +64,8 @@ class ModelOptions:
     backend: str = option("auto", "Generation backend: hf (transformers), vllm, auto (vllm when importable and CUDA is "
                                   "present), or openai (a served model, in the sampling stages: see --api-base).",
                           panel=MODEL_PANEL, choices=BACKENDS)
-    dtype: str = option("auto", "auto: bf16 on GPU, fp32 on CPU.", panel=MODEL_PANEL,
+    dtype: str = option("auto", "auto: bfloat16 on a GPU and on a CPU with bf16 matrix units (AMX, "
+                                       "AVX512-BF16), float32 on other CPUs.", panel=MODEL_PANEL,
                         choices=("auto", "bfloat16", "float16", "float32"))
     device: str = option("auto", "hf backend: where the model runs.", panel=MODEL_PANEL, metavar="auto|cpu|cuda[:N]")
     trust_remote_code: bool = option(False, "Allow the model repo's own Python code to run.", flags=("--trust-remote-code",),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from pope_cli.shared.config import ModelOptions
@@ -155,13 +156,73 @@ def resolve_device(opts: ModelOptions):
     return device
 
 
+def cpu_bf16_units() -> str | None:
+    """The bf16 matrix units of this CPU as torch reports them (AMX, AVX512-BF16, Arm BF16), or None.
+
+    Only hardware that multiplies bf16 matrices natively counts: torch also runs bf16 on plain
+    AVX512 or AVX2 CPUs, by converting to fp32, several times slower than fp32 itself."""
+    import platform
+
+    import torch
+
+    units = (("AMX-BF16", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    for name, check in units:
+        if getattr(torch.cpu, check, lambda: False)():
+            return name
+    if platform.machine().lower() in ("aarch64", "arm64") and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "Arm BF16"
+    return None
+
+
+def auto_dtype(device_type: str) -> tuple[str, str]:
+    """What `--dtype auto` resolves to on a device type, and why: bfloat16 on a GPU and on a CPU with
+    bf16 matrix units (about 2x fp32 on AVX512-BF16, 8x on AMX), float32 on other CPUs."""
+    if device_type != "cpu":
+        return "bfloat16", f"auto: {device_type}"
+    units = cpu_bf16_units()
+    if units is not None:
+        return "bfloat16", f"auto: this CPU has {units}"
+    return "float32", "auto: this CPU has no bf16 matrix units"
+
+
+_warned_emulated: list[bool] = []
+
+
 def resolve_dtype(opts: ModelOptions, device):
-    """The torch dtype `--dtype` names; `auto` is bfloat16 on GPU and float32 on CPU."""
+    """The torch dtype `--dtype` names (`auto`: see `auto_dtype`). bfloat16 asked for on a CPU
+    without bf16 units works, emulated; the process says so once."""
     import torch
 
     if opts.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return getattr(torch, auto_dtype(device.type)[0])
+    if opts.dtype == "bfloat16" and device.type == "cpu" and not _warned_emulated and cpu_bf16_units() is None:
+        _warned_emulated.append(True)
+        print("warning: --dtype bfloat16: this CPU has no bf16 matrix units (AMX, AVX512-BF16); bf16 is emulated "
+              "and slower than float32", file=sys.stderr)
     return getattr(torch, opts.dtype)
+
+
+def describe_dtype(opts: ModelOptions) -> tuple[str, str]:
+    """(dtype, why) of the model `opts` loads where this process runs it: e.g. ("bfloat16", "auto: this
+    CPU has AVX512-BF16"); a served model's dtype is the server's."""
+    if opts.backend == "openai":
+        return "server's", "--backend openai"
+    import torch
+
+    from pope_cli.shared.engines import choose_backend
+
+    if choose_backend(opts.backend) == "vllm":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device_type = resolve_device(opts).type
+    if opts.dtype == "auto":
+        return auto_dtype(device_type)
+    return opts.dtype, "--dtype"
+
+
+def dtype_record(opts: ModelOptions) -> dict:
+    """`describe_dtype` for a manifest: {"dtype": ..., "why": ...}."""
+    return dict(zip(("dtype", "why"), describe_dtype(opts)))
 
 
 def load_model(opts: ModelOptions, is_trainable: bool = False):

@@ -25,6 +25,7 @@ from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
+from pope_cli.shared.models import dtype_record
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared.seeding import derive_seed
 
@@ -239,5 +240,6 @@ def _finish(cfg: EvalConfig, items: dict, started: float, stats: RoundStats) -> 
     atomic_write_json(out / "summary.json", summary)
     counts = {"samples": len(rows), "tokens_this_run": stats.tokens,
               "generate_seconds": round(stats.generate_seconds, 3)}
-    atomic_write_json(out / "manifest.json", manifest("eval", asdict(cfg), started, counts, models=cfg.models, seed=cfg.seed))
+    atomic_write_json(out / "manifest.json", manifest("eval", asdict(cfg), started, counts, models=cfg.models, seed=cfg.seed,
+                                                        precision=dtype_record(cfg.model)))
     return summary

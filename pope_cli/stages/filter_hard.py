@@ -24,6 +24,7 @@ from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.options import group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
+from pope_cli.shared.models import dtype_record
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared.runtime import PromptBuilder
 from pope_cli.shared.seeding import derive_seed
@@ -201,5 +202,6 @@ def _finish(cfg: FilterHardConfig, problems: list[Problem], done: dict, round_st
         "tokens_per_second": round(round_stats.tokens / round_stats.generate_seconds, 1) if round_stats.generate_seconds else None,
     }
     summary["seconds"] = round(time.time() - started, 3)
-    atomic_write_json(out / "manifest.json", manifest("filter-hard", config_dict(cfg), started, summary, model=cfg.model.model, seed=cfg.seed))
+    atomic_write_json(out / "manifest.json", manifest("filter-hard", config_dict(cfg), started, summary, model=cfg.model.model, seed=cfg.seed,
+                                                             precision=dtype_record(cfg.model)))
     return summary

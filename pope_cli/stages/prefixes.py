@@ -34,6 +34,7 @@ from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
+from pope_cli.shared.models import dtype_record
 from pope_cli.shared.prompts import (Rung, count_tokens, fixed_fraction_prefix, load_template, prefix_ladder,
                                      split_solution, split_tokens)
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
@@ -318,7 +319,8 @@ def _finish(cfg: PrefixConfig, problems: list[Problem], done: dict, round_stats:
     summary = summarize(rows, cfg, round_stats)
     summary["seconds"] = round(time.time() - started, 3)
     atomic_write_json(side_file(out, ".manifest.json"),
-                      manifest("make-prefixes", config_dict(cfg), started, summary, model=cfg.model.model, seed=cfg.seed))
+                      manifest("make-prefixes", config_dict(cfg), started, summary, model=cfg.model.model, seed=cfg.seed,
+                               precision=dtype_record(cfg.model)))
     return summary
 
 

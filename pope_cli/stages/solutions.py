@@ -38,6 +38,7 @@ from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
+from pope_cli.shared.models import dtype_record
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared.runtime import PromptBuilder
 from pope_cli.shared.seeding import derive_seed
@@ -263,5 +264,6 @@ def _finish(cfg: SolutionsConfig, problems: list[Problem], done: dict, round_sta
     }
     summary["seconds"] = round(time.time() - started, 3)
     atomic_write_json(side_file(out, ".manifest.json"), manifest("make-solutions", config_dict(cfg), started, summary,
-                                                                 model=cfg.teacher(), seed=cfg.seed))
+                                                                 model=cfg.teacher(), seed=cfg.seed,
+                                                                 precision=dtype_record(cfg.model)))
     return summary

@@ -88,12 +88,14 @@ def cache_argument(model) -> str:
 
 
 class HFEngine:
-    """Generates with `model.generate` (a transformers or peft causal LM) in batches of rows."""
+    """Generates with `model.generate` (a transformers or peft causal LM) in batches of rows;
+    `autocast_dtype` runs it under autocast, as a mixed-precision trainer's forward runs."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    def __init__(self, model, tokenizer, batch_size: int = 64, autocast_dtype: torch.dtype | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
         self.eos_ids = eos_ids(model, tokenizer)
         _check_generation_config(model, self.eos_ids)
         pad = tokenizer.pad_token_id
@@ -114,7 +116,8 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(self.model.device.type, dtype=self.autocast_dtype,
+                                                         enabled=self.autocast_dtype is not None):
                 for start in range(0, len(rows), self.batch_size):
                     batch = rows[start:start + self.batch_size]
                     for row, completion in zip(batch, self._generate_batch(batch, sampling)):

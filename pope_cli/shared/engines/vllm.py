@@ -116,7 +116,9 @@ def engine_arguments(platform: VLLMPlatform, *, dtype: str, gpu_memory_utilizati
                      kv_cache_gb: float | None, max_lora_rank: int | None, enable_sleep_mode: bool,
                      enforce_eager: bool = False) -> dict:
     """The `vllm.LLM` keyword arguments that depend on the platform and on pope's options."""
-    args = dict(dtype=("bfloat16" if platform.device != "cpu" else "float32") if dtype == "auto" else dtype,
+    from pope_cli.shared.models import auto_dtype
+
+    args = dict(dtype=auto_dtype(platform.device)[0] if dtype == "auto" else dtype,
                 gpu_memory_utilization=gpu_memory_utilization, logprobs_mode="processed_logprobs",
                 enable_prefix_caching=True, enable_sleep_mode=enable_sleep_mode and platform.sleep_mode,
                 enforce_eager=enforce_eager)

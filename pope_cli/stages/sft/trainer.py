@@ -37,6 +37,7 @@ from pope_cli.shared.errors import PopeError
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.config import MODEL_RESUME_IGNORED
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
+from pope_cli.shared.models import dtype_record
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.shared.trackers import OUTPUTS as TRACKER_OUTPUTS
 from pope_cli.shared.engines.base import Sampling
@@ -233,7 +234,7 @@ def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], t
     save_final(policy, out, merge=False)
     summary = _summary(cfg, rows, counts, steps, done, started)
     atomic_write_json(out / "manifest.json", manifest("sft", asdict(cfg), started, summary, model=cfg.model.model,
-                                                      seed=cfg.seed))
+                                                      seed=cfg.seed, precision=dtype_record(cfg.model)))
     return summary
 
 
@@ -243,7 +244,7 @@ def _policy_completions(cfg: SftConfig, policy, examples, samples, make_scorer, 
         return None
     from pope_cli.shared.engines.hf import HFEngine
 
-    engine = HFEngine(policy.model, policy.tokenizer, cfg.model.batch_size)
+    engine = HFEngine(policy.model, policy.tokenizer, cfg.model.batch_size, policy.autocast_dtype)
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
     return PolicyCompletions(engine, stack.enter_context(make_scorer()), examples, samples, sampling, cfg.seed)
 

@@ -1,9 +1,13 @@
 """The trained policy: building it (LoRA or full, fresh or from a checkpoint), its optimizer and
 schedule, the KL reference, keeping a vLLM engine in step with it, and writing `final/`.
 
-Precision: trainable weights are float32 (a LoRA adapter over a frozen bf16 base on GPU, or a
-full float32 model), and on GPU the forward runs under bf16 autocast. bf16 master weights would
-round away most AdamW updates at RL learning rates.
+Precision: trainable weights and the optimizer state are float32 (a LoRA adapter over a frozen
+base held in `--dtype`, or a full float32 model). When `--dtype` resolves to bfloat16 (a GPU, or a
+CPU with bf16 matrix units: models.auto_dtype) every forward runs under bf16 autocast, on the GPU
+and on the CPU alike: matmuls in bf16, fp32 weights cast once per forward (autocast's cache), the
+log-probs, the loss and the chunked head's log-softmax in fp32 (loss.token_logprobs upcasts).
+bf16 master weights would round away most AdamW updates at RL learning rates. The hf engine
+generates under the same autocast, so the sampler computes as the trainer does.
 """
 
 from __future__ import annotations
@@ -88,9 +92,9 @@ def build_policy(cfg: TrainConfig, checkpoint: Path | None) -> Policy:
     from pope_cli.shared.models import adapter_base, load_tokenizer, resolve_device, resolve_dtype
 
     device = resolve_device(cfg.model)
-    on_gpu = device.type == "cuda"
     tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
-    base_dtype = resolve_dtype(cfg.model, device) if cfg.lora else torch.float32
+    compute_dtype = resolve_dtype(cfg.model, device)
+    base_dtype = compute_dtype if cfg.lora else torch.float32
     if cfg.lora and checkpoint is not None:
         base = _causal_lm(adapter_base(cfg.model.model) or cfg.model.model, base_dtype, cfg.model.trust_remote_code)
         model = PeftModel.from_pretrained(base, checkpoint / "model", is_trainable=True)
@@ -115,7 +119,13 @@ def build_policy(cfg: TrainConfig, checkpoint: Path | None) -> Policy:
     if cfg.grad_checkpointing:
         _checkpoint_activations(model)
     model.to(device).train()
-    return Policy(model, tokenizer, device, torch.bfloat16 if on_gpu else None, frozen)
+    return Policy(model, tokenizer, device, autocast_dtype(compute_dtype), frozen)
+
+
+def autocast_dtype(compute_dtype: torch.dtype) -> torch.dtype | None:
+    """The autocast dtype of a policy computing in `compute_dtype`: None (no autocast) for float32;
+    bf16 for bf16, and for a float16 base too, since fp16 training would need loss scaling."""
+    return None if compute_dtype == torch.float32 else torch.bfloat16
 
 
 def make_optimizer(cfg: TrainConfig, model):

@@ -90,6 +90,7 @@ from pope_cli.shared.errors import Interrupted, PopeError
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.config import MODEL_RESUME_IGNORED
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
+from pope_cli.shared.models import dtype_record
 from pope_cli.shared.seeding import derive_seed
 from pope_cli.shared.trackers import OUTPUTS as TRACKER_OUTPUTS
 from pope_cli.stages.train.advantages import group_advantages
@@ -171,7 +172,8 @@ class Run:
         if not vllm:
             from pope_cli.shared.engines.hf import HFEngine
 
-            return HFEngine(self.policy.model, self.policy.tokenizer, self.cfg.model.batch_size)
+            return HFEngine(self.policy.model, self.policy.tokenizer, self.cfg.model.batch_size,
+                            self.policy.autocast_dtype)
         from pope_cli.shared.engines import make_engine
 
         return make_engine(self.cfg.model, max_lora_rank=self.cfg.lora_rank if self.cfg.lora else None,
@@ -439,7 +441,8 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
     summary["written"] = [str(p) for p in written]
     if ranks.main:
         atomic_write_json(out / "manifest.json", manifest("train", config_dict(cfg), started, summary,
-                                                          model=cfg.model.model, seed=cfg.seed))
+                                                          model=cfg.model.model, seed=cfg.seed,
+                                                          precision=dtype_record(cfg.model)))
     return summary
 
 
