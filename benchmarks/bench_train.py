@@ -24,6 +24,9 @@ from pope_cli.toy.pretrain import TEMPLATES_DIR
 
 SIZES = {"1M": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
          "6M": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=8)}
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+"""SmolLM2-135M-Instruct's shape (a Llama): `build(out, "135M")` gives a random model of it."""
 
 
 def coin(completion: str, record: dict) -> float:
@@ -36,6 +39,8 @@ def build(out: Path, size: str) -> int:
 
     from pope_cli.toy.tokenizer import build_tokenizer
 
+    if size == "135M":
+        return build_smollm2_shape(out)
     tokenizer = build_tokenizer()
     shape = SIZES[size]
     config = Qwen2Config(vocab_size=len(tokenizer), num_key_value_heads=shape["num_attention_heads"],
@@ -45,6 +50,44 @@ def build(out: Path, size: str) -> int:
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return sum(p.numel() for p in model.parameters())
+
+
+def wide_tokenizer(vocab_size: int):
+    """The toy's byte-level tokenizer widened to `vocab_size` ids: the extra tokens are strings of two or
+    three printable characters that encoding never produces (there are no merges) and decoding turns
+    into text, so a random model's samples decode to varied text, as a real BPE vocabulary's do."""
+    import itertools
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from pope_cli.toy.tokenizer import CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS, UNK, byte_symbols
+
+    base = [PAD, EOS, UNK, *ROLE_TOKENS, *byte_symbols()]
+    letters = string.ascii_letters + string.digits
+    extra = ("".join(chars) for width in (2, 3) for chars in itertools.product(letters, repeat=width))
+    vocab = {token: i for i, token in enumerate(base + list(itertools.islice(extra, vocab_size - len(base))))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                        additional_special_tokens=ROLE_TOKENS, padding_side="left")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_smollm2_shape(out: Path) -> int:
+    """A random Llama of SmolLM2-135M's shape with a tokenizer of its vocabulary size."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(max_position_embeddings=2048, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+                         **SMOLLM2_135M)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    wide_tokenizer(config.vocab_size).save_pretrained(out)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -143,7 +143,8 @@ def check_same_prompts(model_dir: Path, records: list[dict]) -> None:
 # --------------------------------------------------------------------------------------------
 # The children.
 
-def pope_command(model_dir: Path, reward: str, prefixes: Path, out: Path, steps: int, seed: int, lora: bool) -> list[str]:
+def pope_command(model_dir: Path, reward: str, prefixes: Path, out: Path, steps: int, seed: int, lora: bool,
+                 dtype: str = "float32") -> list[str]:
     from pope_cli.toy.pretrain import TEMPLATES_DIR
 
     tuning = ["--lora", "--lora-rank", "16", "--lora-alpha", "32", "--lora-targets", "all-linear"] if lora else ["--full"]
@@ -154,7 +155,7 @@ def pope_command(model_dir: Path, reward: str, prefixes: Path, out: Path, steps:
             "--adv-norm", "none", "--loss-agg", "token-mean", "--clip-low", "0.2", "--clip-high", "0.2",
             "--kl-coef", "0", "--updates-per-step", "1", "--micro-batch-size", str(MICRO), *tuning,
             # --batch-size: generate the whole step in one call, as TRL does.
-            "--batch-size", str(PROMPTS * GROUP), "--backend", "hf", "--device", "cpu", "--dtype", "float32",
+            "--batch-size", str(PROMPTS * GROUP), "--backend", "hf", "--device", "cpu", "--dtype", dtype,
             "--reward", REWARDS[reward], "--reward-workers", "1",
             "--unguided-template", str(TEMPLATES_DIR / "unguided.txt"),
             "--seed", str(seed), "--save-every", str(steps), "--keep", "1", "--overwrite"]
