@@ -47,6 +47,9 @@ def int_list(option_name: str):
 
 
 BACKENDS = ("auto", "hf", "vllm", "openai")
+LOCAL_BACKENDS = ("auto", "hf", "vllm")
+"""The backends of a stage that needs the weights here (train, sft): its --backend shows only these."""
+LOCAL_BACKEND_HELP = "Generation backend: hf (transformers), vllm, or auto (vllm when importable and CUDA is present)."
 
 
 def require_weights(model: "ModelOptions") -> None:
