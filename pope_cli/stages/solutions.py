@@ -86,7 +86,7 @@ class SolutionsConfig:
     assume_unsolved: float = option(0.2, "--dry-run: share of the sampled problems assumed unsolved (k samples each; "
                                          "the others one chunk).")
     gen_tokens_per_s: float | None = option(None, "--dry-run: tokens per second one worker generates (with --backend "
-                                                  "openai: the server in all), for the hours.")
+                                                  "openai: the servers together), for the hours.")
 
     def __post_init__(self):
         check_choices(self)

@@ -164,7 +164,7 @@ class ServerPool:
             newly_out, server.out = not server.out, True
             left = sum(not other.out for other in self.servers)
             self._changed.notify_all()
-        if newly_out and len(self.servers) > 1:
+        if newly_out and counted and len(self.servers) > 1:
             self.report(f"{server.url}: gave up after {self.max_retries} retries ({cause}); taken out, "
                         f"{left} of {len(self.servers)} servers left")
 
