@@ -52,9 +52,8 @@ class CompletionsRoute:
 
     @staticmethod
     def send(client, model: str, prompt: str, seed: int, sampling) -> Answer:
-        raw = client.completions.with_raw_response.create(
-            model=model, prompt=prompt, n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens)
+        raw = client.completions.with_raw_response.create(model=model, prompt=prompt, max_tokens=sampling.max_new_tokens,
+                                                          **_drawn(seed, sampling))
         _, choice = _first_choice(raw.text)
         text = choice.get("text")
         if not isinstance(text, str):
@@ -76,8 +75,7 @@ class ChatRoute:
     @staticmethod
     def send(client, model: str, messages: list[dict], seed: int, sampling) -> Answer:
         raw = client.chat.completions.with_raw_response.create(
-            model=model, messages=messages, n=1, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_completion_tokens=sampling.max_new_tokens)
+            model=model, messages=messages, max_completion_tokens=sampling.max_new_tokens, **_drawn(seed, sampling))
         data, choice = _first_choice(raw.text)
         message = choice.get("message")
         if not isinstance(message, dict):
@@ -91,6 +89,11 @@ class ChatRoute:
 
 
 ROUTES = {route.name: route for route in (CompletionsRoute, ChatRoute)}
+
+
+def _drawn(seed: int, sampling) -> dict:
+    """How the one sample of a request is drawn: from the stream `seed`."""
+    return {"n": 1, "seed": seed, "temperature": sampling.temperature, "top_p": sampling.top_p}
 
 
 def _first_choice(body: str) -> tuple[dict, dict]:
