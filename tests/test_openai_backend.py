@@ -202,12 +202,16 @@ def test_make_prefixes_and_eval_sample_a_served_model(tmp_path, monkeypatch):
         # Rung 1 shows step 1 only (wrong answers), rung 2 shows step 2: the shortest prefix that solves.
         assert summary["found"] == 3 and {r["rung"] for r in read_jsonl(prefixes)} == {2}
         assert len(stub.completions()) == 3 * 2 * 2
+        (server,) = json.loads(Path(f"{prefixes}.manifest.json").read_text())["counts"]["api_servers"]
+        assert (server["url"], server["answered"]) == (base_url, 12)
         ecfg = EvalConfig(data=str(prefixes), out=str(tmp_path / "eval"), models=[str(TOY_MODEL)], fields=FieldMap(),
                           n=4, ks=[1, 4], modes=["unguided", "guided"], bootstrap=0, **common)
         result = run_eval(ecfg, lambda opts: make_engine(opts, api=ecfg.api), EndScorer)
     (modes,) = result["models"].values()
     assert (modes["unguided"]["avg@n"], modes["guided"]["avg@n"], modes["guided"]["pass@4"]) == (0.0, 1.0, 1.0)
     assert len(stub.completions()) == 12 + 3 * 4 * 2
+    counts = json.loads((tmp_path / "eval" / "manifest.json").read_text())["counts"]
+    assert counts["api_servers"][0]["answered"] == 24 and counts["api_token_counts"] == {"tokenizer": 24}
     with pytest.raises(PopeError, match="--model: with --backend openai give one --model"):
         EvalConfig(data=str(prefixes), out=str(tmp_path / "e2"), models=["a", "b"], fields=FieldMap(), **common)
 

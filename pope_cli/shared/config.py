@@ -282,7 +282,7 @@ class ApiOptions:
         """Samples per round of `run_rounds`: a served model takes as many at once as requests may be in flight."""
         if model.backend != "openai":
             return model.batch_size
-        return max(model.batch_size, self.max_concurrency * len(self.api_base or [None]))
+        return max(model.batch_size, self.max_concurrency * len(self.api_base))
 
 
 # Where the server is and how hard it is pushed change how a run goes, not what it writes.
