@@ -29,24 +29,29 @@ FILTER = ("stats.jsonl", "samples.jsonl", "hard.jsonl", "easy.jsonl")
 
 
 class Fleet:
-    """Two vLLM servers; the second is the one the tests kill, and `alive()` starts it again."""
+    """Two vLLM servers; the second is the one the tests kill, and another one can start in its place."""
 
     def __init__(self, root: Path):
         self.root = root
         self.started = 0
         self.servers = [self._start(), self._start()]
-        for server in self.servers:
-            server.wait()
 
     @property
     def first(self) -> str:
-        return self.servers[0].url
+        return self.servers[0].wait().url
 
     def alive(self) -> list[str]:
+        """Both servers' URLs once they answer (a killed one started again)."""
         for i, server in enumerate(self.servers):
             if server.proc.poll() is not None:
-                self.servers[i] = self._start().wait()
-        return [server.url for server in self.servers]
+                self.servers[i] = self._start()
+        return [server.wait().url for server in self.servers]
+
+    def kill_second(self, replace: bool) -> None:
+        """SIGKILL the second server; with `replace`, start another at once, to come up while the next runs go on."""
+        self.servers[1].kill()
+        if replace:
+            self.servers[1] = self._start()
 
     def _start(self) -> VllmServer:
         self.started += 1
@@ -101,11 +106,12 @@ def one_server_filter(fleet, easy, tmp_path_factory) -> Path:
     return out
 
 
-def with_a_server_killed(fleet: Fleet, command: str, args: list[str], ready) -> subprocess.CompletedProcess:
+def with_a_server_killed(fleet: Fleet, command: str, args: list[str], ready,
+                         replace: bool) -> subprocess.CompletedProcess:
     """`pope COMMAND ARGS` over both servers; the second one SIGKILLed once `ready()` holds; the run must finish."""
     run = started_until([sys.executable, "-m", "pope_cli.cli", command, *args], ready, timeout=300, cwd=REPO,
                         env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    fleet.servers[1].kill()
+    fleet.kill_second(replace)
     stdout, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr[-4000:]
     return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
@@ -141,7 +147,7 @@ def test_make_solutions_over_two_servers_one_killed_part_way_writes_the_files_of
     out = tmp_path / "two.jsonl"
     done = with_a_server_killed(fleet, "make-solutions", [*solutions_args(easy, *fleet.alive()), "--out", str(out),
                                                           "--max-retries", "2"],
-                                lines_in(Path(f"{out}.stats.jsonl"), 1))
+                                lines_in(Path(f"{out}.stats.jsonl"), 1), replace=True)
     for suffix in SOLUTIONS:
         assert Path(f"{out}{suffix}").read_bytes() == Path(f"{one_server_solutions}{suffix}").read_bytes(), suffix
     assert_killed_server_taken_out(counts_of(Path(f"{out}.manifest.json")), done.stderr)
@@ -156,7 +162,8 @@ def test_filter_hard_over_two_servers_one_killed_part_way_writes_the_files_of_on
                                                                                 tmp_path):
     out = tmp_path / "filter"
     done = with_a_server_killed(fleet, "filter-hard", [*filter_args(easy, *fleet.alive()), "--out", str(out),
-                                                       "--max-retries", "2"], lines_in(out / "stats.jsonl", 1))
+                                                       "--max-retries", "2"], lines_in(out / "stats.jsonl", 1),
+                                replace=False)
     for name in FILTER:
         assert (out / name).read_bytes() == (one_server_filter / name).read_bytes(), name
     assert_killed_server_taken_out(counts_of(out / "manifest.json"), done.stderr)

@@ -86,14 +86,16 @@ class OpenAIEngine:
                 "api_token_counts": dict(sorted(self.counted_by.items()))}
 
     def _sample(self, payload, seed: int, sampling: Sampling) -> Completion:
-        answer: Answer = self.pool.call(lambda client: self.route.send(client, self.model_name, payload, seed, sampling))
+        answer: Answer = self.pool.call(
+            lambda client: self.route.send(client, self.model_name, payload, seed, sampling))
         with self._lock:
             self.counted_by["usage" if answer.completion_tokens is not None else "tokenizer"] += 1
         if answer.completion_tokens is not None:
             return Completion([], answer.text, answer.finish_reason, token_count=answer.completion_tokens)
         ids = self._ids(answer.text)
         if answer.reasoning:
-            return Completion(ids, answer.text, answer.finish_reason, token_count=len(self._ids(answer.reasoning)) + len(ids))
+            tokens = len(self._ids(answer.reasoning)) + len(ids)
+            return Completion(ids, answer.text, answer.finish_reason, token_count=tokens)
         return Completion(ids, answer.text, answer.finish_reason)
 
     def _ids(self, text: str) -> list[int]:

@@ -52,8 +52,8 @@ class CompletionsRoute:
 
     @staticmethod
     def send(client, model: str, prompt: str, seed: int, sampling) -> Answer:
-        raw = client.completions.with_raw_response.create(model=model, prompt=prompt, max_tokens=sampling.max_new_tokens,
-                                                          **_drawn(seed, sampling))
+        raw = client.completions.with_raw_response.create(
+            model=model, prompt=prompt, max_tokens=sampling.max_new_tokens, **_drawn(seed, sampling))
         _, choice = _first_choice(raw.text)
         text = choice.get("text")
         if not isinstance(text, str):
