@@ -191,11 +191,10 @@ def test_make_prefixes_and_eval_sample_a_served_model(tmp_path, monkeypatch):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv(KEY_ENV, KEY)
     stub = Stub(guided_answer, key=KEY)
-    common = dict(model=ModelOptions(str(TOY_MODEL), backend="openai"), prompt=PromptOptions(),
-                  sampling=SamplingOptions(max_new_tokens=32), reward=RewardOptions(),
-                  api=ApiOptions(api_base="", api_model=MODEL, api_key_env=KEY_ENV), seed=SEED)
     with StubServer(stub) as base_url:
-        common["api"].api_base = base_url
+        common = dict(model=ModelOptions(str(TOY_MODEL), backend="openai"), prompt=PromptOptions(),
+                      sampling=SamplingOptions(max_new_tokens=32), reward=RewardOptions(),
+                      api=ApiOptions(api_base=base_url, api_model=MODEL, api_key_env=KEY_ENV), seed=SEED)
         prefixes = tmp_path / "prefixes.jsonl"
         cfg = PrefixConfig(data=str(data), out=str(prefixes), fields=FieldMap(), n=2, max_fraction=0.9, max_rungs=0,
                            **common)
@@ -203,12 +202,16 @@ def test_make_prefixes_and_eval_sample_a_served_model(tmp_path, monkeypatch):
         # Rung 1 shows step 1 only (wrong answers), rung 2 shows step 2: the shortest prefix that solves.
         assert summary["found"] == 3 and {r["rung"] for r in read_jsonl(prefixes)} == {2}
         assert len(stub.completions()) == 3 * 2 * 2
+        (server,) = json.loads(Path(f"{prefixes}.manifest.json").read_text())["counts"]["api_servers"]
+        assert (server["url"], server["answered"]) == (base_url, 12)
         ecfg = EvalConfig(data=str(prefixes), out=str(tmp_path / "eval"), models=[str(TOY_MODEL)], fields=FieldMap(),
                           n=4, ks=[1, 4], modes=["unguided", "guided"], bootstrap=0, **common)
         result = run_eval(ecfg, lambda opts: make_engine(opts, api=ecfg.api), EndScorer)
     (modes,) = result["models"].values()
     assert (modes["unguided"]["avg@n"], modes["guided"]["avg@n"], modes["guided"]["pass@4"]) == (0.0, 1.0, 1.0)
     assert len(stub.completions()) == 12 + 3 * 4 * 2
+    counts = json.loads((tmp_path / "eval" / "manifest.json").read_text())["counts"]
+    assert counts["api_servers"][0]["answered"] == 24 and counts["api_token_counts"] == {"tokenizer": 24}
     with pytest.raises(PopeError, match="--model: with --backend openai give one --model"):
         EvalConfig(data=str(prefixes), out=str(tmp_path / "e2"), models=["a", "b"], fields=FieldMap(), **common)
 
@@ -222,6 +225,12 @@ def test_make_prefixes_and_eval_sample_a_served_model(tmp_path, monkeypatch):
      "error: --api-base: --backend openai needs the server's URL, e.g. http://127.0.0.1:8000/v1"),
     (["make-solutions", "x.jsonl", "--out", "o", "--model", "m", "--api-base", "http://127.0.0.1:1/v1"],
      "error: --api-base: only used with --backend openai"),
+    (["filter-hard", "x.jsonl", "--out", "o", "--model", "m", "--api-route", "chat"],
+     "error: --api-route: only used with --backend openai"),
+    (["make-solutions", "x.jsonl", "--out", "o", "--model", "m", "--backend", "openai", "--api-base", "http://127.0.0.1:1/v1",
+      "--api-route", "chat", "--no-chat-template"],
+     "error: --no-chat-template: --api-route chat sends messages, which the server puts through its own chat template; "
+     "raw text needs --api-route completions"),
 ])
 def test_options_a_served_model_cannot_take_fail_in_one_line(args, message):
     from typer.testing import CliRunner
@@ -230,6 +239,19 @@ def test_options_a_served_model_cannot_take_fail_in_one_line(args, message):
 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and result.output.strip() == message
+
+
+@pytest.mark.parametrize("command, shown", [("train", "[auto|hf|vllm]"), ("sft", "[auto|hf|vllm]"),
+                                             ("make-solutions", "[auto|hf|vllm|openai]"), ("eval", "[auto|hf|vllm|openai]")])
+def test_each_stage_shows_the_backends_it_takes(command, shown):
+    from typer.testing import CliRunner
+
+    from pope_cli.cli import app
+
+    page = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+    (line,) = [line for line in page.splitlines() if line.lstrip("│ ").startswith("--backend ")]
+    assert line.split()[2] == shown
+    assert ("openai" in line) == ("openai" in shown)
 
 
 def test_workers_are_refused_with_a_served_model():

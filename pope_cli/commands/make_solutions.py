@@ -34,7 +34,7 @@ def print_plan(cfg: SolutionsConfig) -> None:
     from pope_cli.stages.filter_plan import plan_make_solutions
 
     plan = plan_make_solutions(cfg)
-    workers = "the server" if cfg.model.backend == "openai" else f"per worker x {plan['workers']}"
+    workers = "the servers together" if cfg.model.backend == "openai" else f"per worker x {plan['workers']}"
     speed = f"at {plan['gen_tokens_per_s']:g} tokens/s {workers}" if plan["gen_tokens_per_s"] else \
         "give --gen-tokens-per-s"
     print_table("make-solutions --dry-run (no model loaded)", [

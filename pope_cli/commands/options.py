@@ -92,6 +92,8 @@ def params(cls, view: Group = ALL) -> list[Param]:
                 found.setdefault(param.name, param)
         elif "cli" in spec.metadata and view.shows(spec.name):
             cli = spec.metadata["cli"]
+            if spec.name in view.choices:
+                cli = dataclasses.replace(cli, choices=view.choices[spec.name])
             default = view.defaults.get(spec.name, spec.default if cli.cli_default is None else cli.cli_default)
             name = cli.param or spec.name
             found.setdefault(name, Param(name, cli, view.help.get(spec.name, cli.help), hints[spec.name],

@@ -9,6 +9,7 @@ loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, option
@@ -47,6 +48,9 @@ def int_list(option_name: str):
 
 
 BACKENDS = ("auto", "hf", "vllm", "openai")
+LOCAL_BACKENDS = ("auto", "hf", "vllm")
+"""The backends of a stage that needs the weights here (train, sft): its --backend shows only these."""
+LOCAL_BACKEND_HELP = "Generation backend: hf (transformers), vllm, or auto (vllm when importable and CUDA is present)."
 
 
 def require_weights(model: "ModelOptions") -> None:
@@ -184,25 +188,78 @@ class WorkerOptions:
 
 
 API_PANEL = "Served model (--backend openai)"
+API_ROUTES = ("completions", "chat")
+
+
+def api_bases(value) -> list[str] | None:
+    """--api-base: URLs separated by commas (or a list, from code or a config file), or the path of a
+    file of them, one a line (blank lines and # comments skipped)."""
+    if not value:
+        return None
+    if isinstance(value, str) and not value.strip().lower().startswith(("http://", "https://")):
+        return _api_base_file(value)
+    items = value.split(",") if isinstance(value, str) else value
+    urls = [str(item).strip() for item in items if str(item).strip()]
+    for url in urls:
+        if not url.lower().startswith(("http://", "https://")):
+            raise bad_option("--api-base", f"{url!r} is not an http:// or https:// URL")
+    return _distinct(urls, "--api-base")
+
+
+def _api_base_file(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise bad_option("--api-base", f"{path}: no readable file of URLs (give http(s):// URLs separated by commas, "
+                                       "or a file of them, one a line)") from None
+    urls = []
+    for number, line in enumerate(lines, 1):
+        url = line.split("#", 1)[0].strip()
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise bad_option("--api-base", f"{path}:{number}: {url!r} is not an http:// or https:// URL")
+        urls += [url] if url else []
+    if not urls:
+        raise bad_option("--api-base", f"{path}: the file lists no URL")
+    return _distinct(urls, f"--api-base: {path}")
+
+
+def _distinct(urls: list[str], where: str) -> list[str]:
+    seen = set()
+    for url in urls:
+        key = url.rstrip("/")
+        if key in seen:
+            raise PopeError(f"{where}: {url} is listed twice", exit_code=2)
+        seen.add(key)
+    return urls
 
 
 @dataclass
 class ApiOptions:
-    """Where a served model answers (`--backend openai`): any OpenAI-compatible /v1/completions endpoint."""
+    """Where a served model answers (`--backend openai`): OpenAI-compatible servers, one or several."""
 
-    api_base: str | None = option(None, "Base URL of the OpenAI-compatible server (vLLM, SGLang, a hosted API), e.g. "
-                                        "http://127.0.0.1:8000/v1.", panel=API_PANEL, metavar="URL")
+    api_base: list[str] | None = option(
+        None, "Base URL of the OpenAI-compatible server (vLLM, SGLang, a hosted API), e.g. http://127.0.0.1:8000/v1; "
+              "several, comma-separated, or a file of them (one a line), share the requests.",
+        panel=API_PANEL, metavar="URL[,URL...]|FILE", cli_type=str, parse=api_bases)
     api_model: str | None = option(None, "The model name the server knows (default: --model, which names the tokenizer "
                                          "that builds and counts the prompts).", panel=API_PANEL)
+    api_route: str = option("completions", "completions: the prompt through --model's chat template, as text, to "
+                                           "/v1/completions; chat: the messages to /v1/chat/completions, where the "
+                                           "server applies its own template (what chat-only APIs offer).",
+                            panel=API_PANEL, choices=API_ROUTES)
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key; the key itself is never "
                                                 "written to a file or log. Unset: no key is sent.", panel=API_PANEL,
                               metavar="VAR")
-    max_concurrency: int = option(16, "Requests in flight at once.", panel=API_PANEL)
+    max_concurrency: int = option(16, "Requests in flight at once, per server.", panel=API_PANEL)
     request_timeout: float = option(600.0, "Seconds one request may take before it is retried.", panel=API_PANEL)
-    max_retries: int = option(6, "Retries of a request after a 429, a 5xx, a timeout or a dropped connection, with "
-                                 "exponential backoff (the server's Retry-After when it sends one).", panel=API_PANEL)
+    max_retries: int = option(6, "Retries of a request on one server after a 429, a 5xx, a timeout, a dropped "
+                                 "connection or a malformed answer, with exponential backoff (the server's Retry-After "
+                                 "when it sends one); then the server is taken out and its requests go to the others.",
+                              panel=API_PANEL)
 
     def __post_init__(self):
+        check_choices(self)
+        self.api_base = api_bases(self.api_base)
         if self.max_concurrency < 1:
             raise bad_option("--max-concurrency", "must be at least 1")
         if self.request_timeout <= 0:
@@ -210,16 +267,23 @@ class ApiOptions:
         if self.max_retries < 0:
             raise bad_option("--max-retries", "must be >= 0")
 
-    def check(self, model: "ModelOptions") -> None:
+    def check(self, model: "ModelOptions", prompt: PromptOptions | None = None) -> None:
         """The options a served model needs, checked before anything is claimed."""
         if model.backend == "openai" and not self.api_base:
             raise bad_option("--api-base", "--backend openai needs the server's URL, e.g. http://127.0.0.1:8000/v1")
         if model.backend != "openai" and self.api_base:
             raise bad_option("--api-base", "only used with --backend openai")
+        if model.backend != "openai" and self.api_route != "completions":
+            raise bad_option("--api-route", "only used with --backend openai")
+        if self.api_route == "chat" and prompt is not None and not prompt.chat_template:
+            raise bad_option("--no-chat-template", "--api-route chat sends messages, which the server puts through its "
+                                                   "own chat template; raw text needs --api-route completions")
 
     def rows_per_round(self, model: "ModelOptions") -> int:
         """Samples per round of `run_rounds`: a served model takes as many at once as requests may be in flight."""
-        return max(model.batch_size, self.max_concurrency) if model.backend == "openai" else model.batch_size
+        if model.backend != "openai":
+            return model.batch_size
+        return max(model.batch_size, self.max_concurrency * len(self.api_base))
 
 
 # Where the server is and how hard it is pushed change how a run goes, not what it writes.

@@ -86,6 +86,8 @@ class Group:
     """Field name -> this stage's help text, where the group's own reads wrong here."""
     fixed: dict[str, Any]
     """Field name -> the value of a field this stage does not show."""
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Field name -> the choices this stage shows, where it takes fewer than the option's (train: no openai)."""
 
     def inner(self, name: str) -> Group:
         """The view of group field `name`: this view's keys under `name.`, with `name` itself shown whole."""
@@ -97,7 +99,7 @@ class Group:
         show = None
         if self.show is not None and name not in self.show:
             show = tuple(key[len(prefix):] for key in self.show if key.startswith(prefix))
-        return Group(strip(self.defaults), show, strip(self.help), strip(self.fixed))
+        return Group(strip(self.defaults), show, strip(self.help), strip(self.fixed), strip(self.choices))
 
     def shows(self, name: str) -> bool:
         return self.show is None or name in self.show
@@ -106,14 +108,15 @@ class Group:
         """This (outer) view laid over the group field's own declaration: the outer one wins."""
         show = declared.show if self.show is None else self.show
         return Group({**declared.defaults, **self.defaults}, show, {**declared.help, **self.help},
-                     {**declared.fixed, **self.fixed})
+                     {**declared.fixed, **self.fixed}, {**declared.choices, **self.choices})
 
 
 ALL = Group({}, None, {}, {})
 
 
 def group(*, defaults: dict | None = None, show: tuple[str, ...] | None = None, help: dict | None = None,
-          fixed: dict | None = None, default_factory: Any = MISSING):
+          fixed: dict | None = None, choices: dict | None = None, default_factory: Any = MISSING):
     """A dataclass field holding an option group, as this stage shows it; `default_factory` lets
     code that builds the config leave the group out."""
-    return field(default_factory=default_factory, metadata={"group": Group(defaults or {}, show, help or {}, fixed or {})})
+    return field(default_factory=default_factory,
+                 metadata={"group": Group(defaults or {}, show, help or {}, fixed or {}, choices or {})})

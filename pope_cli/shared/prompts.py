@@ -149,6 +149,12 @@ def unguided_text(template: Template, problem: str) -> str:
     return _fill(template.text, {"problem": problem})
 
 
+def chat_messages(user_text: str, system_prompt: str | None = None) -> list[dict]:
+    """The conversation a prompt is: the system message when there is one, then the user's."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": user_text}]
+
+
 def render_prompt(tokenizer, user_text: str, system_prompt: str | None = None, chat_template: bool = True) -> str:
     """The full prompt text the model sees, with the generation prompt for the assistant turn.
 
@@ -156,9 +162,8 @@ def render_prompt(tokenizer, user_text: str, system_prompt: str | None = None, c
     preceded by the system prompt and a blank line when there is one.
     """
     if chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": user_text})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(chat_messages(user_text, system_prompt), tokenize=False,
+                                             add_generation_prompt=True)
     return f"{system_prompt}\n\n{user_text}" if system_prompt else user_text
 
 

@@ -76,7 +76,7 @@ def score_and_advance(items: list[tuple[Job, Request, dict]], results: list[list
     scores = scorer.score(texts, records)
     seconds = time.perf_counter() - started
     stats.samples += len(texts)
-    stats.tokens += sum(len(c.token_ids) for completions in results for c in completions)
+    stats.tokens += sum(c.tokens for completions in results for c in completions)
     offset, follow_ups = 0, []
     for (job, request, _), completions in zip(items, results):
         job.observe(completions, scores[offset:offset + request.n])

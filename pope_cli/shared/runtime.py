@@ -40,7 +40,8 @@ def scorer_factory(opts: RewardOptions) -> Callable:
 
 
 class PromptBuilder:
-    """Token ids of the unguided or guided prompt of a record, the same for every stage.
+    """Token ids of the unguided or guided prompt of a record, the same for every stage (a `Prompt`,
+    which also keeps the chat messages for a served chat endpoint).
 
     A guided record carries `prefix` and the name (or file) of its guided `template`;
     `template_override` replaces that name for all records.
@@ -78,9 +79,11 @@ class PromptBuilder:
         return self.guided(record) if mode == "guided" else self.unguided(record)
 
     def _encode(self, text: str) -> list[int]:
-        from pope_cli.shared.prompts import encode_prompt
+        from pope_cli.shared.engines.base import Prompt
+        from pope_cli.shared.prompts import chat_messages, encode_prompt
 
-        return encode_prompt(self.tokenizer, text, self.opts.system_prompt, self.opts.chat_template)
+        ids = encode_prompt(self.tokenizer, text, self.opts.system_prompt, self.opts.chat_template)
+        return Prompt(ids, chat_messages(text, self.opts.system_prompt))
 
 
 PROGRESS_SECONDS_ENV = "POPE_PROGRESS_SECONDS"

@@ -20,7 +20,7 @@ from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_PANEL, MODEL_RESUM
                                     RewardOptions, SamplingOptions, WorkerOptions, bad_option, int_list,
                                     overwrite_option, seed_option)
 from pope_cli.shared.data import iter_raw_records, read_prefix_records, read_problems, PREFIX_FIELDS
-from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
+from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling, served_counts
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.claim import claim_output
@@ -84,7 +84,7 @@ class EvalConfig:
         if self.model.backend == "openai" and len(self.models) > 1:
             raise bad_option("--model", "with --backend openai give one --model (the served model's tokenizer; "
                                         "--api-model names the model): one server serves one model")
-        self.api.check(self.model)
+        self.api.check(self.model, self.prompt)
 
 
 RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, *API_RESUME_IGNORED, "overwrite", "reward.workers",
@@ -114,7 +114,7 @@ class EvalJob:
         for j, (completion, score) in enumerate(zip(completions, scores)):
             self.rows.append({"model": self.model, "mode": self.mode, "id": self.record["id"], "sample": j,
                               "score": score, "correct": score is not None and score >= 1.0,
-                              "finish_reason": completion.finish_reason, "tokens": len(completion.token_ids),
+                              "finish_reason": completion.finish_reason, "tokens": completion.tokens,
                               "text": completion.text})
 
 
@@ -197,7 +197,7 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
         engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": pending[0]})) if pending else None
         claim.started()
         progress(len(done), total)
-        stats = RoundStats()
+        stats, served = RoundStats(), {}
         for name in pending:
             if engine is None:
                 engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": name}))
@@ -211,8 +211,8 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
                     progress(len(done), total)
 
                 run_rounds(jobs, engine, sampling, scorer, cfg.api.rows_per_round(cfg.model), finished, stats)
-            engine = None
-        return _finish(cfg, items, started, stats)
+            served, engine = served_counts(engine) or served, None
+        return _finish(cfg, items, started, stats, served)
 
 
 def _complete_units(path: Path, n: int) -> list[dict]:
@@ -227,7 +227,7 @@ def _complete_units(path: Path, n: int) -> list[dict]:
     return kept
 
 
-def _finish(cfg: EvalConfig, items: dict, started: float, stats: RoundStats) -> dict:
+def _finish(cfg: EvalConfig, items: dict, started: float, stats: RoundStats, served: dict) -> dict:
     out = Path(cfg.out)
     rows = load_jsonl_repairing(out / "samples.jsonl")
     model_rank = {m: i for i, m in enumerate(cfg.models)}
@@ -239,7 +239,7 @@ def _finish(cfg: EvalConfig, items: dict, started: float, stats: RoundStats) -> 
     summary = {"n": cfg.n, "ks": cfg.ks, "modes": cfg.modes, "models": summarize_rows(rows, cfg.ks, cfg.bootstrap, cfg.seed)}
     atomic_write_json(out / "summary.json", summary)
     counts = {"samples": len(rows), "tokens_this_run": stats.tokens,
-              "generate_seconds": round(stats.generate_seconds, 3)}
+              "generate_seconds": round(stats.generate_seconds, 3), **served}
     atomic_write_json(out / "manifest.json", manifest("eval", asdict(cfg), started, counts, models=cfg.models, seed=cfg.seed,
                                                         precision=dtype_record(cfg.model)))
     return summary

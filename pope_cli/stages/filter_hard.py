@@ -20,7 +20,7 @@ from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, WO
                                     ModelOptions, PromptOptions, RewardOptions, SamplingOptions, WorkerOptions, bad_option,
                                     overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
-from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
+from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling, served_counts
 from pope_cli.shared.options import group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
@@ -65,7 +65,7 @@ class FilterHardConfig:
             raise bad_option("--assume-hard", "must be in [0, 1]")
         if self.gen_tokens_per_s is not None and self.gen_tokens_per_s <= 0:
             raise bad_option("--gen-tokens-per-s", "must be > 0")
-        self.api.check(self.model)
+        self.api.check(self.model, self.prompt)
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
@@ -102,11 +102,11 @@ class FilterJob:
             self.correct += score is not None and score >= 1.0
             self.unparseable += score is None
             self.truncated += completion.finish_reason == "length"
-            self.tokens += len(completion.token_ids)
+            self.tokens += completion.tokens
             if self.keep_samples:
                 self.samples.append({"id": self.problem.id, "sample": self.drawn, "score": score,
                                      "finish_reason": completion.finish_reason,
-                                     "tokens": len(completion.token_ids), "text": completion.text})
+                                     "tokens": completion.tokens, "text": completion.text})
             self.drawn += 1
 
     def stats(self) -> dict:
@@ -145,7 +145,7 @@ def run_filter_hard(cfg: FilterHardConfig, make_engine: Callable[[], Engine], ma
         progress(len(done), len(problems))
         if todo:
             round_stats = _sample(cfg, todo, done, engine, scorer, progress, len(problems))
-        return _finish(cfg, problems, done, round_stats, started)
+        return _finish(cfg, problems, done, round_stats, started, served_counts(engine))
 
 
 def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
@@ -182,7 +182,7 @@ def _drop_orphan_samples(path: Path, done: dict) -> None:
 
 
 def _finish(cfg: FilterHardConfig, problems: list[Problem], done: dict, round_stats: RoundStats,
-            started: float) -> dict:
+            started: float, served: dict) -> dict:
     out = Path(cfg.out)
     order = {p.id: i for i, p in enumerate(problems)}
     rows = sorted(done.values(), key=lambda row: order.get(row["id"], len(order)))
@@ -200,6 +200,7 @@ def _finish(cfg: FilterHardConfig, problems: list[Problem], done: dict, round_st
         "tokens_this_run": round_stats.tokens, "generate_seconds": round(round_stats.generate_seconds, 3),
         "score_seconds": round(round_stats.score_seconds, 3),
         "tokens_per_second": round(round_stats.tokens / round_stats.generate_seconds, 1) if round_stats.generate_seconds else None,
+        **served,
     }
     summary["seconds"] = round(time.time() - started, 3)
     atomic_write_json(out / "manifest.json", manifest("filter-hard", config_dict(cfg), started, summary, model=cfg.model.model, seed=cfg.seed,

@@ -29,7 +29,7 @@ from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, PR
                                     ApiOptions, FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
                                     WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
-from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
+from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling, served_counts
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.claim import claim_output
@@ -83,7 +83,7 @@ class PrefixConfig:
 
     def __post_init__(self):
         check_choices(self)
-        self.api.check(self.model)
+        self.api.check(self.model, self.prompt)
         if not 0 < self.max_fraction <= 1:
             raise bad_option("--max-fraction", f"must be in (0, 1], not {self.max_fraction}")
         if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:
@@ -194,7 +194,7 @@ class PrefixJob:
         self.correct = sum(score is not None and score >= 1.0 for score in scores)
         self.unparseable += sum(score is None for score in scores)
         self.truncated += sum(c.finish_reason == "length" for c in completions)
-        self.tokens += sum(len(c.token_ids) for c in completions)
+        self.tokens += sum(c.tokens for c in completions)
 
     def row(self, fallback: str) -> dict:
         counts = dict(rungs=len(self.ladder), ladder=[[len(r.text), r.tokens] for r in self.ladder],
@@ -281,7 +281,7 @@ def run_make_prefixes(cfg: PrefixConfig, make_engine: Callable[[], Engine], make
                     decided(fixed_row(cfg, problem, tokenizer))
             elif search is not None:
                 round_stats = _search(cfg, todo, *search, decided)
-        return _finish(cfg, problems, done, round_stats, started)
+        return _finish(cfg, problems, done, round_stats, started, served_counts(search[0] if search else None))
 
 
 def _tokenizer_of(cfg: PrefixConfig) -> Callable[[], object]:
@@ -303,7 +303,8 @@ def _search(cfg: PrefixConfig, todo: list[Problem], engine, scorer, decided) -> 
                           lambda job: decided(job.row(cfg.fallback)))
 
 
-def _finish(cfg: PrefixConfig, problems: list[Problem], done: dict, round_stats: RoundStats, started: float) -> dict:
+def _finish(cfg: PrefixConfig, problems: list[Problem], done: dict, round_stats: RoundStats, started: float,
+            served: dict) -> dict:
     out = Path(cfg.out)
     order = {p.id: i for i, p in enumerate(problems)}
     rows = sorted(done.values(), key=lambda row: order.get(row["id"], len(order)))
@@ -316,7 +317,7 @@ def _finish(cfg: PrefixConfig, problems: list[Problem], done: dict, round_stats:
     atomic_write_jsonl(side_file(out, ".skipped.jsonl"),
                        [{**by_id[row["id"]].fields(), "status": row["status"], "samples": row["samples"]}
                         for row in listed if not row["kept"]])
-    summary = summarize(rows, cfg, round_stats)
+    summary = {**summarize(rows, cfg, round_stats), **served}
     summary["seconds"] = round(time.time() - started, 3)
     atomic_write_json(side_file(out, ".manifest.json"),
                       manifest("make-prefixes", config_dict(cfg), started, summary, model=cfg.model.model, seed=cfg.seed,

@@ -34,7 +34,7 @@ from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, PR
                                     ApiOptions, FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions,
                                     WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
-from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
+from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling, served_counts
 from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
@@ -87,7 +87,7 @@ class SolutionsConfig:
     assume_unsolved: float = option(0.2, "--dry-run: share of the sampled problems assumed unsolved (k samples each; "
                                          "the others one chunk).")
     gen_tokens_per_s: float | None = option(None, "--dry-run: tokens per second one worker generates (with --backend "
-                                                  "openai: the server in all), for the hours.")
+                                                  "openai: the servers together), for the hours.")
 
     def __post_init__(self):
         check_choices(self)
@@ -97,7 +97,7 @@ class SolutionsConfig:
         for flag, ok, message in checks:
             if not ok:
                 raise bad_option(flag, message)
-        self.api.check(self.model)
+        self.api.check(self.model, self.prompt)
 
     def teacher(self) -> str:
         """The name `solution_source` records: the served model's, or the local one's."""
@@ -161,8 +161,8 @@ class SolutionJob:
         hits = []
         for completion, score in zip(completions, scores):
             if score is not None and score >= 1.0:
-                hits.append((len(completion.token_ids), self.drawn, completion))
-            self.tokens += len(completion.token_ids)
+                hits.append((completion.tokens, self.drawn, completion))
+            self.tokens += completion.tokens
             self.drawn += 1
         self.correct += len(hits)
         if hits:
@@ -216,8 +216,7 @@ def run_make_solutions(cfg: SolutionsConfig, make_engine: Callable[[], Engine], 
         progress(len(done), len(to_sample))
         if todo:
             round_stats = _sample(cfg, todo, done, engine, scorer, progress, len(to_sample))
-        retries = dict(getattr(engine, "retries", {}))
-        return _finish(cfg, problems, done, round_stats, retries, started)
+        return _finish(cfg, problems, done, round_stats, served_counts(engine), started)
 
 
 def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
@@ -236,7 +235,7 @@ def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
         return run_rounds(jobs, engine, sampling, scorer, cfg.api.rows_per_round(cfg.model), finished)
 
 
-def _finish(cfg: SolutionsConfig, problems: list[Problem], done: dict, round_stats: RoundStats, retries: dict,
+def _finish(cfg: SolutionsConfig, problems: list[Problem], done: dict, round_stats: RoundStats, served: dict,
             started: float) -> dict:
     out = Path(cfg.out)
     order = {p.id: i for i, p in enumerate(problems)}
@@ -260,7 +259,7 @@ def _finish(cfg: SolutionsConfig, problems: list[Problem], done: dict, round_sta
         "tokens": sum(row["tokens"] for row in rows), "tokens_this_run": round_stats.tokens,
         "generate_seconds": round(round_stats.generate_seconds, 3),
         "tokens_per_second": round(round_stats.tokens / round_stats.generate_seconds, 1) if round_stats.generate_seconds else None,
-        "api_retries": retries,
+        "api_retries": {}, **served,
     }
     summary["seconds"] = round(time.time() - started, 3)
     atomic_write_json(side_file(out, ".manifest.json"), manifest("make-solutions", config_dict(cfg), started, summary,

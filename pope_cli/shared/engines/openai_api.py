@@ -1,159 +1,102 @@
-"""A served model as an engine: any OpenAI-compatible completions endpoint (vLLM's server,
-SGLang, hosted APIs), through the `openai` client library.
+"""A served model as an engine: OpenAI-compatible servers (vLLM's, SGLang, hosted APIs), one or
+several, through the `openai` client library.
 
-Prompts are built here exactly as for a local model, with the tokenizer `--model` names and its
-chat template, and sent as text to `/v1/completions`, not to the chat endpoint: the template is
-already applied, and the chat endpoint would apply the server's again. The returned text is
-counted in tokens with the same tokenizer. Sample j of a request is its own API request with
-n = 1 and `seed = seed + j`, so every sample obeys the engines' seeding rule whatever the
-chunking or the concurrency. vLLM honours that seed; a hosted API may not, and then samples are
-not reproducible (a resume still never asks again for a problem already decided).
-
-Retries are pope's own (the client's are switched off) so that each is reported as it happens: a
-429, a 5xx, a timeout or a dropped connection is retried up to `max_retries` times, after the
-server's Retry-After when it sends one, else with exponential backoff. The API key is read from
-the environment variable `--api-key-env` names and is held by the client alone.
+Prompts are built here exactly as for a local model, with the tokenizer `--model` names, and sent
+by the route `--api-route` picks (`openai_routes`: the templated text to `/v1/completions`, or the
+messages to `/v1/chat/completions`). Sample j of a request is its own API request with n = 1 and
+`seed = seed + j`, so every sample obeys the engines' seeding rule whatever the chunking, the
+concurrency or the server that answers it (`openai_servers`: which server, and the retries).
+vLLM honours that seed; a hosted API may not, and then samples are not reproducible (a resume
+still never asks again for a problem already decided). The API key is read from the environment
+variable `--api-key-env` names and is held by the clients alone.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from pope_cli.shared.engines.base import Completion, Request, Sampling
+from pope_cli.shared.engines.openai_routes import ROUTES, Answer
+from pope_cli.shared.engines.openai_servers import Server, ServerPool
 from pope_cli.shared.errors import PopeError
 
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
 # The client needs some key; servers started without one (vLLM's default) ignore it.
 NO_KEY = "EMPTY"
 
 
-_REPORTING = threading.Lock()
-
-
-def report_to_stderr(line: str) -> None:
-    # One locked write of the whole line: print() writes the text and the newline apart, and the
-    # request threads' reports then ran together into one garbled line.
-    with _REPORTING:
-        sys.stderr.write(f"openai: {line}\n")
-        sys.stderr.flush()
-
-
 class OpenAIEngine:
-    """Samples from a served model; `retries` counts the retries by cause (429, 5xx, timeout, connection)."""
+    """Samples from served models; `counts()` says what the requests met, for the manifest."""
 
-    def __init__(self, client, model_name: str, tokenizer, max_concurrency: int, max_retries: int,
-                 report: Callable[[str], None] = report_to_stderr):
-        self.client = client
+    def __init__(self, pool: ServerPool, model_name: str, tokenizer, route: str = "completions"):
+        self.pool = pool
         self.model_name = model_name
         self.tokenizer = tokenizer
-        self.max_concurrency = max_concurrency
-        self.max_retries = max_retries
-        self.report = report
-        self.retries: Counter = Counter()
+        self.route = ROUTES[route]
+        self.counted_by: Counter = Counter()
+        """Samples whose tokens the server's usage counted ("usage"), or --model's tokenizer ("tokenizer")."""
         self._lock = threading.Lock()
 
     @classmethod
     def from_options(cls, opts, api) -> "OpenAIEngine":
-        """The engine for `ModelOptions` + `ApiOptions`: the tokenizer of --model, the server of --api-base."""
+        """The engine for `ModelOptions` + `ApiOptions`: the tokenizer of --model, the servers of --api-base."""
         import openai
 
         from pope_cli.shared.models import load_tokenizer
 
-        client = openai.OpenAI(base_url=api.api_base, api_key=os.environ.get(api.api_key_env) or NO_KEY,
-                               max_retries=0, timeout=api.request_timeout)
-        engine = cls(client, api.api_model or opts.model, load_tokenizer(opts.model, opts.trust_remote_code),
-                     api.max_concurrency, api.max_retries)
+        key = os.environ.get(api.api_key_env) or NO_KEY
+        servers = [Server(url, openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=api.request_timeout))
+                   for url in api.api_base]
+        engine = cls(ServerPool(servers, api.max_concurrency, api.max_retries), api.api_model or opts.model,
+                     load_tokenizer(opts.model, opts.trust_remote_code), api.api_route)
         engine.check_model()
         return engine
 
     def check_model(self) -> None:
-        """Fail before the run starts when the server is unreachable, refuses the key or lacks the model."""
-        served = [model.id for model in self._call(self.client.models.list)]
-        if self.model_name not in served:
-            raise PopeError(f"--api-model: the server serves {', '.join(served) or 'no model'}, not {self.model_name!r}",
-                            exit_code=2)
+        """Fail before the run starts when a server is unreachable, refuses the key or lacks the model."""
+        for server in self.pool.servers:
+            served = [model.id for model in self.pool.call_on(server, lambda client: client.models.list())]
+            if self.model_name not in served:
+                where = "the server" if len(self.pool.servers) == 1 else f"the server at {server.url}"
+                raise PopeError(f"--api-model: {where} serves {', '.join(served) or 'no model'}, not "
+                                f"{self.model_name!r}", exit_code=2)
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
         if sampling.logprobs:
             raise PopeError("--backend openai: log-probabilities are not available from a served model", exit_code=2)
-        prompts = [self.tokenizer.decode(r.prompt_ids, skip_special_tokens=False) for r in requests]
-        work = [(prompts[i], r.seed + j) for i, r in enumerate(requests) for j in range(r.n)]
-        pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="pope-openai")
+        payloads = [self.route.payload(r, self.tokenizer) for r in requests]
+        work = [(payloads[i], r.seed + j) for i, r in enumerate(requests) for j in range(r.n)]
+        threads = ThreadPoolExecutor(self.pool.capacity(), thread_name_prefix="pope-openai")
         try:
-            flat = list(pool.map(lambda item: self._sample(item[0], item[1], sampling), work))
+            flat = list(threads.map(lambda item: self._sample(item[0], item[1], sampling), work))
         finally:
             # A fatal error stops the requests not yet sent; the ones in flight finish.
-            pool.shutdown(wait=True, cancel_futures=True)
+            threads.shutdown(wait=True, cancel_futures=True)
         results, offset = [], 0
         for r in requests:
             results.append(flat[offset:offset + r.n])
             offset += r.n
         return results
 
-    def _sample(self, prompt: str, seed: int, sampling: Sampling) -> Completion:
-        response = self._call(lambda: self.client.completions.create(
-            model=self.model_name, prompt=prompt, n=1, seed=seed, temperature=sampling.temperature,
-            top_p=sampling.top_p, max_tokens=sampling.max_new_tokens))
-        choice = response.choices[0]
-        text = choice.text or ""
-        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
-        return Completion(ids, text, "length" if choice.finish_reason == "length" else "stop")
+    def counts(self) -> dict:
+        """The retries by cause, each server's requests, answers, retries and failures, and who counted the tokens."""
+        return {"api_retries": self.pool.retries(), "api_servers": self.pool.counts(),
+                "api_token_counts": dict(sorted(self.counted_by.items()))}
 
-    def _call(self, request: Callable):
-        """`request()`, retried on the errors a busy or flaky server gives; others end the run in one line."""
-        import openai
+    def _sample(self, payload, seed: int, sampling: Sampling) -> Completion:
+        answer: Answer = self.pool.call(
+            lambda client: self.route.send(client, self.model_name, payload, seed, sampling))
+        with self._lock:
+            self.counted_by["usage" if answer.completion_tokens is not None else "tokenizer"] += 1
+        if answer.completion_tokens is not None:
+            return Completion([], answer.text, answer.finish_reason, token_count=answer.completion_tokens)
+        ids = self._ids(answer.text)
+        if answer.reasoning:
+            tokens = len(self._ids(answer.reasoning)) + len(ids)
+            return Completion(ids, answer.text, answer.finish_reason, token_count=tokens)
+        return Completion(ids, answer.text, answer.finish_reason)
 
-        for attempt in range(self.max_retries + 1):
-            try:
-                return request()
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-                    openai.InternalServerError) as error:
-                cause, wait = _retry_cause(error), _backoff(error, attempt)
-                if attempt == self.max_retries:
-                    raise PopeError(f"--api-base: gave up after {self.max_retries} retries ({cause}: {error})") from None
-                with self._lock:
-                    self.retries[cause] += 1
-                self.report(f"{cause}; retry {attempt + 1}/{self.max_retries} in {wait:.1f}s")
-                time.sleep(wait)
-            except openai.APIStatusError as error:
-                hint = " (check --api-key-env)" if error.status_code in (401, 403) else ""
-                raise PopeError(f"--api-base: the server refused the request with {error.status_code}{hint}: "
-                                f"{_message(error)}") from None
-
-
-def _retry_cause(error) -> str:
-    import openai
-
-    if isinstance(error, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(error, openai.APIConnectionError):
-        return "connection"
-    return "rate limited (429)" if error.status_code == 429 else f"server error ({error.status_code})"
-
-
-def _backoff(error, attempt: int) -> float:
-    """The server's Retry-After (seconds) when it gives one, else 0.5 s doubling per attempt, at most 30 s."""
-    response = getattr(error, "response", None)
-    header = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(max(float(header), 0.0), BACKOFF_MAX)
-    except (TypeError, ValueError):
-        return min(BACKOFF_FIRST * 2 ** attempt, BACKOFF_MAX)
-
-
-def _message(error) -> str:
-    body = getattr(error, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if body.get("message"):
-            return str(body["message"])
-    return str(error).splitlines()[0]
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids) if text else []

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pope_cli.shared.config import (PROMPT_PANEL, FieldMap, ModelOptions, PromptOptions, RewardOptions,
-                                    SamplingOptions, bad_option, overwrite_option, require_weights, seed_option)
+from pope_cli.shared.config import (LOCAL_BACKEND_HELP, LOCAL_BACKENDS, PROMPT_PANEL, FieldMap, ModelOptions,
+                                    PromptOptions, RewardOptions, SamplingOptions, bad_option, overwrite_option,
+                                    require_weights, seed_option)
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.stages.train.config import OPTIM_PANEL, PolicyOptions
 
@@ -24,7 +25,8 @@ class SftConfig(PolicyOptions):
                        metavar="INPUT")
     out: str = option(help="Run directory: config.json, sft_data.jsonl, metrics.jsonl, checkpoints/, final/. Rerunning "
                            "the same command resumes it.", metavar="DIR")
-    model: ModelOptions = group(help={"model": "Starting model: hub id, local model dir or PEFT adapter dir."})
+    model: ModelOptions = group(help={"model": "Starting model: hub id, local model dir or PEFT adapter dir.",
+                                      "backend": LOCAL_BACKEND_HELP}, choices={"backend": LOCAL_BACKENDS})
     fields: FieldMap = group()
     prompt: PromptOptions = group()
     sampling: SamplingOptions = group()

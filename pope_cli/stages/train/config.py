@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
-                                    RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
+from pope_cli.shared.config import (LOCAL_BACKEND_HELP, LOCAL_BACKENDS, PROMPT_PANEL, TRACKER_PANEL, ModelOptions,
+                                    PromptOptions, RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
                                     overwrite_option, require_weights, seed_option)
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.stages.train.guidance import GUIDANCE_MODES
@@ -73,8 +73,9 @@ class TrainConfig(PolicyOptions):
                            argument=True, metavar="PREFIXES")
     out: str = option(help="Run directory: config.json, metrics.jsonl, checkpoints/, final/. Rerunning the same command "
                            "resumes it.", metavar="DIR")
-    model: ModelOptions = group(defaults={"gpu_memory_utilization": 0.5},
-                                help={"model": "Starting policy: hub id, local model dir or PEFT adapter dir."})
+    model: ModelOptions = group(defaults={"gpu_memory_utilization": 0.5}, choices={"backend": LOCAL_BACKENDS},
+                                help={"model": "Starting policy: hub id, local model dir or PEFT adapter dir.",
+                                      "backend": LOCAL_BACKEND_HELP})
     prompt: PromptOptions = group()
     sampling: SamplingOptions = group(defaults={"temperature": 0.8})
     reward: RewardOptions = group()
