@@ -208,7 +208,7 @@ def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], t
     torch.manual_seed(cfg.seed)
     policy = build_policy(cfg, checkpoint)
     samples = encode_examples(examples, policy.tokenizer, cfg.prompt)
-    optimizer, scheduler = make_optimizer(cfg, policy.model)
+    optimizer, scheduler = make_optimizer(cfg, policy.model, policy.autocast_dtype is not None)
     if checkpoint:
         load_training_state(checkpoint, policy.model, optimizer, scheduler)
     say(f"pope sft: {'resuming after step ' + str(done) if done else 'starting'}; {len(samples)} examples "

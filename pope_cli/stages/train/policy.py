@@ -128,10 +128,16 @@ def autocast_dtype(compute_dtype: torch.dtype) -> torch.dtype | None:
     return None if compute_dtype == torch.float32 else torch.bfloat16
 
 
-def make_optimizer(cfg: TrainConfig, model):
-    """AdamW over the trainable weights, linear warmup over `warmup_steps` then constant."""
+def make_optimizer(cfg: TrainConfig, model, mixed_precision: bool = False):
+    """AdamW over the trainable weights, linear warmup over `warmup_steps` then constant.
+
+    A mixed-precision run uses torch's fused AdamW, one kernel over all weights: 0.1 s a step for a
+    135M model on one CPU thread against 0.6 s for the per-op (foreach) version, which would
+    otherwise be a sixth of the update. float32 runs keep the foreach version, whose rounding the
+    recorded float32 runs were made with (the two differ by ~1e-7); FSDP2's sharded weights too."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = mixed_precision and not any(hasattr(p, "full_tensor") for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     warmup = cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
     return optimizer, scheduler

@@ -135,7 +135,7 @@ class Run:
         self.policy = build_policy(cfg, checkpoint)
         self.strategy = choose(cfg.data_parallel, cfg.lora, self.policy.device)
         self.train_model = wrap(self.policy.model, ranks, self.strategy, self.policy.device)
-        self.optimizer, self.scheduler = make_optimizer(cfg, self.train_model)
+        self.optimizer, self.scheduler = make_optimizer(cfg, self.train_model, self.policy.autocast_dtype is not None)
         state = {}
         if checkpoint:
             state = load_training_state(checkpoint, self.policy.model, self.optimizer, self.scheduler, ranks.rank)
