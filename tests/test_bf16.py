@@ -61,6 +61,7 @@ def test_a_bf16_step_lowers_the_loss_on_a_fixed_batch_with_float32_weights_and_o
     assert len(changed) == len(trainable)
     state = run.optimizer.state[trainable[0]]
     assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
+    assert run.optimizer.defaults["fused"]  # one kernel over the fp32 weights
 
 
 def test_bf16_sampler_and_trainer_log_probs_agree_within_the_bf16_bound(data, tiny_model_dir):
