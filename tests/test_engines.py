@@ -82,6 +82,31 @@ def test_gumbel_max_samples_the_softmax():
     assert _chi_square(counts, torch.softmax(logits.double() / 0.7, -1)) < 20.5
 
 
+def test_noising_only_possible_winners_picks_the_dense_argmax():
+    """Peaked rows (a real LM's spread over a 49k vocabulary), flat rows, top-p's -inf and ties: the
+    sparse noising picks the same token as noising every entry, and noises a small share of a peak."""
+    from pope_cli.shared.engines.noise import DENSE_SHARE, GUMBEL_MAX, _uniform, gumbel, noised_scores
+
+    assert torch.equal(-_uniform(torch.tensor([MASK32])).log().neg().log(), torch.tensor([GUMBEL_MAX], dtype=torch.float64))
+    vocab, generator = 49152, torch.Generator().manual_seed(0)
+    keys = torch.tensor([stream_key(s) for s in range(32)], dtype=torch.int64)
+    codes = index_hashes(vocab, "cpu")
+    peaked = torch.randn(16, vocab, generator=generator) * 6 - torch.rand(16, vocab, generator=generator) * 30
+    flat = torch.randn(16, vocab, generator=generator) * 0.02
+    scores = torch.cat([peaked, flat])
+    scores[3, 100:200] = float("-inf")
+    scores[20, :5] = scores[20].max() + 1  # five tied leaders
+    for step in range(4):
+        sparse = noised_scores(scores, keys, step, codes)
+        dense = scores + gumbel(keys, step, codes).to(scores.dtype)
+        assert torch.equal(sparse.argmax(-1), dense.argmax(-1))
+        only_peaked = noised_scores(scores[:16], keys[:16], step, codes)
+        kept = torch.isfinite(only_peaked)
+        assert kept.float().mean() < DENSE_SHARE  # the sparse path: 12% of these entries noised
+        assert torch.equal(only_peaked.argmax(-1), dense[:16].argmax(-1))
+        assert torch.equal(only_peaked[kept], dense[:16][kept])  # the same noise where it is computed
+
+
 def test_top_p_keeps_the_smallest_nucleus_and_renormalises():
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
     probs = torch.softmax(logits.double(), -1)  # cumulative: 0.56, 0.77, 0.89, ...

@@ -6,9 +6,20 @@ generation step, vocabulary index): a counter-based hash turned into a uniform, 
 noise. Adding Gumbel noise to the (temperature-scaled, top-p-filtered) logits and taking the
 argmax draws exactly from their softmax, so `generate` can run greedily and still sample, and
 a row's tokens do not depend on which other rows share its batch.
+
+Only the argmax of the noised scores matters, and a 32-bit uniform's Gumbel noise is bounded
+(GUMBEL_MAX, 22.9), so a token scoring more than that below the best noised score cannot win:
+the noise is computed for the tokens within a few nats of the top first, then for those that
+could still beat the best of them, and every other token is left at -inf. The argmax, and so
+every sample, is the dense computation's exactly (the same noise values where they are
+computed), at a fraction of the cost on a real model's peaked distribution: for
+SmolLM2-135M-Instruct at temperature 0.8, 1-14% of a 49,152-token vocabulary is within 20 nats
+of the top, where hashing the whole (rows, vocab) block cost about as much as a bf16 forward.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from transformers import LogitsProcessor
@@ -56,6 +67,15 @@ def index_hashes(vocab_size: int, device) -> torch.Tensor:
     return fmix32(torch.arange(vocab_size, dtype=torch.int64, device=device) ^ _INDEX_SALT)
 
 
+def _row_keys(keys: torch.Tensor, step: int) -> torch.Tensor:
+    return fmix32(keys ^ fmix32((step & MASK32) ^ _STEP_SALT))
+
+
+def _uniform(bits: torch.Tensor) -> torch.Tensor:
+    # in place: these can be (rows, vocab) tensors, and on CPU every extra one costs
+    return bits.to(torch.float64).add_(0.5).mul_(2.0**-32)
+
+
 def uniforms(keys: torch.Tensor, step: int, codes: torch.Tensor) -> torch.Tensor:
     """float64 uniforms in (0, 1), shape (rows, vocab), 32 random bits each.
 
@@ -64,15 +84,46 @@ def uniforms(keys: torch.Tensor, step: int, codes: torch.Tensor) -> torch.Tensor
     the index first (rather than the index itself) keeps two rows' noise from being the same
     values shifted along the vocabulary.
     """
-    row = fmix32(keys ^ fmix32((step & MASK32) ^ _STEP_SALT))
-    bits = _fmix32_(codes.unsqueeze(0) ^ row.unsqueeze(1))
-    # in place: these are (rows, vocab) tensors, and on CPU every extra one costs
-    return bits.to(torch.float64).add_(0.5).mul_(2.0**-32)
+    return _uniform(_fmix32_(codes.unsqueeze(0) ^ _row_keys(keys, step).unsqueeze(1)))
 
 
 def gumbel(keys: torch.Tensor, step: int, codes: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise (float64) for each row and vocabulary entry at `step`."""
     return uniforms(keys, step, codes).log_().neg_().log_().neg_()
+
+
+def gumbel_at(keys: torch.Tensor, step: int, codes: torch.Tensor, rows: torch.Tensor,
+              cols: torch.Tensor) -> torch.Tensor:
+    """`gumbel(keys, step, codes)[rows, cols]`, computing only those entries."""
+    bits = _fmix32_(codes[cols] ^ _row_keys(keys, step)[rows])
+    return _uniform(bits).log_().neg_().log_().neg_()
+
+
+GUMBEL_MAX = -math.log(-math.log(1 - 2.0**-33))
+"""The largest noise `gumbel` gives (22.87): its uniforms are at most 1 - 2^-33."""
+FIRST_LOOK = 4.0
+"""Tokens within this many nats of the top are noised first, to bound the winner's score."""
+SLACK = 1.0
+"""Room for float32 rounding in the bound (scores + noise are summed in float32, ~1e-5 here)."""
+DENSE_SHARE = 0.25
+"""Above this share of possible winners the whole block is cheaper than gathering them."""
+
+
+def noised_scores(scores: torch.Tensor, keys: torch.Tensor, step: int, codes: torch.Tensor) -> torch.Tensor:
+    """`scores + gumbel(keys, step, codes)` where a token could be the argmax, -inf elsewhere: the
+    same argmax as the dense sum (see the module docstring), shape (rows, vocab)."""
+    top = scores.max(dim=-1, keepdim=True).values  # (rows, 1)
+    rows, cols = (scores >= top - FIRST_LOOK).nonzero(as_tuple=True)
+    near = scores[rows, cols] + gumbel_at(keys, step, codes, rows, cols).to(scores.dtype)
+    best = torch.full((scores.shape[0],), float("-inf"), dtype=scores.dtype, device=scores.device)
+    best = best.scatter_reduce(0, rows, near, reduce="amax")  # (rows,)
+    possible = scores > (best - GUMBEL_MAX - SLACK).unsqueeze(1)  # (rows, vocab)
+    if possible.sum() > DENSE_SHARE * possible.numel():
+        return scores + gumbel(keys, step, codes).to(scores.dtype)
+    rows, cols = possible.nonzero(as_tuple=True)
+    out = torch.full_like(scores, float("-inf"))
+    out[rows, cols] = scores[rows, cols] + gumbel_at(keys, step, codes, rows, cols).to(scores.dtype)
+    return out
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -114,8 +165,7 @@ class SeededSampler(LogitsProcessor):
             scaled = scores / self.temperature
             if self.codes is None:
                 self.codes = index_hashes(scores.shape[-1], scores.device)
-            noise = gumbel(self.keys, step, self.codes).to(scores.dtype)
-            final = top_p_filter(scaled, self.top_p) + noise
+            final = noised_scores(top_p_filter(scaled, self.top_p), self.keys, step, self.codes)
         else:
             scaled = final = scores
         if self.record_logprobs:
