@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from results_file import save, spread  # noqa: E402
 ARMS = {"hf": {"backend": "hf"}, "vLLM eager": {"backend": "vllm", "enforce_eager": True},
         "vLLM compiled": {"backend": "vllm", "enforce_eager": False}}
 
@@ -83,10 +83,6 @@ def measure(spec: dict, threads: int, python: str = sys.executable) -> dict:
     return row
 
 
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
 def run(args) -> dict:
     from pope_cli.toy.model import SHIPPED_MODEL_DIR
 
@@ -136,9 +132,7 @@ def main() -> None:
         args.prompts, args.samples, args.reps = 4, 4, 1
     results = run(args)
     print(table(results))
-    RESULTS.mkdir(exist_ok=True)
-    name = "bench_engines_quick.json" if args.quick else "bench_engines.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    save("bench_engines", results, args.quick)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
+from results_file import save, spread  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 GEN = {"prompts": 64, "samples": 1, "max_new_tokens": 64}
@@ -144,10 +145,6 @@ def prompt_lengths(model_dir: Path, records: list[dict]) -> list[int]:
     return [len(builder.unguided(r)) for r in records]
 
 
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
 def cpu_part(args) -> None:
     from bench_vs_trl import one_lookup_problems, prepare
 
@@ -178,9 +175,7 @@ def cpu_part(args) -> None:
                     print(f"  {size} rep {rep} train {dtype}: {train}", file=sys.stderr, flush=True)
             report["rows"] += summary_rows(size, shape, runs, peak)
     print_report(report, args.threads)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_hardware.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {RESULTS / 'bench_hardware.json'}")
+    print(f"wrote {save('bench_hardware', report)}")
 
 
 def summary_rows(size: str, shape: dict, runs: dict, peak: float) -> list[dict]:

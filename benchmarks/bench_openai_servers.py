@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results"
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
+from results_file import save, spread  # noqa: E402
 from vllm_server import SERVED, TOY_MODEL, VllmServer  # noqa: E402
 
 OUTPUTS = ("", ".stats.jsonl", ".unsolved.jsonl")
@@ -60,10 +59,6 @@ def solve(data: Path, out: Path, urls: list[str], concurrency: int, k: int) -> d
     return {"wall_s": wall, "generate_s": counts["generate_seconds"], "samples": counts["samples"],
             "answered": [server["answered"] for server in counts["api_servers"]],
             "files": b"".join(Path(f"{out}{suffix}").read_bytes() for suffix in OUTPUTS)}
-
-
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def run(args) -> dict:
@@ -119,9 +114,7 @@ def main() -> None:
         args.problems, args.k, args.reps = 12, 16, 1
     results = run(args)
     print(table(results))
-    RESULTS.mkdir(exist_ok=True)
-    name = "bench_openai_servers_quick.json" if args.quick else "bench_openai_servers.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    save("bench_openai_servers", results, args.quick)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pope_cli.stages.sft.trainer import run_sft
 from pope_cli.stages.train.batch import Sample, collate
 from pope_cli.stages.train.trainer import Run, train_step
 from pope_cli.stages.train.update import policy_update, sequence_logprobs
-from test_trainer import LowerScorer, data, make_cfg, metric_rows, snapshot  # noqa: F401  (data is a fixture)
+from test_trainer import LowerScorer, data, make_cfg, snapshot  # noqa: F401  (data is a fixture)
 
 
 
