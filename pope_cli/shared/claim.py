@@ -57,7 +57,7 @@ class DirLock:
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as error:
             raise PopeError(f"{self.path.parent}: cannot write here ({error.strerror})") from None
 

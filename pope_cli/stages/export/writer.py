@@ -133,7 +133,6 @@ def _write_files(cfg: ExportConfig, directory: Path, train_rows: list[dict], val
         return files + ["trl_config.json"]
     script = directory / "run_verl.sh"
     script.write_text(verl_script(cfg, _prompt_bound(train_rows + val_rows)), encoding="utf-8")
-    script.chmod(0o755)
     return files + ["run_verl.sh"]
 
 
@@ -170,7 +169,7 @@ def run_export(cfg: ExportConfig) -> dict:
     """Write the export directory; returns counts for the CLI summary."""
     from collections import Counter
 
-    from pope_cli.shared.outputs import check_writable, manifest
+    from pope_cli.shared.outputs import check_writable, dir_mode, manifest, publish_modes
     from pope_cli.shared.runtime import PromptBuilder
 
     started = time.time()
@@ -190,6 +189,9 @@ def run_export(cfg: ExportConfig) -> dict:
             files = _write_files(cfg, staging, train_rows, val_rows)
             info = manifest("export", asdict(cfg), started, counts, files=files + ["export.json"])
             (staging / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+            publish_modes(staging)  # mkdtemp made it 0700
+            if cfg.format == "verl":
+                (staging / "run_verl.sh").chmod(dir_mode())  # executable as far as the umask lets a script be
             _publish(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
