@@ -45,6 +45,8 @@ BAD_INPUTS = {
                      r"in.jsonl:1: field 'problem' is 10,000,000 characters long"),
     "parquet_other_columns": ("in.parquet", lambda good: _parquet({"question": ["q"], "label": ["2"]}),
                               r"in.parquet: row 0: missing field"),
+    "csv_unquoted_comma": ("in.csv", lambda good: _csv_with_unquoted_comma(good),
+                           r"in.csv:\d+: malformed CSV row: \d+ fields where the header has \d+ \(a comma inside a field"),
     "directory": ("in_dir", None, r"in_dir: is a directory"),
     "missing_path": ("nowhere.jsonl", None, r"nowhere.jsonl: no such file or directory"),
 }
@@ -66,6 +68,18 @@ OUTPUT = {"make-prefixes": "out.jsonl"}
 
 def _lines(*records: dict) -> bytes:
     return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+def _csv_with_unquoted_comma(good: dict) -> bytes:
+    """The good record, then a second whose problem holds a comma nobody quoted (a hand-edited CSV)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(good))
+    writer.writeheader()
+    writer.writerows([good, {**good, "id": "b", "problem": "Let x = 1"}])
+    return text.getvalue().replace(",Let x = 1,", ",Let x = 1, y = 2. What is x+y?,").encode()
 
 
 def _parquet(columns: dict) -> bytes:
