@@ -182,7 +182,7 @@ def test_rerun_draws_nothing_and_changed_options_are_refused(tmp_path, char_toke
     run(config(data, out), char_tokenizer)
     summary, engine = run(config(data, out), char_tokenizer)
     assert engine.calls == [] and summary["found"] == 1
-    with pytest.raises(PopeError, match=r"different options \(--max-fraction, --n\)"):
+    with pytest.raises(PopeError, match=r"different options \(--max-fraction: was 0.25, now 0.2; --n: was \d+, now 8\)"):
         run(config(data, out, n=8, max_fraction=0.2), char_tokenizer)
     summary, _ = run(config(data, out, n=8, overwrite=True), char_tokenizer)
     assert summary["samples"] == 8 * (3 + 5)

@@ -368,7 +368,7 @@ def test_checkpoints_are_complete_and_only_the_last_are_kept(data, tiny_model_di
     assert [row["step"] for row in metric_rows(out)] == [1, 2, 3, 4, 5]
     # A finished run reruns as a no-op; a different config is refused, naming the options.
     assert run_train(cfg)["trained_this_run"] == 0
-    with pytest.raises(PopeError, match="--clip-high, --lr"):
+    with pytest.raises(PopeError, match=r"\(--clip-high: was 0.2, now 0.28; --lr: was 0.01, now 0.02\)"):
         run_train(replace(cfg, lr=2e-2, clip_high=0.28))
 
 

@@ -13,7 +13,7 @@ def command(cfg: EvalConfig):
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_template, load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec
-    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.runtime import engine_factory, notice, progress_reporter, scorer_factory
     from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.evaluate import run_eval
 
@@ -27,7 +27,8 @@ def command(cfg: EvalConfig):
     if plan is not None:
         print(f"eval: {plan.describe()}", file=sys.stderr)
     with progress_reporter("eval", total=0, unit="units") as progress:
-        summary = run_eval(cfg, lambda opts: engine_factory(opts, plan, cfg.api)(), scorer_factory(cfg.reward), progress)
+        summary = run_eval(cfg, lambda opts: engine_factory(opts, plan, cfg.api)(), scorer_factory(cfg.reward), progress,
+                           say=notice)
     print_summary(summary)
 
 

@@ -112,8 +112,9 @@ class PromptOptions:
                                  flags=("--chat-template/--no-chat-template",), panel=PROMPT_PANEL)
     system_prompt: str | None = option(None, "Optional system message.", panel=PROMPT_PANEL)
     unguided_template: str | None = option(
-        None, "Text file with a {problem} placeholder for unguided prompts (default: the problem plus a \\boxed{} answer "
-              "instruction).", panel=PROMPT_PANEL, metavar="FILE")
+        None, "Text file with a {problem} placeholder for unguided prompts (default: the file a record names in its "
+              "unguided_template field, which filter-hard records for the later stages, else the problem plus a "
+              "\\boxed{} answer instruction).", panel=PROMPT_PANEL, metavar="FILE")
 
 
 @dataclass

@@ -187,6 +187,21 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def check_out_path(out: str) -> None:
+    """`--out ''` (an unset shell variable) would write into the current directory."""
+    if not str(out).strip():
+        raise PopeError("--out: must be a non-empty path", exit_code=2)
+
+
+def file_out(out: str, example: str) -> Path:
+    """The `--out` of a stage that writes one file with side files named after it: a directory,
+    existing or written as one (`pfx/`), is refused, naming a file that would do."""
+    check_out_path(out)
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        raise PopeError(f"--out: {out} is a directory; give a file such as {Path(out) / example}", exit_code=2)
+    return Path(out)
+
+
 def check_writable(directory: Path) -> None:
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)

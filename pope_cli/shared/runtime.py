@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from pope_cli.shared.config import ApiOptions, ModelOptions, PromptOptions, RewardOptions
+from pope_cli.shared.errors import PopeError
 
 
 def engine_factory(opts: ModelOptions, plan=None, api: ApiOptions | None = None) -> Callable:
@@ -43,30 +44,54 @@ class PromptBuilder:
     """Token ids of the unguided or guided prompt of a record, the same for every stage.
 
     A guided record carries `prefix` and the name (or file) of its guided `template`;
-    `template_override` replaces that name for all records.
+    `template_override` replaces that name for all records. A record may name the file of its
+    unguided template too (`unguided_template`: filter-hard records the one it asked with, and the
+    later files carry it), used unless `--unguided-template` (`opts.unguided_template`) is given.
     """
 
     def __init__(self, tokenizer, opts: PromptOptions, template_override: str | None = None):
-        from pope_cli.shared.prompts import load_unguided_template
-
         self.tokenizer = tokenizer
         self.opts = opts
         self.template_override = template_override
-        self.unguided_template = load_unguided_template(opts.unguided_template)
-        self._guided_templates: dict = {}
+        self._templates: dict = {}
+        self.unguided_template_of({})  # --unguided-template loads (or fails) at once
 
     def guided_template(self, name: str | None):
         from pope_cli.shared.prompts import load_template
 
-        name = self.template_override or name or "pope"
-        if name not in self._guided_templates:
-            self._guided_templates[name] = load_template(name)
-        return self._guided_templates[name]
+        return self._load(load_template, self.template_override or name or "pope")
+
+    def unguided_template_of(self, record: dict):
+        from pope_cli.shared.prompts import load_unguided_template
+
+        return self._load(load_unguided_template, self.opts.unguided_template or record.get("unguided_template"))
+
+    def _load(self, loader, name: str | None):
+        if (loader, name) not in self._templates:
+            self._templates[loader, name] = loader(name)
+        return self._templates[loader, name]
+
+    def check_records(self, records: list[dict], source: str, *modes: str) -> None:
+        """Load every template the records name for `modes` (unguided, guided) that no option
+        replaces, before a stage writes anything: one that does not load is the record's error."""
+        fields = {"guided": ("template", "--template", self.guided_template),
+                  "unguided": ("unguided_template", "--unguided-template", self.unguided_template_of)}
+        for mode in modes:
+            name, flag, load = fields[mode]
+            for record in records:
+                if record.get(name) is None or (mode == "guided" and record.get("prefix") is None):
+                    continue
+                try:
+                    load(record if mode == "unguided" else record[name])
+                except PopeError as error:
+                    reason = str(error).split(": ", 1)[1]
+                    raise PopeError(f"{source}: record {record.get('id')!r}: field '{name}': {reason}; or give {flag}") \
+                        from None
 
     def unguided(self, record: dict) -> list[int]:
         from pope_cli.shared.prompts import unguided_text
 
-        return self._encode(unguided_text(self.unguided_template, record["problem"]))
+        return self._encode(unguided_text(self.unguided_template_of(record), record["problem"]))
 
     def guided(self, record: dict) -> list[int]:
         from pope_cli.shared.prompts import guided_text
@@ -81,6 +106,36 @@ class PromptBuilder:
         from pope_cli.shared.prompts import encode_prompt
 
         return encode_prompt(self.tokenizer, text, self.opts.system_prompt, self.opts.chat_template)
+
+
+def resolved_autos(model: ModelOptions) -> dict:
+    """What each `auto` of the model options means on this machine, by its config key: a resume
+    compares meanings, so `--backend hf` resumes a run whose `auto` chose hf."""
+    import dataclasses
+
+    from pope_cli.shared.engines import choose_backend
+    from pope_cli.shared.models import resolve_device, resolve_dtype
+
+    auto = dataclasses.replace(model, device="auto", dtype="auto")
+    device = resolve_device(auto)
+    return {"model.backend": choose_backend("auto"), "model.device": device.type,
+            "model.dtype": str(resolve_dtype(auto, device)).removeprefix("torch.")}
+
+
+def resumed(say: Callable[[str], None], stage: str, out: str, source: str, changes, done: int, total: int,
+            what: str) -> None:
+    """The notices of a resumed sampling stage: how its input changed (an `input_state.InputChanges`),
+    and how much of the work was already done."""
+    note = changes.describe(source)
+    if note:
+        say(f"{stage}: {note}")
+    if done:
+        say(f"{stage}: resuming {out}: {done} of {total} {what} already")
+
+
+def notice(text: str) -> None:
+    """A one-line notice on stderr (above a progress bar on a terminal)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 PROGRESS_SECONDS_ENV = "POPE_PROGRESS_SECONDS"

@@ -39,7 +39,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pope_cli.shared.claim import DirLock, check_out_path
+from pope_cli.shared.claim import DirLock
+from pope_cli.shared.outputs import check_out_path
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.export.config import ExportConfig
 
@@ -54,7 +55,7 @@ def messages(builder, kind: str, record: dict) -> list[dict]:
     if kind == "guided":
         text = guided_text(builder.guided_template(record.get("template")), record["problem"], record["prefix"])
     else:
-        text = unguided_text(builder.unguided_template, record["problem"])
+        text = unguided_text(builder.unguided_template_of(record), record["problem"])
     system = builder.opts.system_prompt
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
 
