@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import build_tiny_model
 from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions
@@ -135,3 +136,23 @@ def test_dry_run_counts_oracle_rollouts_as_trained_not_generated(tmp_path):
     # 4 unguided prompts a step, half of the problems with a solution: 2 oracle samples of 16
     assert "of which 2.0 a step are oracle solutions (--oracle-rollouts), not generated" in oracle.stdout
     assert "generated <= 896 tokens" in oracle.stdout and "x 4 samples = 16 completions" in oracle.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plans for this machine's GPUs where it has some")
+def test_without_gpus_the_dry_run_plans_for_this_cpu_and_says_what_the_options_will_do(tmp_path, tiny_model_dir):
+    write_prefixes(tmp_path / "prefixes.jsonl")
+    proc = pope("train", "prefixes.jsonl", "--model", str(tiny_model_dir), "--out", "run", "--dry-run", "--steps", "3",
+                "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "4096", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "device   this machine's CPU: it has no CUDA device (--gpus N plans a run on N GPUs of --gpu-memory-gb)" in out
+    assert "GPU" not in out.replace("--gpus N plans a run on N GPUs of --gpu-memory-gb", "").replace(
+        "describe GPUs", "") and "vLLM" not in out and "fits" not in out
+    assert "hf KV cache (batch 64)" in out and "time per step: not estimated for a CPU" in out
+    assert ("train: --warmup-steps 10 is not less than --steps 3: the learning rate never reaches --lr 1e-05 (it peaks "
+            "at 2.7e-06 in the last step); lower --warmup-steps") in out
+    assert f"train: --max-new-tokens 4096 is not less than the context of {tiny_model_dir} (2048 positions)" in out
+    gpu = pope("train", "prefixes.jsonl", "--model", str(tiny_model_dir), "--out", "run", "--dry-run", "--gpus", "1",
+               "--mode", "grpo", cwd=tmp_path)
+    assert "GPUs     1 x 80 GB, one process" in gpu.stdout and "(1 wave for this GPU's samples)" in gpu.stdout
+    assert "6 hard problems, 6 with a prefix; mode grpo" in gpu.stdout

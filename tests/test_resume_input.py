@@ -91,9 +91,11 @@ def test_a_rerun_on_edited_input_redoes_the_changed_records_and_writes_a_fresh_r
     summary = make(data, tmp_path / name)(engine, said.append)
     assert asked(engine, char_tokenizer) == {"problem 1", "problem 4"}
     unit = "unguided/" if stage == "eval" else ""  # eval's records are per mode
+    said = [line for line in said if not line.startswith("eval: 1 model(s) x")]  # eval says what it measures first
     assert said[0] == (f"{stage}: {data} differs from the input of the earlier run: records 1 changed ({unit}p1), "
                        f"1 removed ({unit}p2), 1 added ({unit}p4); the changed ones are redone")
-    assert re.fullmatch(rf"{stage}: resuming {tmp_path / name}: 2 of (4|8) \S+ .* already", said[1]), said
+    what = "units" if stage == "eval" else "problems decided"
+    assert said[1:] == [f"{stage}: resuming {tmp_path / name}: 2 of 4 {what} already"]
     make(data, tmp_path / "fresh" / name)(ScriptedEngine(char_tokenizer, answer), print)
     assert files(tmp_path / name, outputs) == files(tmp_path / "fresh" / name, outputs)
     if stage != "eval":

@@ -26,7 +26,8 @@ def command(cfg: EvalConfig):
     plan = plan_workers(cfg.model, cfg.parallel)
     if plan is not None:
         print(f"eval: {plan.describe()}", file=sys.stderr)
-    with progress_reporter("eval", total=0, unit="units") as progress:
+    with progress_reporter("eval", total=0, unit="units", detail=f"a model's {cfg.n} samples of a problem in a mode") \
+            as progress:
         summary = run_eval(cfg, lambda opts: engine_factory(opts, plan, cfg.api)(), scorer_factory(cfg.reward), progress,
                            say=notice)
     print_summary(summary)

@@ -133,6 +133,40 @@ def resumed(say: Callable[[str], None], stage: str, out: str, source: str, chang
         say(f"{stage}: resuming {out}: {done} of {total} {what} already")
 
 
+def model_context(opts: ModelOptions) -> int | None:
+    """The positions `--model` attends over, as its config.json says (`max_position_embeddings`; vLLM's
+    `--max-model-len` where lower), from a local directory (an adapter's base) or the hub cache;
+    None when unknown. Nothing is downloaded and no model is loaded."""
+    import json
+    from pathlib import Path
+
+    from pope_cli.shared.models import adapter_base
+
+    try:
+        source = adapter_base(opts.model) or opts.model
+        path = Path(source) / "config.json"
+        if not path.is_file():
+            from huggingface_hub import try_to_load_from_cache
+
+            path = Path(str(try_to_load_from_cache(source, "config.json")))
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # not a model directory, not cached, not JSON: nothing to say
+        return None
+    positions = config.get("text_config", config).get("max_position_embeddings")
+    if not isinstance(positions, int) or positions < 1:
+        return None
+    return min(positions, opts.max_model_len) if opts.max_model_len else positions
+
+
+def say_budget(say: Callable[[str], None], stage: str, opts: ModelOptions, max_new_tokens: int) -> None:
+    """Say so when `--max-new-tokens` is more than the model can hold (the engines stop every
+    completion at the model's context, whatever the budget)."""
+    context = model_context(opts)
+    if context is not None and max_new_tokens >= context:
+        say(f"{stage}: --max-new-tokens {max_new_tokens} is not less than the context of {opts.model} ({context} "
+            f"positions): each completion stops at the context, {context} minus its prompt's tokens")
+
+
 def notice(text: str) -> None:
     """A one-line notice on stderr (above a progress bar on a terminal)."""
     print(text, file=sys.stderr, flush=True)
@@ -144,8 +178,10 @@ commands whose logs its live view reads."""
 
 
 @contextmanager
-def progress_reporter(description: str, total: int, unit: str = "problems") -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on a terminal; in a pipe, a plain line at most every 10 seconds."""
+def progress_reporter(description: str, total: int, unit: str = "problems",
+                      detail: str | None = None) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on a terminal; in a pipe, a plain line at most every 10 seconds, with
+    `detail` (what a unit is) in parentheses."""
     if sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -162,6 +198,7 @@ def progress_reporter(description: str, total: int, unit: str = "problems") -> I
         now = time.monotonic()
         if now - last[0] >= every or done == _total:
             last[0] = now
-            print(f"{description}: {done}/{_total} {unit}", file=sys.stderr, flush=True)
+            print(f"{description}: {done}/{_total} {unit}" + (f" ({detail})" if detail else ""), file=sys.stderr,
+                  flush=True)
 
     yield report

@@ -196,7 +196,7 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
              say: Callable[[str], None] = lambda text: None) -> dict:
     """Evaluate every model on every mode; returns the summary written to summary.json. `say`
     takes the one-line notices."""
-    from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed
+    from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
 
     started = time.time()
     items = load_items(cfg)
@@ -219,15 +219,18 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
         # The first model loads before the run counts as started: a failed load leaves the output as it was.
         engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": pending[0]})) if pending else None
         claim.started()
-        resumed(say, "eval", cfg.out, cfg.data, changes, len(done), total, UNITS)
+        say(f"eval: {plan_line(cfg, items)}")
+        resumed(say, "eval", cfg.out, cfg.data, changes, len(done), total, "units")
         if changes.stale:
             atomic_write_jsonl(samples_path, rows)
         input_state.save(inputs_path, hashes)
         progress(len(done), total)
         stats = RoundStats()
         for name in pending:
+            opts = ModelOptions(**{**asdict(cfg.model), "model": name})
+            say_budget(say, "eval", opts, cfg.sampling.max_new_tokens)
             if engine is None:
-                engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": name}))
+                engine = make_engine(opts)
             builder = PromptBuilder(engine.tokenizer, cfg.prompt, cfg.template)
             jobs = make_jobs(keys[name], items, builder.build, cfg.n, cfg.seed, done)
             sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
@@ -242,7 +245,15 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
         return _finish(cfg, [keys[name] for name in cfg.models], items, started, stats)
 
 
-UNITS = "units (a model's n samples of one problem in one mode)"
+def plan_line(cfg: EvalConfig, items: dict[str, list[dict]]) -> str:
+    """What the run measures: models x problems per mode, and why the modes' problems differ."""
+    counts = " + ".join(f"{len(records)} {mode}" for mode, records in items.items())
+    line = (f"{len(cfg.models)} model(s) x ({counts} problems), {cfg.n} samples each = "
+            f"{len(cfg.models) * sum(map(len, items.values()))} units")
+    if "guided" in items and "unguided" in items and len(items["guided"]) < len(items["unguided"]):
+        line += (f"; guided covers the {len(items['guided'])} of the {len(items['unguided'])} problems that have a "
+                 "prefix")
+    return line
 
 
 def unit_key(mode: str, problem_id: str) -> str:

@@ -28,7 +28,7 @@ from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_wri
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared import input_state
 from pope_cli.shared.input_state import record_hash
-from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed
+from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
 from pope_cli.shared.seeding import derive_seed
 
 
@@ -147,6 +147,8 @@ def run_filter_hard(cfg: FilterHardConfig, make_engine: Callable[[], Engine], ma
         engine, scorer = (make_engine(), make_scorer()) if todo else (None, None)
         claim.started()
         resumed(say, "filter-hard", cfg.out, cfg.data, changes, len(done), len(problems), "problems decided")
+        if todo:
+            say_budget(say, "filter-hard", cfg.model, cfg.sampling.max_new_tokens)
         if changes.stale:
             atomic_write_jsonl(stats_path, done.values())
         input_state.save(out / "inputs.json", hashes)

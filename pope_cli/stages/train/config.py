@@ -225,7 +225,9 @@ class TrainConfig(PolicyOptions):
 class DryRunConfig:
     """`pope train --dry-run`: the hardware a plan is sized for, and the throughputs it assumes."""
 
-    gpus: int = option(1, "Dry run: GPUs to plan for (torchrun ranks).", panel=DRY_PANEL)
+    gpus: int | None = option(None, "Dry run: GPUs to plan for (torchrun ranks); default: this machine's CUDA devices, "
+                                    "and where it has none a plan for its CPU, without GPU figures.", panel=DRY_PANEL,
+                              show_default=False)
     gpu_memory_gb: float = option(80.0, "Dry run: memory per GPU in GB (H100: 80).", panel=DRY_PANEL)
     gen_tokens_per_s: float = option(5000.0, "Dry run: generated tokens/s per GPU (an assumption for vLLM on a ~4B "
                                              "model; use the tokens/s a real run logs).", panel=DRY_PANEL)
@@ -238,7 +240,7 @@ class DryRunConfig:
                            panel=DRY_PANEL, in_file=False)
 
     def __post_init__(self):
-        checks = [("--gpus", self.gpus >= 1), ("--gpu-memory-gb", self.gpu_memory_gb > 0),
+        checks = [("--gpus", self.gpus is None or self.gpus >= 1), ("--gpu-memory-gb", self.gpu_memory_gb > 0),
                   ("--gen-tokens-per-s", self.gen_tokens_per_s > 0), ("--mfu", 0 < self.mfu <= 1),
                   ("--peak-tflops", self.peak_tflops > 0)]
         for option_name, ok in checks:

@@ -99,7 +99,7 @@ from pope_cli.stages.train.config import TrainConfig
 from pope_cli.stages.train.loss import LossSettings
 from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
-from pope_cli.stages.train.report import StepReporter
+from pope_cli.stages.train.report import StepReporter, start_notes
 from pope_cli.stages.train.update import ORACLE_METRICS, UpdateSettings, policy_update, reference_scorer
 from pope_cli.stages.train.guidance import AdaptiveGuidance, AnnealedPrefixes, prefix_share
 from pope_cli.stages.train.watch import RunWatch, completion_rows
@@ -423,6 +423,8 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
             run = Run(cfg, checkpoint, scorer, data, ranks)
             ranks.on_main(lambda: _start(cfg, claims, rows))
             reporter.message(_banner(cfg, run, done))
+            for note in start_notes(cfg):
+                reporter.message(note)
             watch = RunWatch(cfg, out, config_dict(cfg), done, reporter.message) if ranks.main else None
             with (JsonlAppender(out / "metrics.jsonl") if ranks.main else contextlib.nullcontext()) as metrics_file:
                 saved = done
