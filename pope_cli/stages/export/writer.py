@@ -174,6 +174,10 @@ def run_export(cfg: ExportConfig) -> dict:
     from pope_cli.shared.runtime import PromptBuilder
 
     started = time.time()
+    if cfg.format == "trl":
+        from pope_cli.stages.export.files import trl_batch
+
+        trl_batch(cfg)  # a step TRL cannot take in equal batches is refused before anything is written
     builder = PromptBuilder(None, cfg.train.prompt, cfg.train.template)
     train_rows = [_row(cfg, builder, item, i, "train") for i, item in enumerate(draw_train_items(cfg))]
     val_rows = [_row(cfg, builder, item, i, "val") for i, item in enumerate(val_items(cfg.val))] if cfg.val else []
