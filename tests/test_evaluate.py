@@ -110,3 +110,12 @@ def test_torn_unit_is_redrawn_and_files_match_an_uninterrupted_run(tmp_path, cha
     _, engines = run(config(tmp_path), char_tokenizer)
     assert engines == ["m1"]
     assert (tmp_path / "eval" / "samples.jsonl").read_text() == reference
+
+
+def test_the_default_k_list_is_clipped_to_n_and_repeated_models_are_refused():
+    values = dict(data="x", out="y", model=ModelOptions("m"), fields=FieldMap(), prompt=PromptOptions(),
+                  sampling=SamplingOptions(), reward=RewardOptions())
+    assert [EvalConfig(**values, models=["m"], n=n).ks for n in (1, 4, 8, 16, 32)] == [
+        [1], [1, 4], [1, 8], [1, 8, 16], [1, 8, 16]]
+    with pytest.raises(PopeError, match=r"^--model: runs/a/final is given twice$"):
+        EvalConfig(**values, models=["runs/a/final", "m", "runs/a/final"])

@@ -141,7 +141,8 @@ def test_no_solution_keep_writes_the_problem_without_a_prefix_for_unguided_train
 def test_fixed_fraction_draws_no_samples_and_builds_no_engine(tmp_path, char_tokenizer):
     data = make_problems(tmp_path / "hard.jsonl", [3, None, 0])
     out = tmp_path / "prefixes.jsonl"
-    summary = run_make_prefixes(config(data, out, fixed_fraction=0.25), no_engine, no_engine,
+    cfg = sampling_stage_config(PrefixConfig, data, out, seed=3, fixed_fraction=0.25)  # no search options
+    summary = run_make_prefixes(cfg, no_engine, no_engine,
                                 make_tokenizer=lambda: char_tokenizer)
     [record] = read_jsonl(out)
     assert (record["status"], record["prefix_units"], record["prefix"], record["samples"]) == ("fixed", 5, SOLUTION[:74], 0)

@@ -185,6 +185,25 @@ BAD_OPTIONS = [
      r"^error: --out: sol/ is a directory; give a file such as sol/solutions.jsonl$"),
     (["filter-hard", "good_problems.jsonl", "--out", "out", "--answer-field", "gold", *HUB],
      r"^error: --answer-field: no record of good_problems.jsonl has a field 'gold'$"),
+    # options that would do nothing in the combination given
+    (["train", "good_prefixes.jsonl", "--out", "out", "--mode", "grpo", "--guided-ratio", "2", *HUB],
+     r"^error: --guided-ratio: only with --mode pope \(--mode grpo has no guided:unguided mix\)$"),
+    (["train", "good_prefixes.jsonl", "--out", "out", "--oracle-is", "luffy", *HUB],
+     r"^error: --oracle-is: only with --oracle-rollouts N$"),
+    (["train", "good_prefixes.jsonl", "--out", "out", "--oracle-rollouts", "1", "--oracle-is-gamma", "0.5", *HUB],
+     r"^error: --oracle-is-gamma: only with --oracle-is luffy$"),
+    (["train", "good_prefixes.jsonl", "--out", "out", "--full", "--lora-rank", "8", *HUB],
+     r"^error: --lora-rank: only for --lora runs \(--full trains every weight\)$"),
+    (["sft", "good_problems.jsonl", "--out", "out", "--full", "--lora-alpha", "8", *HUB], r"^error: --lora-alpha: only for"),
+    (["filter-hard", "good_problems.jsonl", "--out", "out", "--tensor-parallel-size", "2", "--backend", "hf", *HUB],
+     r"^error: --tensor-parallel-size: splits a model over GPUs in vLLM; --backend hf does not use it$"),
+    (["make-prefixes", "good_problems.jsonl", "--out", "out.jsonl", "--fixed-fraction", "0.2", "--n", "4", *HUB],
+     r"^error: --n: has no effect with --fixed-fraction"),
+    (["make-prefixes", "good_problems.jsonl", "--out", "out.jsonl", "--fixed-fraction", "0.2", "--max-fraction", "0.5",
+      *HUB], r"^error: --max-fraction: has no effect with --fixed-fraction"),
+    # errors naming the option the user gave
+    (["train", "good_prefixes.jsonl", "--out", "out", "--curriculum", "2", *HUB],
+     r"^error: --curriculum: needs --easy FILE, the problems of its first steps$"),
 ]
 
 

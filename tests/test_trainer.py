@@ -113,8 +113,10 @@ def test_a_curriculum_trains_on_easy_problems_first_then_on_hard_ones_only(data,
     assert [[item.record["id"] for item in resumed.draw(step)] for step in range(2, 5)] == expected[2:]
     (data / "easy.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "problem": f"{i}", "answer": "x"}) + "\n"
                                              for i in range(3)))
-    with pytest.raises(PopeError, match=r"--easy-fraction: --easy FILE goes with"):
+    with pytest.raises(PopeError, match=r"^--curriculum: needs --easy FILE, the problems of its first steps$"):
         make_cfg(data, tiny_model_dir, curriculum=2)
+    with pytest.raises(PopeError, match=r"^--easy: goes with --easy-fraction > 0 or --curriculum N > 0$"):
+        make_cfg(data, tiny_model_dir, easy=str(data / "easy.jsonl"))
     with pytest.raises(PopeError, match=r"--curriculum: must be in \[0, --steps=4\)"):
         make_cfg(data, tiny_model_dir, easy=str(data / "easy.jsonl"), curriculum=4)
     with pytest.raises(PopeError, match=r"--curriculum: --curriculum and --easy-fraction are two uses"):
@@ -334,7 +336,8 @@ def test_final_reloads_to_identical_outputs(data, tiny_model_dir):
 @pytest.mark.parametrize("lora", [True, False])
 def test_kl_starts_at_zero_and_grows(data, tiny_model_dir, lora):
     # LoRA: the reference is the base with the adapter off; B starts at 0, so KL(step 1) is 0.
-    cfg = make_cfg(data, tiny_model_dir, lora=lora, lora_rank=4, lora_alpha=8, lr=5e-2 if lora else 1e-2,
+    adapter = dict(lora_rank=4, lora_alpha=8) if lora else {}
+    cfg = make_cfg(data, tiny_model_dir, lora=lora, **adapter, lr=5e-2 if lora else 1e-2,
                    kl_coef=0.1, entropy_coef=0.01, grad_checkpointing=lora)
     run = Run(cfg, None, LowerScorer())
     rows = [train_step(run, step) for step in range(3)]

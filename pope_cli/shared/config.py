@@ -178,6 +178,12 @@ class WorkerOptions:
         if self.ray is not None and not self.ray:
             raise bad_option("--ray", "give auto, local or HOST:PORT")
 
+    def check(self, model: "ModelOptions") -> None:
+        """Options that only one backend uses, refused with the others."""
+        if self.tensor_parallel_size > 1 and model.backend in ("hf", "openai"):
+            raise bad_option("--tensor-parallel-size", f"splits a model over GPUs in vLLM; --backend {model.backend} "
+                                                       "does not use it")
+
     def pooled(self) -> bool:
         """Whether the stage samples through worker processes rather than in the driver."""
         return self.ray is not None or (self.workers or 1) > 1 or self.tensor_parallel_size > 1

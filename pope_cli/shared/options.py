@@ -93,6 +93,13 @@ def check_choices(config) -> None:
                                 f"{', '.join(cli.choices)}", exit_code=2)
 
 
+def given(config, name: str) -> bool:
+    """Whether option `name` of a config holds other than its declared default: a value the user
+    chose, which a combination of options that ignores it must refuse rather than drop."""
+    declared = next(spec for spec in dataclasses.fields(config) if spec.name == name).default
+    return getattr(config, name) != declared
+
+
 def option(default: Any = MISSING, help: str = "", **cli: Any):
     """A dataclass field that is also a command-line option (see `Cli` for the keywords)."""
     return field(default=default, metadata={"cli": Cli(help, **cli)})

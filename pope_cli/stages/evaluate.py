@@ -91,6 +91,7 @@ class EvalConfig:
             raise bad_option("--model", "with --backend openai give one --model (the served model's tokenizer; "
                                         "--api-model names the model): one server serves one model")
         self.api.check(self.model)
+        self.parallel.check(self.model)
 
 
 DEFAULT_KS = (1, 8, 16)

@@ -68,6 +68,7 @@ class FilterHardConfig:
         if self.gen_tokens_per_s is not None and self.gen_tokens_per_s <= 0:
             raise bad_option("--gen-tokens-per-s", "must be > 0")
         self.api.check(self.model)
+        self.parallel.check(self.model)
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.

@@ -31,7 +31,7 @@ from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, PR
                                     WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling
-from pope_cli.shared.options import check_choices, group, option
+from pope_cli.shared.options import check_choices, given, group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, file_out, load_jsonl_repairing,
                                      manifest)
@@ -86,6 +86,7 @@ class PrefixConfig:
     def __post_init__(self):
         check_choices(self)
         self.api.check(self.model)
+        self.parallel.check(self.model)
         if not 0 < self.max_fraction <= 1:
             raise bad_option("--max-fraction", f"must be in (0, 1], not {self.max_fraction}")
         if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:
@@ -96,6 +97,11 @@ class PrefixConfig:
             raise bad_option("--max-rungs", "must be >= 0")
         if self.max_rungs == 0 and self.split == "tokens":
             raise bad_option("--max-rungs", "0 (one rung per unit) needs --split units; one rung per token is too slow")
+        if self.fixed_fraction is not None:
+            for name in ("n", "max_fraction", "max_rungs", "fallback"):
+                if given(self, name):
+                    raise bad_option(f"--{name.replace('_', '-')}", "has no effect with --fixed-fraction (no search: every "
+                                                                    "prefix is that share of its solution)")
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.

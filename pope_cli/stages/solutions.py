@@ -100,6 +100,7 @@ class SolutionsConfig:
             if not ok:
                 raise bad_option(flag, message)
         self.api.check(self.model)
+        self.parallel.check(self.model)
 
     def teacher(self) -> str:
         """The name `solution_source` records: the served model's, or the local one's."""

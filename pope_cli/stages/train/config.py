@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pope_cli.shared.config import (PROMPT_PANEL, TRACKER_PANEL, ModelOptions, PromptOptions,
                                     RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
                                     overwrite_option, require_weights, seed_option)
-from pope_cli.shared.options import check_choices, group, option
+from pope_cli.shared.options import check_choices, given, group, option
 from pope_cli.stages.train.guidance import GUIDANCE_MODES
 
 ORACLE_IS = ("plain", "luffy")
@@ -55,7 +55,11 @@ class PolicyOptions:
     log_every: int = option(10, "Steps between logged completions.", panel=TRACKER_PANEL)
 
     def _policy_checks(self) -> list[tuple[str, bool, str]]:
+        full = "only for --lora runs (--full trains every weight)"
         return [
+            ("--lora-rank", self.lora or not given(self, "lora_rank"), full),
+            ("--lora-alpha", self.lora or not given(self, "lora_alpha"), full),
+            ("--lora-targets", self.lora or not given(self, "lora_targets"), full),
             ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
             ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
             ("--lora-alpha", self.lora_alpha > 0, "must be > 0"),
@@ -179,9 +183,15 @@ class TrainConfig(PolicyOptions):
     def _checks(self) -> list[tuple[str, bool, str]]:
         return [
             ("--guided-ratio", self.guided_ratio > 0, "must be > 0"),
+            ("--guided-ratio", self.mode == "pope" or not given(self, "guided_ratio"),
+             f"only with --mode pope (--mode {self.mode} has no guided:unguided mix)"),
             ("--easy-fraction", 0 <= self.easy_fraction < 1, "must be in [0, 1)"),
-            ("--easy-fraction", (self.easy is None) == (self.easy_fraction == 0 and self.curriculum == 0),
-             "--easy FILE goes with --easy-fraction > 0 or --curriculum N > 0"),
+            ("--curriculum", self.easy is not None or self.curriculum == 0, "needs --easy FILE, the problems of its "
+                                                                           "first steps"),
+            ("--easy-fraction", self.easy is not None or self.easy_fraction == 0, "needs --easy FILE, the problems "
+                                                                                  "it mixes in"),
+            ("--easy", self.easy is None or self.easy_fraction > 0 or self.curriculum > 0,
+             "goes with --easy-fraction > 0 or --curriculum N > 0"),
             ("--anneal-steps", self.anneal_steps is None or self.anneal_steps >= 1, "must be at least 1"),
             ("--anneal-steps", self.anneal_steps is None or self.guidance == "anneal", "only with --guidance anneal"),
             ("--guidance", self.guidance == "fixed" or self.mode != "grpo", "--mode grpo has no guided prompts"),
@@ -194,7 +204,10 @@ class TrainConfig(PolicyOptions):
             ("--oracle-rollouts", 0 <= self.oracle_rollouts < self.group_size,
              f"must be in [0, --group-size={self.group_size}): a group keeps at least one policy sample"),
             ("--oracle-rollouts", not self.oracle_rollouts or self.mode != "guided", "--mode guided has no unguided groups"),
+            ("--oracle-is", self.oracle_rollouts > 0 or not given(self, "oracle_is"), "only with --oracle-rollouts N"),
             ("--oracle-is-gamma", self.oracle_is_gamma > 0, "must be > 0"),
+            ("--oracle-is-gamma", self.oracle_is == "luffy" or not given(self, "oracle_is_gamma"),
+             "only with --oracle-is luffy"),
             ("--temperature", self.sampling.temperature > 0, "must be > 0: training samples on-policy"),
             ("--steps", self.steps >= 1, "must be at least 1"),
             ("--prompts-per-step", self.prompts_per_step >= 1, "must be at least 1"),
