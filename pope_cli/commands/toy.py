@@ -28,7 +28,7 @@ def make_data(cfg: ProblemSetsConfig):
     """Write seeded toy problem sets; mix.jsonl is easy + hard pool, shuffled, for filter-hard."""
     from pope_cli.toy.task import write_problem_sets
 
-    counts = write_problem_sets(cfg.out, cfg.seed, cfg.n_easy, cfg.n_hard, cfg.n_heldout, cfg.oracle_style)
+    counts = write_problem_sets(cfg.out, cfg.seed, cfg.n_easy, cfg.n_hard, cfg.n_heldout, cfg.oracle_style, cfg.overwrite)
     print_table("toy make-data", [(f"{cfg.out}/{name}", rows) for name, rows in counts.items()])
 
 
