@@ -151,7 +151,8 @@ def load_items(cfg: EvalConfig) -> dict[str, list[dict]]:
         wanted = {p["id"] for p in problems}
         items["guided"] = [r for r in prefixed if r["id"] in wanted and r["prefix"] is not None]
         if not items["guided"]:
-            raise PopeError(f"{cfg.prefixes}: no prefix record matches an id in {cfg.data}", exit_code=2)
+            raise PopeError(f"{cfg.prefixes}: no prefix record matches an id in {cfg.data}; problems held out from "
+                            "training need prefixes of their own (filter-hard and make-prefixes on them)", exit_code=2)
     return items
 
 

@@ -324,8 +324,8 @@ def _memory_lines(cfg: TrainConfig, p: dict, dry: DryRunConfig) -> list[str]:
     def verdict(total: float) -> str:
         return "" if capacity is None else "  fits" if total <= capacity else f"  OVER {dry.gpu_memory_gb:g} GB"
 
-    where = "per GPU, " if p["gpus"] else ""
-    lines = [f"memory {where}training phase (GB)"]
+    where = " per GPU" if p["gpus"] else ""
+    lines = [f"memory{where}, training phase (GB)"]
     rows = {**p["policy"], **{f"{k} (micro-batch {cfg.micro_batch_size})": v for k, v in p["pass"].items()}}
     lines += [f"  {name:<32}{_gb(value)}" for name, value in rows.items() if value]
     total = sum(rows.values())
@@ -333,7 +333,7 @@ def _memory_lines(cfg: TrainConfig, p: dict, dry: DryRunConfig) -> list[str]:
     if capacity is not None:
         lines.append(f"  largest --micro-batch-size that fits: {p['largest_micro_batch'] or _none_fits(cfg)}")
     engine, kept = p["engine"], p["policy"]["weights"] + p["policy"]["AdamW moments"] + p["policy"]["KL reference"]
-    lines += [f"memory {where}generation phase (GB)", f"  {'policy kept (weights, moments)':<32}{_gb(kept)}"]
+    lines += [f"memory{where}, generation phase (GB)", f"  {'policy kept (weights, moments)':<32}{_gb(kept)}"]
     if engine["engine"] == "hf":
         lines.append(f"  {f'hf KV cache (batch {cfg.model.batch_size})':<32}{_gb(engine['kv'])}")
     else:
