@@ -33,6 +33,13 @@ def user_errors():
         raise typer.Exit(code=130) from None
 
 
+def written(out: str, *names: str) -> str:
+    """The files a stage wrote in its output directory, as a summary lists them (`--out run/` too)."""
+    from pathlib import Path
+
+    return ", ".join(str(Path(out) / name) for name in names)
+
+
 def print_table(title: str, rows: list[tuple[str, object]]) -> None:
     """The end-of-stage summary: a rich table on stdout."""
     from rich.console import Console
