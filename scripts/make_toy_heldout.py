@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,9 +37,9 @@ def main() -> None:
         for name, command in commands.items():
             print(f"pope {' '.join(command[:2])} …", flush=True)
             run_phase(name, [command], out / "logs", parallel=1, threads=1)
-        shutil.copyfile(out / "heldout_filter" / "hard.jsonl", HARD)
-        PREFIXES.write_text("".join(json.dumps(portable(json.loads(line)), ensure_ascii=False) + "\n"
-                                    for line in (out / "heldout_prefixes.jsonl").read_text().splitlines()))
+        for source, target in ((out / "heldout_filter" / "hard.jsonl", HARD), (out / "heldout_prefixes.jsonl", PREFIXES)):
+            target.write_text("".join(json.dumps(portable(json.loads(line)), ensure_ascii=False) + "\n"
+                                      for line in source.read_text().splitlines()))
         counts = {"filter": json.loads((out / "heldout_filter" / "manifest.json").read_text())["counts"],
                   "prefixes": json.loads((out / "heldout_prefixes.jsonl.manifest.json").read_text())["counts"]}
     build = {"commands": {name: "pope " + " ".join(c).replace(tmp, "OUT").replace(str(HELDOUT_ROOT), "PKG") for name, c in commands.items()},

@@ -111,3 +111,21 @@ def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
     assert proc.returncode == 130
     assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
     assert stats.read_text().count("\n") >= 2
+
+
+def test_a_toy_stage_in_a_pipe_says_what_matters_and_draws_no_library_bars(tmp_path):
+    """No transformers "Loading weights" bar; a budget longer than the toy's 256 positions is said
+    (and each completion stops at the context); a rerun says how much was already done."""
+    from pope_cli.toy.task import hard_problems
+
+    toy = TESTS.parent / "pope_cli" / "toy"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hard_problems(0, 2, 0)[0]))
+    args = ("filter-hard", "p.jsonl", "--model", str(toy / "model"), "--unguided-template",
+            str(toy / "templates" / "unguided.txt"), "--k", "2", "--chunk", "2", "--max-new-tokens", "300",
+            "--reward", "pope_cli.toy.reward:score", "--reward-workers", "1", "--out", "out")
+    first = pope(*args, cwd=tmp_path, check=True)
+    assert "Loading weights" not in first.stderr and "Traceback" not in first.stderr
+    assert (f"filter-hard: --max-new-tokens 300 is not less than the context of {toy / 'model'} (256 positions): "
+            "each completion stops at the context, 256 minus its prompt's tokens") in first.stderr.splitlines()
+    again = pope(*args, cwd=tmp_path, check=True)
+    assert "filter-hard: resuming out: 2 of 2 problems decided already" in again.stderr.splitlines()

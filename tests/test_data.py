@@ -101,3 +101,24 @@ def test_prefix_files_and_problem_files_are_not_confused(tmp_path):
     with pytest.raises(PopeError, match="not a prefixes file"):
         read_prefix_records(str(problems))
     assert read_prefix_records(str(prefixes))[0]["prefix"] == "1+1"
+
+
+def test_a_csv_row_with_more_or_fewer_fields_than_the_header_stops_the_read(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("id,problem,answer\np1,What is 1+1?,2\np2,Let x = 1, y = 2. What is x+y?,3\n")
+    with pytest.raises(PopeError, match=r"^.*p.csv:3: malformed CSV row: 4 fields where the header has 3 \(a comma "):
+        read_problems(str(path))
+    path.write_text('id,problem,answer\np1,"Let x = 1, y = 2. What is x+y?",3\np2,What is 2+2?\n')
+    with pytest.raises(PopeError, match=r"p.csv:3: malformed CSV row: 2 fields where the header has 3$"):
+        read_problems(str(path))
+
+
+@pytest.mark.parametrize("field", ["answer", "solution", "id"])
+def test_a_named_field_that_no_record_has_is_an_error(tmp_path, field):
+    # Every record has a boxed solution: a misspelt --answer-field would fall back to it unnoticed.
+    path = write_jsonl(tmp_path / "p.jsonl", [{**row, "solution": f"so \\boxed{{{row['answer']}}}"} for row in ROWS])
+    with pytest.raises(PopeError, match=rf"^--{field}-field: no record of .*p.jsonl has a field 'gold'$") as info:
+        read_problems(str(path), FieldMap(**{field: "gold"}))
+    assert info.value.exit_code == 2
+    with_gold = write_jsonl(tmp_path / "q.jsonl", [{**ROWS[0], "gold": "2"}, ROWS[1]])
+    assert len(read_problems(str(with_gold), FieldMap(solution="gold"))) == 2  # one record having it is enough

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import build_tiny_model
 from pope_cli.shared.config import ModelOptions, PromptOptions, RewardOptions, SamplingOptions
@@ -82,16 +83,20 @@ def pope(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pope_cli.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+def planned(tmp_path: Path, model, *options: str) -> str:
+    """What `pope train --dry-run` prints for `write_prefixes`' data, run in `tmp_path`."""
+    write_prefixes(tmp_path / "prefixes.jsonl")
+    proc = pope("train", "prefixes.jsonl", "--model", str(model), "--out", "run", "--dry-run", *options, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def test_dry_run_plans_from_config_and_tokenizer_without_weights(tmp_path, tiny_model_dir):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     for weights in model.glob("*.safetensors"):
         weights.unlink()  # a dry run that tried to load weights would fail
-    write_prefixes(tmp_path / "prefixes.jsonl")
-    proc = pope("train", "prefixes.jsonl", "--model", str(model), "--out", "run", "--dry-run", "--gpus", "2",
-                "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "64", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = planned(tmp_path, model, "--gpus", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "64")
     assert "4 prompts (2 guided, 2 unguided) x 4 samples = 16 completions" in out
     assert "counted with the tokenizer" in out and "generated <= 1,024 tokens" in out
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -135,3 +140,19 @@ def test_dry_run_counts_oracle_rollouts_as_trained_not_generated(tmp_path):
     # 4 unguided prompts a step, half of the problems with a solution: 2 oracle samples of 16
     assert "of which 2.0 a step are oracle solutions (--oracle-rollouts), not generated" in oracle.stdout
     assert "generated <= 896 tokens" in oracle.stdout and "x 4 samples = 16 completions" in oracle.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plans for this machine's GPUs where it has some")
+def test_without_gpus_the_dry_run_plans_for_this_cpu_and_says_what_the_options_will_do(tmp_path, tiny_model_dir):
+    out = planned(tmp_path, tiny_model_dir, "--steps", "3", "--prompts-per-step", "4", "--group-size", "4",
+                  "--max-new-tokens", "4096")
+    assert "device   this machine's CPU: it has no CUDA device (--gpus N plans a run on N GPUs of --gpu-memory-gb)" in out
+    assert "GPU" not in out.replace("--gpus N plans a run on N GPUs of --gpu-memory-gb", "").replace(
+        "describe GPUs", "") and "vLLM" not in out and "fits" not in out
+    assert "hf KV cache (batch 64)" in out and "time per step: not estimated for a CPU" in out
+    assert ("train: --warmup-steps 10 is not less than --steps 3: the learning rate never reaches --lr 1e-05 (it peaks "
+            "at 2.7e-06 in the last step); lower --warmup-steps") in out
+    assert f"train: --max-new-tokens 4096 is not less than the context of {tiny_model_dir} (2048 positions)" in out
+    gpu = planned(tmp_path, tiny_model_dir, "--gpus", "1", "--mode", "grpo")
+    assert "GPUs     1 x 80 GB, one process" in gpu and "(1 wave for this GPU's samples)" in gpu
+    assert "6 hard problems, 6 with a prefix; mode grpo" in gpu

@@ -244,6 +244,25 @@ def test_finish_reasons_and_no_padding(char_tokenizer):
         assert "<eos>" not in c.text
 
 
+def test_no_completion_runs_past_the_model_s_context(char_tokenizer):
+    """A budget beyond max_position_embeddings stops each row at the context minus its own prompt,
+    whatever shares its batch; within the context the samples are those of an unbounded model."""
+    model = _biased_model(len(char_tokenizer), eos_bias=-1e9)  # never stops by itself
+    model.config.max_position_embeddings = 40
+    engine = HFEngine(model, char_tokenizer, batch_size=8)
+    short, long = ids(char_tokenizer, "short"), ids(char_tokenizer, "a prompt of thirty characters.")
+    sampling = Sampling(temperature=1.0, max_new_tokens=4096, logprobs=True)
+    together = engine.generate([Request(short, 2, 3), Request(long, 2, 7)], sampling)
+    assert [[len(c.token_ids) for c in group] for group in together] == [[40 - len(short)] * 2, [40 - len(long)] * 2]
+    assert all(c.finish_reason == "length" and len(c.logprobs) == len(c.token_ids) for g in together for c in g)
+    assert [c.token_ids for c in engine.generate([Request(long, 2, 7)], sampling)[0]] == [c.token_ids for c in together[1]]
+    model.config.max_position_embeddings = 2048
+    unbounded = HFEngine(model, char_tokenizer, batch_size=8).generate([Request(short, 2, 3)], Sampling(1.0, 1.0, 35))[0]
+    assert [c.token_ids for c in unbounded] == [c.token_ids for c in together[0]]
+    model.config.max_position_embeddings = len(long)  # a prompt that fills the context gets nothing
+    assert HFEngine(model, char_tokenizer).generate([Request(long, 1, 0)], sampling)[0][0].token_ids == []
+
+
 def test_model_generation_defaults_do_not_change_sampling(engine, char_tokenizer):
     prompt = ids(char_tokenizer, "defaults")
     before = engine.generate([Request(prompt, 2, 4)], SAMPLING)[0]

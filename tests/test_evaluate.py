@@ -110,3 +110,36 @@ def test_torn_unit_is_redrawn_and_files_match_an_uninterrupted_run(tmp_path, cha
     _, engines = run(config(tmp_path), char_tokenizer)
     assert engines == ["m1"]
     assert (tmp_path / "eval" / "samples.jsonl").read_text() == reference
+
+
+def test_the_default_k_list_is_clipped_to_n_and_repeated_models_are_refused():
+    values = dict(data="x", out="y", model=ModelOptions("m"), fields=FieldMap(), prompt=PromptOptions(),
+                  sampling=SamplingOptions(), reward=RewardOptions())
+    assert [EvalConfig(**values, models=["m"], n=n).ks for n in (1, 4, 8, 16, 32)] == [
+        [1], [1, 4], [1, 8], [1, 8, 16], [1, 8, 16]]
+    with pytest.raises(PopeError, match=r"^--model: runs/a/final is given twice$"):
+        EvalConfig(**values, models=["runs/a/final", "m", "runs/a/final"])
+
+
+def test_eval_says_what_it_measures_and_that_guided_covers_fewer_problems(tmp_path, char_tokenizer):
+    prefixes = write(tmp_path / "prefixes.jsonl", [{**p, "prefix": "Start.", "prefix_fraction": 0.2, "template": "pope"}
+                                                    for p in PROBLEMS[:3]])
+    said = []
+    run_eval(config(tmp_path, modes=["unguided", "guided"], prefixes=prefixes, models=["m1", "m2"]),
+             lambda opts: ScriptedEngine(char_tokenizer, answer), BoxScorer, say=said.append)
+    assert said == ["eval: 2 model(s) x (5 unguided + 3 guided problems), 6 samples each = 16 units; guided covers "
+                    "the 3 of the 5 problems that have a prefix"]
+
+
+def test_the_table_names_models_apart_and_shows_pass_at_1_once(capsys):
+    from pope_cli.commands.eval import print_summary
+    from pope_cli.shared.metrics import summarize
+
+    metrics = {"unguided": summarize([(4, 1), (4, 2)], [1, 4], seed=0)}
+    print_summary({"n": 4, "ks": [1, 4], "models": {"/opt/toy/model": metrics, "runs/grpo/final": metrics,
+                                                    "runs/pope/final": metrics}})
+    lines = [line.strip("│┃ ") for line in capsys.readouterr().out.splitlines()]
+    header = next(line for line in lines if "model" in line and "final" in line)
+    assert [cell for cell in header.split() if cell not in "┃│"][:3] == ["model", "grpo/final", "pope/final"]
+    assert sum(line.startswith("avg@n = pass@1") for line in lines) == 1
+    assert not any(line.startswith("pass@1 ") for line in lines) and any(line.startswith("pass@4") for line in lines)

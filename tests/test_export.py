@@ -201,3 +201,36 @@ def test_verl_rlhf_dataset_reads_the_export(tmp_path, char_tokenizer):
     assert item["data_source"] in ("pope/guided", "pope/unguided")
     assert item["raw_prompt"] == load_parquet(files[0])[1]["prompt"]
     assert len(RLHFDataset(files, char_tokenizer, OmegaConf.create({**settings, "max_prompt_length": 50}))) == 0
+
+
+@pytest.mark.parametrize("gpus, mini_batch, updates", [(1, None, 1), (2, None, 1), (1, 8, 2)])
+def test_trl_config_takes_pope_s_step_in_train_s_order(tmp_path, gpus, mini_batch, updates):
+    """GRPOConfig(**grpo_config) draws prompts_per_step prompts per generation batch, reads the rows in
+    order and ends where they end; each optimizer step holds --mini-batch-size sequences."""
+    trl = pytest.importorskip("trl")
+    cfg = config(tmp_path, fmt="trl", steps=3, prompts_per_step=4, group_size=4, micro_batch_size=3,
+                 mini_batch_size=mini_batch, updates_per_step=updates)
+    cfg.gpus = gpus
+    run_export(cfg)
+    out = tmp_path / "export"
+    settings = json.loads((out / "trl_config.json").read_text())
+    grpo = trl.GRPOConfig(**settings["grpo_config"], output_dir=str(tmp_path / "trl"), use_cpu=True)
+    rows = len((out / "train.jsonl").read_text().splitlines())
+    per_device, accumulated = grpo.per_device_train_batch_size, grpo.gradient_accumulation_steps
+    generation = per_device * gpus * grpo.steps_per_generation  # TRL's generation batch on `gpus` processes
+    assert generation == 16 and generation // grpo.num_generations == 4 == settings["prompts_per_step"]
+    assert per_device <= 3 and per_device * gpus * accumulated == (mini_batch or 16)
+    per_step = 16 // (mini_batch or 16) * updates
+    assert grpo.max_steps == 3 * per_step and grpo.max_steps // per_step * 4 == rows == 12
+    assert grpo.num_iterations == updates and settings["processes"] == gpus
+    if gpus == 1:
+        assert grpo.generation_batch_size == 16
+
+
+def test_a_step_trl_cannot_split_evenly_is_refused_before_anything_is_written(tmp_path):
+    cfg = config(tmp_path, fmt="trl", prompts_per_step=3, group_size=2)
+    cfg.gpus = 4
+    with pytest.raises(PopeError, match=r"--format trl: a step of 6 sequences in optimizer steps of 6 "
+                                        r"\(--mini-batch-size\) over 4 process\(es\) \(--gpus\) cannot be equal") as error:
+        run_export(cfg)
+    assert error.value.exit_code == 2 and not (tmp_path / "export").exists()

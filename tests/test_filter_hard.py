@@ -91,7 +91,7 @@ def test_rerun_of_a_finished_run_draws_nothing_and_changed_config_is_refused(tmp
     run(config(data, tmp_path / "out"), char_tokenizer)
     _, engine = run(config(data, tmp_path / "out"), char_tokenizer)
     assert engine.calls == []
-    with pytest.raises(PopeError, match=r"different options \(--k\)"):
+    with pytest.raises(PopeError, match=r"different options \(--k: was 32, now 64\)"):
         run(config(data, tmp_path / "out", k=64), char_tokenizer)
 
 
@@ -118,3 +118,25 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, char_tokenize
     subprocess.run([sys.executable, "-c", script], cwd=TESTS.parent, check=True)
     for name in ("stats.jsonl", "samples.jsonl", "hard.jsonl", "easy.jsonl"):
         assert (out / name).read_text() == (reference / name).read_text(), name
+
+
+def test_the_unguided_template_travels_with_the_records_it_asked(tmp_path, char_tokenizer):
+    """filter-hard records the template it asked with; the later stages ask the same way without the flag
+    (forgetting it in train or eval no longer changes the prompts), and the flag still wins."""
+    from pope_cli.shared.config import PromptOptions
+    from pope_cli.shared.runtime import PromptBuilder
+
+    (tmp_path / "u.txt").write_text("Q:{problem} A:")
+    (tmp_path / "other.txt").write_text("Other {problem}")
+    data = make_problems(tmp_path / "p.jsonl", 4)
+    run(config(data, tmp_path / "out", prompt=PromptOptions(unguided_template=str(tmp_path / "u.txt"))), char_tokenizer)
+    rows = read_jsonl(tmp_path / "out" / "hard.jsonl") + read_jsonl(tmp_path / "out" / "easy.jsonl")
+    assert {row["unguided_template"] for row in rows} == {str(tmp_path / "u.txt")}
+    plain = {k: v for k, v in rows[0].items() if k != "unguided_template"}
+    asked = PromptBuilder(char_tokenizer, PromptOptions(unguided_template=str(tmp_path / "u.txt"))).unguided(plain)
+    assert PromptBuilder(char_tokenizer, PromptOptions()).unguided(rows[0]) == asked
+    assert char_tokenizer.decode(asked).startswith("<|user|>Q:")
+    other = PromptBuilder(char_tokenizer, PromptOptions(unguided_template=str(tmp_path / "other.txt"))).unguided(rows[0])
+    assert char_tokenizer.decode(other).startswith("<|user|>Other ")
+    run(config(data, tmp_path / "plain"), char_tokenizer)
+    assert all("unguided_template" not in row for row in read_jsonl(tmp_path / "plain" / "hard.jsonl"))

@@ -90,3 +90,21 @@ def test_help_shows_no_type_on_flags_and_names_paths(command):
         out_line = next(text for text in page.splitlines() if "--out " in text)
         config_line = next(text for text in page.splitlines() if "--config " in text)
         assert " DIR " in out_line and " FILE " in config_line
+
+
+def test_no_option_shows_a_list_type_and_the_demo_s_arm_table_is_in_the_readme():
+    """`eval --model` showed `<list[str]>` for its value; `demo --arms` points to the README's arm
+    table, which must list every arm with what it trains."""
+    from pathlib import Path
+
+    from pope_cli.cli import COMMANDS
+    from pope_cli.stages.demo import ARMS
+
+    for command in [name for name in COMMANDS if name != "toy"] + ["toy make-data", "toy pretrain"]:
+        page = pope(*command.split(), "--help", check=True, columns=300).stdout
+        options = [line for line in page.splitlines() if line.lstrip("│ ").startswith("-")]
+        assert not any("<list" in line for line in options), command
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("#### The demo's arms")[1].split("\n\n")[1].splitlines()
+    assert [row.split(" | ")[0].removeprefix("| `").removesuffix("`") for row in table[2:]] == list(ARMS)
+    assert all(f"| {what} |" in readme for what in ARMS.values())

@@ -35,7 +35,7 @@ def test_the_train_bar_shows_the_steps_reward_per_kind_and_hard_problems_solved(
 
     reporter = StepReporter(20, 0, Terminal())
     reporter.step(ROW)
-    assert reporter.progress.tasks[0].description == "reward g 0.50 u 0.12 e - | solved 1/3 ever"
+    assert reporter.progress.tasks[0].description == "reward g 0.50 u 0.12 e - | hard solved unguided 1 this step, 3 ever"
     assert reporter.progress.tasks[0].completed == 7
     reporter.close()
 

@@ -189,7 +189,7 @@ def test_rerun_of_a_finished_run_samples_nothing_and_changed_options_are_refused
     run(config(data, tmp_path / "s.jsonl"), char_tokenizer)
     _, engine = run(config(data, tmp_path / "s.jsonl"), char_tokenizer)
     assert engine.calls == []
-    with pytest.raises(PopeError, match=r"different options \(--keep\)"):
+    with pytest.raises(PopeError, match=r"different options \(--keep: was shortest, now first\)"):
         run(config(data, tmp_path / "s.jsonl", keep="first"), char_tokenizer)
 
 

@@ -109,6 +109,14 @@ def test_config_file_errors_name_the_option(tmp_path):
     assert code == 2 and "option 'count': expected int" in output
 
 
+def test_a_config_file_error_names_the_key_the_file_used(tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text('full = "yes"\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", "p.jsonl", "--out", "run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --config: option 'full': expected bool, got 'yes'"
+
+
 def test_a_missing_required_option_is_one_line():
     code, seen, output = run_outer("--count", "2")
     assert code == 2 and not seen

@@ -45,7 +45,7 @@ def test_claim_resumes_refuses_and_overwrites(tmp_path):
     faster = {"k": 8, "model": {"model": "m", "batch_size": 64}}
     assert _claim(out, faster, ignored=["model.batch_size"]) is True
     changed = {"k": 16, "model": {"model": "other", "batch_size": 4}}
-    with pytest.raises(PopeError, match=r"different options \(--k, --model\)") as info:
+    with pytest.raises(PopeError, match=r"different options \(--k: was 8, now 16; --model: was m, now other\)") as info:
         _claim(out, changed)
     assert info.value.exit_code == 2
     assert _claim(out, changed, overwrite=True) is False
@@ -86,3 +86,16 @@ def test_out_must_be_a_non_empty_path(tmp_path):
 def test_flatten_and_diff():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
     assert config_diff({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}, ignored=["c"]) == ["b"]
+
+
+def test_a_start_that_failed_before_writing_output_does_not_block_the_corrected_command(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with claim_output(str(out), out / "config.json", {"template": "missing.txt"}, [out / "stats.jsonl"], False) as claim:
+            claim.started()
+            raise RuntimeError("the start failed after the config was recorded")
+    assert _claim(out, {"template": "guided.txt"}) is False
+    assert json.loads((out / "config.json").read_text()) == {"template": "guided.txt"}
+    (out / "stats.jsonl").write_text('{"id": "a"}\n')  # once there is work, a changed option is refused
+    with pytest.raises(PopeError, match=r"different options \(--template: was guided.txt, now other.txt\)"):
+        _claim(out, {"template": "other.txt"})

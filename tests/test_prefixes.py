@@ -141,7 +141,8 @@ def test_no_solution_keep_writes_the_problem_without_a_prefix_for_unguided_train
 def test_fixed_fraction_draws_no_samples_and_builds_no_engine(tmp_path, char_tokenizer):
     data = make_problems(tmp_path / "hard.jsonl", [3, None, 0])
     out = tmp_path / "prefixes.jsonl"
-    summary = run_make_prefixes(config(data, out, fixed_fraction=0.25), no_engine, no_engine,
+    cfg = sampling_stage_config(PrefixConfig, data, out, seed=3, fixed_fraction=0.25)  # no search options
+    summary = run_make_prefixes(cfg, no_engine, no_engine,
                                 make_tokenizer=lambda: char_tokenizer)
     [record] = read_jsonl(out)
     assert (record["status"], record["prefix_units"], record["prefix"], record["samples"]) == ("fixed", 5, SOLUTION[:74], 0)
@@ -182,7 +183,7 @@ def test_rerun_draws_nothing_and_changed_options_are_refused(tmp_path, char_toke
     run(config(data, out), char_tokenizer)
     summary, engine = run(config(data, out), char_tokenizer)
     assert engine.calls == [] and summary["found"] == 1
-    with pytest.raises(PopeError, match=r"different options \(--max-fraction, --n\)"):
+    with pytest.raises(PopeError, match=r"different options \(--max-fraction: was 0.25, now 0.2; --n: was \d+, now 8\)"):
         run(config(data, out, n=8, max_fraction=0.2), char_tokenizer)
     summary, _ = run(config(data, out, n=8, overwrite=True), char_tokenizer)
     assert summary["samples"] == 8 * (3 + 5)

@@ -124,9 +124,30 @@ def test_report_command_and_its_errors(runs, tmp_path):
 def test_runs_with_the_same_name_are_told_apart_by_their_parents(tmp_path):
     from pope_cli.stages.report.inputs import labels
 
-    assert labels([Path("/a/x/run"), Path("/a/y/run"), Path("/a/z")]) == ["x/run", "y/run", "a/z"]
+    assert labels([Path("/a/x/run"), Path("/a/y/run"), Path("/a/z")]) == ["x/run", "y/run", "z"]
     with pytest.raises(PopeError, match="given twice"):
         labels([Path("/a/run"), Path("/a/run")])
+
+
+@pytest.mark.parametrize("models", [("/opt/toy/model", "runs/grpo/final", "runs/pope/final"), ("run/final", "runfull/final")])
+def test_an_eval_of_models_whose_directories_share_a_name_keeps_every_model(tmp_path, models):
+    (tmp_path / "ev").mkdir()
+    summaries = {model: {"unguided": summarize([(4, i + 1), (4, 0)], [1, 4], seed=0)} for i, model in enumerate(models)}
+    (tmp_path / "ev" / "summary.json").write_text(json.dumps({"n": 4, "ks": [1, 4], "modes": ["unguided"],
+                                                              "models": summaries}))
+    run_report(ReportConfig(dirs=[str(tmp_path / "ev")], out=str(tmp_path / "rep")))
+    rows = [line for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| ev: ")]
+    names = ["model", "grpo/final", "pope/final"] if len(models) == 3 else ["run/final", "runfull/final"]
+    assert [row.split(" | ")[0] for row in rows] == [f"| ev: {name}" for name in names]
+    assert [row.split(" | ")[3].split(" [")[0] for row in rows] == [f"{100 * (i + 1) / 8:.1f}" for i in range(len(models))]
+
+
+def test_a_reused_report_folder_keeps_no_figure_of_the_earlier_report(runs, tmp_path):
+    run_report(ReportConfig(dirs=[str(runs / "pope"), str(runs / "eval")], out=str(tmp_path)))
+    assert (tmp_path / "evals.png").exists() and (tmp_path / "reward.png").exists()
+    result = run_report(ReportConfig(dirs=[str(runs / "grpo")], out=str(tmp_path)))
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(f["file"] for f in result["figures"])
+    assert not (tmp_path / "evals.png").exists()
 
 
 def test_the_demo_curves_are_drawn_by_the_report_code(runs, tmp_path):

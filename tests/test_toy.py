@@ -235,3 +235,16 @@ def test_a_terse_reader_is_shown_terse_lines_and_answers_one_step_a_line():
     plain = PretrainConfig(out="unused")
     assert [training_text(random.Random(5), templates, plain) for _ in range(20)] == \
         [training_text(random.Random(5), templates, PretrainConfig(out="unused", read_terse=0.0)) for _ in range(20)]
+
+
+def test_make_data_keeps_other_problem_sets_unless_told_to_replace_them(tmp_path):
+    from pope_cli.shared.errors import PopeError
+
+    first = write_problem_sets(tmp_path, seed=3, n_easy=4, n_hard=4, n_heldout=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert write_problem_sets(tmp_path, seed=3, n_easy=4, n_hard=4, n_heldout=2) == first  # the same sets: a no-op
+    with pytest.raises(PopeError, match=r"^--out: .*easy.jsonl already holds other problems .*use --overwrite") as error:
+        write_problem_sets(tmp_path, seed=4, n_easy=4, n_hard=4, n_heldout=2)
+    assert error.value.exit_code == 2 and {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    write_problem_sets(tmp_path, seed=4, n_easy=4, n_hard=4, n_heldout=2, overwrite=True)
+    assert (tmp_path / "easy.jsonl").read_bytes() != before["easy.jsonl"]

@@ -40,8 +40,9 @@ def test_shipped_heldout_rows_are_those_the_demo_commands_make_for_the_first_can
     phases = stage_commands(cfg, tmp_path)
     run(phases["filter"][1], str(tmp_path / "candidates.jsonl"), str(tmp_path / "filter"))
     first = {r["id"] for r in candidates[:CANDIDATES]}
-    rebuilt = rows(tmp_path / "filter" / "hard.jsonl")
+    rebuilt = [portable(r) for r in rows(tmp_path / "filter" / "hard.jsonl")]
     assert rebuilt == [r for r in shipped_hard if r["id"] in first] and rebuilt
     run(phases["prefixes"][1], str(tmp_path / "filter" / "hard.jsonl"), str(tmp_path / "prefixes.jsonl"))
     assert [portable(r) for r in rows(tmp_path / "prefixes.jsonl")] == [r for r in shipped_prefixes if r["id"] in first]
     assert {r["template"] for r in shipped_prefixes} == {"pope_cli/toy/templates/guided.txt"}
+    assert {r["unguided_template"] for r in shipped_hard + shipped_prefixes} == {"pope_cli/toy/templates/unguided.txt"}

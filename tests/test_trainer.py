@@ -114,8 +114,10 @@ def test_a_curriculum_trains_on_easy_problems_first_then_on_hard_ones_only(data,
     assert [[item.record["id"] for item in resumed.draw(step)] for step in range(2, 5)] == expected[2:]
     (data / "easy.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "problem": f"{i}", "answer": "x"}) + "\n"
                                              for i in range(3)))
-    with pytest.raises(PopeError, match=r"--easy-fraction: --easy FILE goes with"):
+    with pytest.raises(PopeError, match=r"^--curriculum: needs --easy FILE, the problems of its first steps$"):
         make_cfg(data, tiny_model_dir, curriculum=2)
+    with pytest.raises(PopeError, match=r"^--easy: goes with --easy-fraction > 0 or --curriculum N > 0$"):
+        make_cfg(data, tiny_model_dir, easy=str(data / "easy.jsonl"))
     with pytest.raises(PopeError, match=r"--curriculum: must be in \[0, --steps=4\)"):
         make_cfg(data, tiny_model_dir, easy=str(data / "easy.jsonl"), curriculum=4)
     with pytest.raises(PopeError, match=r"--curriculum: --curriculum and --easy-fraction are two uses"):
@@ -335,7 +337,8 @@ def test_final_reloads_to_identical_outputs(data, tiny_model_dir):
 @pytest.mark.parametrize("lora", [True, False])
 def test_kl_starts_at_zero_and_grows(data, tiny_model_dir, lora):
     # LoRA: the reference is the base with the adapter off; B starts at 0, so KL(step 1) is 0.
-    cfg = make_cfg(data, tiny_model_dir, lora=lora, lora_rank=4, lora_alpha=8, lr=5e-2 if lora else 1e-2,
+    adapter = dict(lora_rank=4, lora_alpha=8) if lora else {}
+    cfg = make_cfg(data, tiny_model_dir, lora=lora, **adapter, lr=5e-2 if lora else 1e-2,
                    kl_coef=0.1, entropy_coef=0.01, grad_checkpointing=lora)
     run = Run(cfg, None, LowerScorer())
     rows = [train_step(run, step) for step in range(3)]
@@ -369,7 +372,7 @@ def test_checkpoints_are_complete_and_only_the_last_are_kept(data, tiny_model_di
     assert [row["step"] for row in metric_rows(out)] == [1, 2, 3, 4, 5]
     # A finished run reruns as a no-op; a different config is refused, naming the options.
     assert run_train(cfg)["trained_this_run"] == 0
-    with pytest.raises(PopeError, match="--clip-high, --lr"):
+    with pytest.raises(PopeError, match=r"\(--clip-high: was 0.2, now 0.28; --lr: was 0.01, now 0.02\)"):
         run_train(replace(cfg, lr=2e-2, clip_high=0.28))
 
 

@@ -33,6 +33,13 @@ def user_errors():
         raise typer.Exit(code=130) from None
 
 
+def written(out: str, *names: str) -> str:
+    """The files a stage wrote in its output directory, as a summary lists them (`--out run/` too)."""
+    from pathlib import Path
+
+    return ", ".join(str(Path(out) / name) for name in names)
+
+
 def print_table(title: str, rows: list[tuple[str, object]]) -> None:
     """The end-of-stage summary: a rich table on stdout."""
     from rich.console import Console
@@ -61,7 +68,7 @@ def run_sampling_stage(name: str, cfg, run):
     """`run(cfg, make_engine, make_scorer, progress)` of a stage that samples problems in rounds
     (filter-hard, make-solutions): the model checked, the workers planned (and said), a progress line."""
     from pope_cli.shared.models import check_model_ref
-    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.runtime import engine_factory, notice, progress_reporter, scorer_factory
     from pope_cli.shared.workers.factory import plan_workers
 
     check_model_ref(cfg.model.model)
@@ -70,4 +77,4 @@ def run_sampling_stage(name: str, cfg, run):
     if plan is not None:
         print(f"{name}: {plan.describe()}", file=sys.stderr)
     with progress_reporter(name, total=0) as progress:
-        return run(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress)
+        return run(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress, notice)

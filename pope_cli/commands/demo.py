@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from pope_cli.commands.common import written
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.demo import DemoConfig
 
@@ -57,7 +58,7 @@ def print_results(results: dict, cfg) -> None:
         if "guided_own_template" in modes:
             console.print(f"{arm}, guided under its own template: avg@{cfg.eval_n} "
                           f"{_pct(modes['guided_own_template'].get('avg@n'))}")
-    console.print(f"wrote {cfg.out}/results.json, {cfg.out}/curves.png and {cfg.out}/report/index.html in "
+    console.print(f"wrote {written(cfg.out, 'results.json', 'curves.png', 'report/index.html')} in "
                   f"{results['seconds']['total']:.0f} s")
 
 

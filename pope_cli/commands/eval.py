@@ -14,7 +14,7 @@ def command(cfg: EvalConfig):
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.prompts import load_template, load_unguided_template
     from pope_cli.shared.reward.checker import validate_reward_spec
-    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.runtime import engine_factory, notice, progress_reporter, scorer_factory
     from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.evaluate import run_eval
 
@@ -28,23 +28,32 @@ def command(cfg: EvalConfig):
     plan = plan_workers(cfg.model, cfg.parallel)
     if plan is not None:
         print(f"eval: {plan.describe()}", file=sys.stderr)
-    with progress_reporter("eval", total=0, unit="units") as progress:
-        summary = run_eval(cfg, lambda opts: engine_factory(opts, plan, cfg.api)(), scorer_factory(cfg.reward), progress)
+    with progress_reporter("eval", total=0, unit="units", detail=f"a model's {cfg.n} samples of a problem in a mode") \
+            as progress:
+        summary = run_eval(cfg, lambda opts: engine_factory(opts, plan, cfg.api)(), scorer_factory(cfg.reward), progress,
+                           say=notice)
     print_summary(summary)
 
 
 def print_summary(summary: dict) -> None:
-    """Metrics down, one column per (model, mode)."""
+    """Metrics down, one column per (model, mode); a model is named by as much of its path as tells
+    it from the others. avg@n is the unbiased pass@1, so pass@1 gets no row of its own."""
+    from pathlib import Path
+
     from rich.console import Console
     from rich.table import Table
 
-    columns = [(model, mode, metrics) for model, modes in summary["models"].items() for mode, metrics in modes.items()]
-    table = Table(title=f"eval (n={summary['n']})")
+    from pope_cli.stages.report.inputs import labels
+
+    names = dict(zip(summary["models"], labels([Path(model) for model in summary["models"]], "--model")))
+    columns = [(names[model], mode, metrics) for model, modes in summary["models"].items()
+               for mode, metrics in modes.items()]
+    table = Table(title=f"eval (n={summary['n']}, % correct [95% CI])")
     table.add_column("metric", style="bold")
     for model, mode, _ in columns:
         table.add_column(f"{model}\n{mode}", justify="right")
-    names = ["avg@n"] + [f"pass@{k}" for k in summary["ks"]]
-    for name in names:
+    table.add_row("avg@n = pass@1", *[_cell(metrics, "avg@n") for _, _, metrics in columns])
+    for name in [f"pass@{k}" for k in summary["ks"] if k != 1]:
         table.add_row(name, *[_cell(metrics, name) for _, _, metrics in columns])
     for name in ("problems", "unparseable", "truncated"):
         table.add_row(name, *[str(metrics.get(name, "-")) for _, _, metrics in columns])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pope_cli.commands.common import print_table, run_sampling_stage
+from pope_cli.commands.common import print_table, run_sampling_stage, written
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.filter_hard import FilterHardConfig
 
@@ -23,7 +23,7 @@ def command(cfg: FilterHardConfig):
         ("problems", summary["problems"]), ("hard", summary["hard"]), ("easy", summary["easy"]),
         ("samples drawn", f"{summary['samples']} of {summary['naive_samples']} a naive filter draws"),
         ("tokens generated", summary["tokens"]), ("tokens/s (this run)", summary["tokens_per_second"]),
-        ("time (s)", summary["seconds"]), ("written", f"{cfg.out}/hard.jsonl, {cfg.out}/easy.jsonl"),
+        ("time (s)", summary["seconds"]), ("written", written(cfg.out, "hard.jsonl", "easy.jsonl")),
     ])
 
 

@@ -13,7 +13,7 @@ from pope_cli.stages.prefixes import PrefixConfig
 def command(cfg: PrefixConfig):
     from pope_cli.shared.models import check_model_ref
     from pope_cli.shared.reward.checker import validate_reward_spec
-    from pope_cli.shared.runtime import engine_factory, progress_reporter, scorer_factory
+    from pope_cli.shared.runtime import engine_factory, notice, progress_reporter, scorer_factory
     from pope_cli.shared.workers.factory import plan_workers
     from pope_cli.stages.prefixes import run_make_prefixes
 
@@ -24,7 +24,8 @@ def command(cfg: PrefixConfig):
     if plan is not None:
         print(f"make-prefixes: {plan.describe()}", file=sys.stderr)
     with progress_reporter("make-prefixes", total=0) as progress:
-        summary = run_make_prefixes(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress)
+        summary = run_make_prefixes(cfg, engine_factory(cfg.model, plan, cfg.api), scorer_factory(cfg.reward), progress,
+                                    say=notice)
     print_table("make-prefixes", summary_rows(summary, cfg))
 
 

@@ -180,8 +180,9 @@ def _negations(by_name: dict[str, Param]) -> dict[str, str]:
     return names
 
 
-def _convert(param: Param, value):
-    """A config-file value as the parameter's command-line type (int, float, str, bool, list, or None)."""
+def _convert(param: Param, value, key: str):
+    """A config-file value as the parameter's command-line type (int, float, str, bool, list, or
+    None); an error names the option as the file spells it (`full`, not the `lora` it sets)."""
     wanted = param.cli_type()
     if value is None and not param.required:
         return None
@@ -195,8 +196,7 @@ def _convert(param: Param, value):
         return float(value)
     if isinstance(value, wanted) and not (wanted is int and isinstance(value, bool)):
         return value
-    raise PopeError(f"--config: option '{param.name.replace('_', '-')}': expected {wanted.__name__}, got {value!r}",
-                    exit_code=2)
+    raise PopeError(f"--config: option '{key}': expected {wanted.__name__}, got {value!r}", exit_code=2)
 
 
 def merge_config_file(ctx: typer.Context, values: dict, path: str, by_name: dict[str, Param]) -> dict:
@@ -213,5 +213,5 @@ def merge_config_file(ctx: typer.Context, values: dict, path: str, by_name: dict
         source = ctx.get_parameter_source(key)
         if source is not None and source.name != "DEFAULT":
             continue  # given on the command line (or by environment): it wins
-        merged[key] = _convert(param, value)
+        merged[key] = _convert(param, value, raw_key)
     return merged

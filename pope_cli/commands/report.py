@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pope_cli.commands.common import print_table
+from pope_cli.commands.common import print_table, written
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.report.config import ReportConfig
 
@@ -16,5 +16,5 @@ def command(cfg: ReportConfig):
         ("runs", ", ".join(result["runs"]) or "-"),
         ("evaluations", ", ".join(result["evals"]) or "-"),
         ("figures", ", ".join(figure["file"] for figure in result["figures"]) or "-"),
-        ("written", f"{cfg.out}/index.html, {cfg.out}/report.md"),
+        ("written", written(cfg.out, "index.html", "report.md")),
     ])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pope_cli.commands.common import print_table, say_dtype
+from pope_cli.commands.common import print_table, say_dtype, written
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.sft.config import SftConfig
 
@@ -34,5 +34,5 @@ def command(cfg: SftConfig):
         ("steps", f"{summary['steps']} (resumed after {summary['resumed_from']})"),
         ("loss first / last", " / ".join("-" if v is None else f"{v:.4f}" for v in (summary["first_loss"], summary["last_loss"]))),
         ("time (s)", summary["seconds"]),
-        ("written", f"{cfg.out}/metrics.jsonl, {cfg.out}/final"),
+        ("written", written(cfg.out, "metrics.jsonl", "final")),
     ])

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from pope_cli.commands.common import print_table
+from pope_cli.commands.common import print_table, written
 from pope_cli.commands.options import stage_command
 from pope_cli.commands.registry import Command, Group
 from pope_cli.toy.pretrain import PretrainConfig
@@ -28,8 +28,8 @@ def make_data(cfg: ProblemSetsConfig):
     """Write seeded toy problem sets; mix.jsonl is easy + hard pool, shuffled, for filter-hard."""
     from pope_cli.toy.task import write_problem_sets
 
-    counts = write_problem_sets(cfg.out, cfg.seed, cfg.n_easy, cfg.n_hard, cfg.n_heldout, cfg.oracle_style)
-    print_table("toy make-data", [(f"{cfg.out}/{name}", rows) for name, rows in counts.items()])
+    counts = write_problem_sets(cfg.out, cfg.seed, cfg.n_easy, cfg.n_hard, cfg.n_heldout, cfg.oracle_style, cfg.overwrite)
+    print_table("toy make-data", [(written(cfg.out, name), rows) for name, rows in counts.items()])
 
 
 @app.command("pretrain", no_args_is_help=True, cls=Command)

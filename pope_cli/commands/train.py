@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pope_cli.commands.common import print_table, say_dtype
+from pope_cli.commands.common import print_table, say_dtype, written
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.train.config import DryRunConfig, TrainConfig
 
@@ -34,5 +34,5 @@ def command(cfg: TrainConfig, dry: DryRunConfig):
         ("hard problems solved unguided (ever)", summary["solved_unguided_ever"]),
         ("last reward guided / unguided / easy", " / ".join("-" if v is None else f"{v:.3f}" for v in summary["last_reward"].values())),
         ("time (s)", summary["seconds"]),
-        ("written", f"{cfg.out}/metrics.jsonl, {cfg.out}/final"),
+        ("written", written(cfg.out, "metrics.jsonl", "final")),
     ])

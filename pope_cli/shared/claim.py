@@ -9,6 +9,12 @@ deleted. A process killed inside that swap leaves the side directory behind, and
 puts it right: without a config in place the earlier run is moved back whole; with one, the new
 run had started and the leftovers go. A rerun thus finds a whole earlier run or a whole new one.
 
+A rerun resumes when its options mean what the recorded run's meant: paths are compared resolved
+(`M/`, `./M` and `/abs/M` are one model), and `auto` as what it resolves to here (`--backend auto`
+that chose hf is `--backend hf`). A refusal names each differing option as `--help` spells it, with
+both values. An earlier start that failed before writing any output does not block a corrected
+command: there is nothing of it to resume.
+
 One run per directory: an OS lock (`fcntl.flock`) on a lock file beside the config, held for the
 whole run. The kernel drops it when the process dies, so a SIGKILLed run never blocks the next;
 the pid in the file is only there to name the holder in the refusal.
@@ -16,15 +22,17 @@ the pid in the file is only there to name the holder in the refusal.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.outputs import atomic_write_json, config_diff, flatten, option_flag
+from pope_cli.shared.options import described_options
+from pope_cli.shared.outputs import atomic_write_json, check_out_path, config_diff, flatten, option_flag
 
 
 class DirLock:
@@ -57,7 +65,7 @@ class DirLock:
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as error:
             raise PopeError(f"{self.path.parent}: cannot write here ({error.strerror})") from None
 
@@ -80,9 +88,12 @@ def _same_file(fd: int, path: Path) -> bool:
 class OutputClaim:
     """A claimed output: whether the run resumes, and `started()` to commit the new run."""
 
-    def __init__(self, config_path: Path, config: dict, outputs: list[Path] | None, overwrite: bool, resuming: bool):
+    def __init__(self, config_path: Path, config: dict, outputs: list[Path] | None, overwrite: bool,
+                 recorded: dict | None):
         self.config_path, self.config, self.outputs = config_path, config, outputs
-        self.overwrite, self.resuming = overwrite, resuming
+        self.overwrite, self.resuming = overwrite, recorded is not None
+        self.recorded = recorded
+        """The resumed run's recorded config (its values as that run's command gave them), else None."""
         self.aside = aside_dir(config_path)
         self.is_started = False
 
@@ -117,25 +128,29 @@ def aside_dir(config_path: Path) -> Path:
 
 
 @contextmanager
-def claim_output(out: str, config_path: Path, config: dict, outputs: list[Path] | None, overwrite: bool,
-                 ignored: Iterable[str] = ()) -> Iterator[OutputClaim]:
+def claim_output(out: str, config_path: Path, config: Any, outputs: list[Path] | None, overwrite: bool,
+                 ignored: Iterable[str] = (), resolved: dict | None = None) -> Iterator[OutputClaim]:
     """Lock `config_path`'s directory and check the output for a run; yields the claim.
 
-    A first run (or `overwrite`) starts afresh; a rerun with the same config (up to `ignored`
-    keys) resumes; with a different one it is refused, naming the options. Outputs that exist
-    without a recorded config are never clobbered without `overwrite`. `outputs=None` means the
-    whole directory, and is never refused for what it holds (the demo: its stages check their own).
+    `config` is the stage's config dataclass (or a plain dict). A first run (or `overwrite`)
+    starts afresh; a rerun with the same config (up to `ignored` keys; paths resolved, and an
+    option's `auto` taken as `resolved[key]`) resumes; with a different one it is refused, naming
+    the options. Outputs that exist without a recorded config are never clobbered without
+    `overwrite`. `outputs=None` means the whole directory, and is never refused for what it
+    holds (the demo: its stages check their own).
     """
     check_out_path(out)
     config_path = Path(config_path)
+    options = described_options(config) if dataclasses.is_dataclass(config) else {}
+    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
     created = _make_dirs(config_path.parent)
     lock = None
     claim = None
     try:
         lock = DirLock(lock_path(config_path)).acquire()
         _recover(config_path)
-        resuming = not overwrite and _resumable(config_path, config, outputs, ignored)
-        claim = OutputClaim(config_path, config, outputs, overwrite, resuming)
+        recorded = None if overwrite else _resumable(config_path, config, outputs, ignored, options, resolved or {})
+        claim = OutputClaim(config_path, config, outputs, overwrite, recorded)
         yield claim
     finally:
         if lock is not None:
@@ -144,26 +159,49 @@ def claim_output(out: str, config_path: Path, config: dict, outputs: list[Path] 
             _remove_dirs(created)
 
 
-def check_out_path(out: str) -> None:
-    """`--out ''` (an unset shell variable) would write into the current directory."""
-    if not str(out).strip():
-        raise PopeError("--out: must be a non-empty path", exit_code=2)
-
-
-def _resumable(config_path: Path, config: dict, outputs: list[Path] | None, ignored: Iterable[str]) -> bool:
+def _resumable(config_path: Path, config: dict, outputs: list[Path] | None, ignored: Iterable[str],
+               options: dict[str, tuple[str, bool]], resolved: dict) -> dict | None:
+    """The recorded config when this run resumes it; None when it starts afresh; a PopeError when
+    it may not run here."""
+    existing = [p for p in outputs or [] if p.exists()]
     if config_path.exists():
         old = json.loads(config_path.read_text(encoding="utf-8"))
-        changed = config_diff(flatten(old), flatten(config), ignored)
-        if changed:
-            flags = ", ".join(dict.fromkeys(option_flag(key) for key in changed))
-            raise PopeError(f"{config_path}: an earlier run used different options ({flags}); "
-                            "use the same options to resume, another output, or --overwrite", exit_code=2)
-        return True
-    existing = [p for p in outputs or [] if p.exists()]
+        flat_old, flat_new = flatten(old), flatten(config)
+        changed = config_diff(meaning(flat_old, options, resolved), meaning(flat_new, options, resolved), ignored)
+        if not changed:
+            return old
+        if outputs is not None and not existing:
+            return None  # an earlier start failed before it wrote anything: nothing to resume, nothing to lose
+        described = "; ".join(f"{options.get(key, (option_flag(key),))[0]}: was {_shown(flat_old.get(key))}, "
+                              f"now {_shown(flat_new.get(key))}" for key in changed)
+        raise PopeError(f"{config_path}: an earlier run used different options ({described}); "
+                        "use the same options to resume, another output, or --overwrite", exit_code=2)
     if existing:
         raise PopeError(f"{existing[0]}: already exists and was not written by this command; use --overwrite to replace it",
                         exit_code=2)
-    return False
+    return None
+
+
+def meaning(flat: dict, options: dict[str, tuple[str, bool]], resolved: dict) -> dict:
+    """A flattened config as what its values mean here: each path option's existing path resolved
+    (a hub id or `hf:NAME` stays as it is), each `auto` that `resolved` knows replaced by its value."""
+    meant = {}
+    for key, value in flat.items():
+        if value == "auto" and key in resolved:
+            value = resolved[key]
+        elif options.get(key, ("", False))[1]:
+            value = [_real(v) for v in value] if isinstance(value, list) else _real(value)
+        meant[key] = value
+    return meant
+
+
+def _real(value):
+    return os.path.realpath(value) if isinstance(value, str) and value and os.path.exists(value) else value
+
+
+def _shown(value) -> str:
+    text = "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else "…" + text[-59:]  # a path differs at its end
 
 
 def _recover(config_path: Path) -> None:

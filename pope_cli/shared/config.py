@@ -117,8 +117,9 @@ class PromptOptions:
                                  flags=("--chat-template/--no-chat-template",), panel=PROMPT_PANEL)
     system_prompt: str | None = option(None, "Optional system message.", panel=PROMPT_PANEL)
     unguided_template: str | None = option(
-        None, "Text file with a {problem} placeholder for unguided prompts (default: the problem plus a \\boxed{} answer "
-              "instruction).", panel=PROMPT_PANEL, metavar="FILE")
+        None, "Text file with a {problem} placeholder for unguided prompts (default: the file a record names in its "
+              "unguided_template field, which filter-hard records for the later stages, else the problem plus a "
+              "\\boxed{} answer instruction).", panel=PROMPT_PANEL, metavar="FILE")
 
 
 @dataclass
@@ -181,6 +182,12 @@ class WorkerOptions:
             raise bad_option("--max-restarts", "must be >= 0")
         if self.ray is not None and not self.ray:
             raise bad_option("--ray", "give auto, local or HOST:PORT")
+
+    def check(self, model: "ModelOptions") -> None:
+        """Options that only one backend uses, refused with the others."""
+        if self.tensor_parallel_size > 1 and model.backend in ("hf", "openai"):
+            raise bad_option("--tensor-parallel-size", f"splits a model over GPUs in vLLM; --backend {model.backend} "
+                                                       "does not use it")
 
     def pooled(self) -> bool:
         """Whether the stage samples through worker processes rather than in the driver."""

@@ -130,7 +130,18 @@ def read_problems(spec: str, fields: FieldMap | None = None) -> list[Problem]:
         problems.append(item)
     if not problems:
         raise PopeError(f"{spec}: no records")
+    _check_named_fields(spec, fields, problems)
     return problems
+
+
+def _check_named_fields(spec: str, fields: FieldMap, problems: list[Problem]) -> None:
+    """A field the user named (`--answer-field gold`) that no record has is a typo, not an optional
+    column: without this the answer would silently come from the solution's \\boxed{}, the id from a hash."""
+    default = FieldMap()
+    for flag, name, usual in (("--answer-field", fields.answer, default.answer),
+                              ("--solution-field", fields.solution, default.solution), ("--id-field", fields.id, default.id)):
+        if name != usual and all(get_path(p.record, name) is None for p in problems):
+            raise PopeError(f"{flag}: no record of {spec} has a field '{name}'", exit_code=2)
 
 
 def iter_raw_records(spec: str) -> Iterator[tuple[str, Any]]:
@@ -189,7 +200,14 @@ def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(handle)
             for record in reader:
-                yield where(path, reader.line_num), {k: v for k, v in record.items() if v != ""}
+                loc = where(path, reader.line_num)
+                if None in record:
+                    raise PopeError(f"{loc}: malformed CSV row: {len(record) - 1 + len(record[None])} fields where the "
+                                    f"header has {len(reader.fieldnames)} (a comma inside a field? quote it: \"...\")")
+                if None in record.values():
+                    raise PopeError(f"{loc}: malformed CSV row: {sum(v is not None for v in record.values())} fields "
+                                    f"where the header has {len(reader.fieldnames)}")
+                yield loc, {k: v for k, v in record.items() if v != ""}
     except UnicodeDecodeError as error:
         raise PopeError(f"{path}: not valid UTF-8 (byte {error.start})") from None
     except csv.Error as error:

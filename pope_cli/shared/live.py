@@ -1,6 +1,6 @@
 """A live terminal view of commands running side by side (`pope demo`'s phases), read from the
-lines each command writes to its log: the sampling stages' `NAME: done/total unit` and the
-trainer's `step s/total | reward g .. u .. e .. | solved n/m ever | ...`.
+lines each command writes to its log: the sampling stages' `NAME: done/total unit (what a unit is)`
+and the trainer's `step s/total | reward g .. u .. e .. | hard solved unguided n this step, m ever | ...`.
 
 `LiveView` is a rich Live table on stderr, updated by `show(phase, jobs)`; only for a terminal
 (in a pipe the demo prints its plain phase lines instead).
@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PROGRESS = re.compile(r"^(?P<what>[\w-]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)$")
+PROGRESS = re.compile(r"^(?P<what>[\w-]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+)(?: \(.*\))?$")
 STEP = re.compile(r"^step (?P<done>\d+)/(?P<total>\d+) \| reward g (?P<g>\S+) u (?P<u>\S+) e (?P<e>\S+) \| "
-                  r"solved (?P<step>\d+)/(?P<ever>\d+) ever")
+                  r"hard solved unguided (?P<step>\d+) this step, (?P<ever>\d+) ever")
 TAIL_BYTES = 8192
 
 

@@ -15,6 +15,7 @@ config's `__post_init__`, so a config built in code is refused as the command li
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable
 
@@ -50,10 +51,33 @@ class Cli:
 
 
 def flag_of(name: str, cli: Cli) -> str:
-    """The spelling a message names a parameter by: DATA, --backend, --lora."""
+    """The spelling a message names a parameter by: --backend, --lora, or for a positional argument
+    what `--help` calls it (PATH, PREFIXES)."""
     if cli.argument:
-        return name.upper()
+        return cli.metavar or name.upper()
     return (cli.flags or (f"--{name.replace('_', '-')}",))[0].split("/")[0]
+
+
+# What `--help` shows for an option whose value is a file or directory (`ID|DIR`: a hub id or one).
+PATH_METAVARS = ("FILE", "DIR", "PATH", "PREFIXES", "INPUT")
+
+
+def takes_path(cli: Cli) -> bool:
+    return any(word in PATH_METAVARS for word in re.split(r"[|.]+", cli.metavar or ""))
+
+
+def described_options(config, prefix: str = "") -> dict[str, tuple[str, bool]]:
+    """Each option of a config instance, by its key in the flattened config ("sampling.top_p"): the
+    spelling a message names it by, and whether its value names a file or directory."""
+    found = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if "group" in spec.metadata and dataclasses.is_dataclass(value):
+            found.update(described_options(value, f"{prefix}{spec.name}."))
+        elif "cli" in spec.metadata:
+            cli = spec.metadata["cli"]
+            found[prefix + spec.name] = (flag_of(cli.param or spec.name, cli), takes_path(cli))
+    return found
 
 
 def check_choices(config) -> None:
@@ -67,6 +91,13 @@ def check_choices(config) -> None:
             if item not in cli.choices:
                 raise PopeError(f"{flag_of(cli.param or spec.name, cli)}: {item!r} is not one of "
                                 f"{', '.join(cli.choices)}", exit_code=2)
+
+
+def given(config, name: str) -> bool:
+    """Whether option `name` of a config holds other than its declared default: a value the user
+    chose, which a combination of options that ignores it must refuse rather than drop."""
+    declared = next(spec for spec in dataclasses.fields(config) if spec.name == name).default
+    return getattr(config, name) != declared
 
 
 def option(default: Any = MISSING, help: str = "", **cli: Any):

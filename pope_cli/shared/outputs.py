@@ -5,6 +5,11 @@ and the complete lines tell the stage what is already done. Whole-file outputs (
 final JSONL files) are written to a temporary file and renamed into place, so a reader never
 sees half a file. `pope_cli.shared.claim` guards an output against being clobbered, resumed with
 a different configuration, or used by two runs at once.
+
+Every output gets the mode the umask gives a file the user creates (0666 & ~umask; 0777 & ~umask
+for a directory or a script): a temporary file (`mkstemp`, 0600) and libraries that write through
+one (safetensors) would otherwise leave outputs that only their owner can read, which a teammate,
+a serving job or a trainer running as another user cannot open.
 """
 
 from __future__ import annotations
@@ -34,11 +39,51 @@ def dumps(obj: Any) -> str:
     return text
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux reports it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere only setting it tells it
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain file the user creates gets: 0666 & ~umask."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """The mode of a directory (or an executable script) the user creates: 0777 & ~umask."""
+    return 0o777 & ~umask()
+
+
+def publish_modes(root: Path) -> None:
+    """Give `root` and everything under it the umask's modes (see the module docstring)."""
+    root = Path(root)
+    files, dirs = file_mode(), dir_mode()
+    if root.is_file():
+        root.chmod(files)
+        return
+    root.chmod(dirs)
+    for parent, subdirs, names in os.walk(root):
+        for name in subdirs:
+            Path(parent, name).chmod(dirs)
+        for name in names:
+            Path(parent, name).chmod(files)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -140,6 +185,21 @@ def flatten(config: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def check_out_path(out: str) -> None:
+    """`--out ''` (an unset shell variable) would write into the current directory."""
+    if not str(out).strip():
+        raise PopeError("--out: must be a non-empty path", exit_code=2)
+
+
+def file_out(out: str, example: str) -> Path:
+    """The `--out` of a stage that writes one file with side files named after it: a directory,
+    existing or written as one (`pfx/`), is refused, naming a file that would do."""
+    check_out_path(out)
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        raise PopeError(f"--out: {out} is a directory; give a file such as {Path(out) / example}", exit_code=2)
+    return Path(out)
 
 
 def check_writable(directory: Path) -> None:

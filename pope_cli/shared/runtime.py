@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from pope_cli.shared.config import ApiOptions, ModelOptions, PromptOptions, RewardOptions
+from pope_cli.shared.errors import PopeError
 
 
 def engine_factory(opts: ModelOptions, plan=None, api: ApiOptions | None = None) -> Callable:
@@ -44,30 +45,54 @@ class PromptBuilder:
     which also keeps the chat messages for a served chat endpoint).
 
     A guided record carries `prefix` and the name (or file) of its guided `template`;
-    `template_override` replaces that name for all records.
+    `template_override` replaces that name for all records. A record may name the file of its
+    unguided template too (`unguided_template`: filter-hard records the one it asked with, and the
+    later files carry it), used unless `--unguided-template` (`opts.unguided_template`) is given.
     """
 
     def __init__(self, tokenizer, opts: PromptOptions, template_override: str | None = None):
-        from pope_cli.shared.prompts import load_unguided_template
-
         self.tokenizer = tokenizer
         self.opts = opts
         self.template_override = template_override
-        self.unguided_template = load_unguided_template(opts.unguided_template)
-        self._guided_templates: dict = {}
+        self._templates: dict = {}
+        self.unguided_template_of({})  # --unguided-template loads (or fails) at once
 
     def guided_template(self, name: str | None):
         from pope_cli.shared.prompts import load_template
 
-        name = self.template_override or name or "pope"
-        if name not in self._guided_templates:
-            self._guided_templates[name] = load_template(name)
-        return self._guided_templates[name]
+        return self._load(load_template, self.template_override or name or "pope")
+
+    def unguided_template_of(self, record: dict):
+        from pope_cli.shared.prompts import load_unguided_template
+
+        return self._load(load_unguided_template, self.opts.unguided_template or record.get("unguided_template"))
+
+    def _load(self, loader, name: str | None):
+        if (loader, name) not in self._templates:
+            self._templates[loader, name] = loader(name)
+        return self._templates[loader, name]
+
+    def check_records(self, records: list[dict], source: str, *modes: str) -> None:
+        """Load every template the records name for `modes` (unguided, guided) that no option
+        replaces, before a stage writes anything: one that does not load is the record's error."""
+        fields = {"guided": ("template", "--template", self.guided_template),
+                  "unguided": ("unguided_template", "--unguided-template", self.unguided_template_of)}
+        for mode in modes:
+            name, flag, load = fields[mode]
+            for record in records:
+                if record.get(name) is None or (mode == "guided" and record.get("prefix") is None):
+                    continue
+                try:
+                    load(record if mode == "unguided" else record[name])
+                except PopeError as error:
+                    reason = str(error).split(": ", 1)[1]
+                    raise PopeError(f"{source}: record {record.get('id')!r}: field '{name}': {reason}; or give {flag}") \
+                        from None
 
     def unguided(self, record: dict) -> list[int]:
         from pope_cli.shared.prompts import unguided_text
 
-        return self._encode(unguided_text(self.unguided_template, record["problem"]))
+        return self._encode(unguided_text(self.unguided_template_of(record), record["problem"]))
 
     def guided(self, record: dict) -> list[int]:
         from pope_cli.shared.prompts import guided_text
@@ -86,14 +111,80 @@ class PromptBuilder:
         return Prompt(ids, chat_messages(text, self.opts.system_prompt))
 
 
+def resolved_autos(model: ModelOptions) -> dict:
+    """What each `auto` of the model options means on this machine, by its config key: a resume
+    compares meanings, so `--backend hf` resumes a run whose `auto` chose hf."""
+    import dataclasses
+
+    from pope_cli.shared.engines import choose_backend
+    from pope_cli.shared.models import resolve_device, resolve_dtype
+
+    auto = dataclasses.replace(model, device="auto", dtype="auto")
+    device = resolve_device(auto)
+    return {"model.backend": choose_backend("auto"), "model.device": device.type,
+            "model.dtype": str(resolve_dtype(auto, device)).removeprefix("torch.")}
+
+
+def resumed(say: Callable[[str], None], stage: str, out: str, source: str, changes, done: int, total: int,
+            what: str) -> None:
+    """The notices of a resumed sampling stage: how its input changed (an `input_state.InputChanges`),
+    and how much of the work was already done."""
+    note = changes.describe(source)
+    if note:
+        say(f"{stage}: {note}")
+    if done:
+        say(f"{stage}: resuming {out}: {done} of {total} {what} already")
+
+
+def model_context(opts: ModelOptions) -> int | None:
+    """The positions `--model` attends over, as its config.json says (`max_position_embeddings`; vLLM's
+    `--max-model-len` where lower), from a local directory (an adapter's base) or the hub cache;
+    None when unknown. Nothing is downloaded and no model is loaded."""
+    import json
+    from pathlib import Path
+
+    from pope_cli.shared.models import adapter_base
+
+    try:
+        source = adapter_base(opts.model) or opts.model
+        path = Path(source) / "config.json"
+        if not path.is_file():
+            from huggingface_hub import try_to_load_from_cache
+
+            path = Path(str(try_to_load_from_cache(source, "config.json")))
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # not a model directory, not cached, not JSON: nothing to say
+        return None
+    positions = config.get("text_config", config).get("max_position_embeddings")
+    if not isinstance(positions, int) or positions < 1:
+        return None
+    return min(positions, opts.max_model_len) if opts.max_model_len else positions
+
+
+def say_budget(say: Callable[[str], None], stage: str, opts: ModelOptions, max_new_tokens: int) -> None:
+    """Say so when `--max-new-tokens` is more than the model can hold (the engines stop every
+    completion at the model's context, whatever the budget)."""
+    context = model_context(opts)
+    if context is not None and max_new_tokens >= context:
+        say(f"{stage}: --max-new-tokens {max_new_tokens} is not less than the context of {opts.model} ({context} "
+            f"positions): each completion stops at the context, {context} minus its prompt's tokens")
+
+
+def notice(text: str) -> None:
+    """A one-line notice on stderr (above a progress bar on a terminal)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 PROGRESS_SECONDS_ENV = "POPE_PROGRESS_SECONDS"
 """Seconds between the plain progress lines in a pipe (default 10); `pope demo` asks for 1 from the
 commands whose logs its live view reads."""
 
 
 @contextmanager
-def progress_reporter(description: str, total: int, unit: str = "problems") -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on a terminal; in a pipe, a plain line at most every 10 seconds."""
+def progress_reporter(description: str, total: int, unit: str = "problems",
+                      detail: str | None = None) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on a terminal; in a pipe, a plain line at most every 10 seconds, with
+    `detail` (what a unit is) in parentheses."""
     if sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -110,6 +201,7 @@ def progress_reporter(description: str, total: int, unit: str = "problems") -> I
         now = time.monotonic()
         if now - last[0] >= every or done == _total:
             last[0] = now
-            print(f"{description}: {done}/{_total} {unit}", file=sys.stderr, flush=True)
+            print(f"{description}: {done}/{_total} {unit}" + (f" ({detail})" if detail else ""), file=sys.stderr,
+                  flush=True)
 
     yield report

@@ -114,7 +114,8 @@ class DemoConfig:
     out: str = option("pope-demo", "Output directory: every stage's files, results.json, curves.png, report/, logs/.", metavar="DIR")
     model: str | None = option(None, "Starting model (default: the toy model shipped with pope).", metavar="ID|DIR")
     seed: int = seed_option()
-    arms: list[str] = option(None, "Comma-separated training arms (what each one is: the README's arm table).",
+    arms: list[str] = option(None, "Comma-separated training arms (what each one trains: the README's table of the "
+                                   "demo's arms).",
                              cli_type=str, parse=arm_list, cli_default="grpo,pope", choices=tuple(ARMS))
     full: bool = option(False, "Run the paper's nine arms (overrides --arms; --suite seed).", flags=("--full",))
     suite: str | None = option(None, "A named set of arms (overrides --arms): seed (the paper's nine, as --full), beyond "

@@ -3,7 +3,8 @@
 Every (model, mode, problem) unit draws n samples from a seed fixed by (seed, mode, id), so
 two models are compared on the same random streams and a rerun reproduces the files. Samples
 go to `samples.jsonl` a unit at a time (a killed run resumes after its last complete unit);
-`summary.json` is computed from that file at the end. `evaluate_in_process` is the same
+`summary.json` is computed from that file at the end. A rerun on an edited input redoes exactly
+the units whose record changed (`shared/input_state.py`). `evaluate_in_process` is the same
 measurement without files, for the trainer's periodic evaluation.
 """
 
@@ -25,6 +26,8 @@ from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, group, option
 from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
+from pope_cli.shared import input_state
+from pope_cli.shared.input_state import record_hash
 from pope_cli.shared.models import dtype_record
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared.seeding import derive_seed
@@ -43,7 +46,7 @@ class EvalConfig:
                             "`pope make-prefixes`.", argument=True, metavar="PATH")
     out: str = option(help="Output directory (samples.jsonl, summary.json, manifest.json).", metavar="DIR")
     models: list[str] = option(help="Model to evaluate (hub id, local dir or PEFT adapter dir); repeat for a side-by-side "
-                                    "table.", param="model", flags=("--model", "-m"), panel=MODEL_PANEL)
+                                    "table.", param="model", flags=("--model", "-m"), panel=MODEL_PANEL, metavar="ID|DIR")
     model: ModelOptions = group(show=("backend", "dtype", "device", "trust_remote_code", "batch_size",
                                       "gpu_memory_utilization", "kv_cache_gb", "max_model_len",
                                       "enforce_eager"), fixed={"model": ""})
@@ -55,8 +58,9 @@ class EvalConfig:
     parallel: WorkerOptions = group(default_factory=WorkerOptions)
     api: ApiOptions = group(default_factory=ApiOptions)
     n: int = option(16, "Samples per problem and mode.")
-    ks: list[int] = option(None, "Comma-separated k values for unbiased pass@k (each ≤ n).", param="k", cli_type=str,
-                           cli_default="1,8,16", parse=int_list("--k"))
+    ks: list[int] = option(None, "Comma-separated k values for unbiased pass@k, each ≤ n (default: 1,8,16, those over "
+                                 "--n left out and --n itself added).", param="k", cli_type=str, parse=int_list("--k"),
+                           show_default=False)
     modes: list[str] = option(None, "Comma-separated modes.", param="mode", cli_type=str, cli_default="unguided",
                               parse=_comma_list, choices=("unguided", "guided"))
     prefixes: str | None = option(None, "prefixes.jsonl from `pope make-prefixes`, for guided mode.", metavar="FILE")
@@ -67,16 +71,19 @@ class EvalConfig:
     overwrite: bool = overwrite_option()
 
     def __post_init__(self):
-        self.ks = sorted(set(self.ks or [1]))
         self.modes = list(dict.fromkeys(self.modes or ["unguided"]))
         check_choices(self)
         if self.n < 1:
             raise bad_option("--n", "must be at least 1")
+        self.ks = sorted(set(self.ks)) if self.ks else default_ks(self.n)
         bad_k = [k for k in self.ks if k < 1 or k > self.n]
         if bad_k:
             raise bad_option("--k", f"each k must be in [1, n={self.n}], got {bad_k}")
         if not self.models:
             raise bad_option("--model", "at least one model is needed")
+        repeated = [m for i, m in enumerate(self.models) if m in self.models[:i]]
+        if repeated:
+            raise bad_option("--model", f"{repeated[0]} is given twice")
         if self.bootstrap < 0:
             raise bad_option("--bootstrap", "must be >= 0")
         if not self.model.model:
@@ -85,6 +92,15 @@ class EvalConfig:
             raise bad_option("--model", "with --backend openai give one --model (the served model's tokenizer; "
                                         "--api-model names the model): one server serves one model")
         self.api.check(self.model, self.prompt)
+        self.parallel.check(self.model)
+
+
+DEFAULT_KS = (1, 8, 16)
+
+
+def default_ks(n: int) -> list[int]:
+    """pass@1, @8 and @16 where n allows them, and pass@n where it cuts the list short."""
+    return sorted({k for k in DEFAULT_KS if k <= n} | ({n} if n < max(DEFAULT_KS) else set()))
 
 
 RESUME_IGNORED = (*WORKER_RESUME_IGNORED, *MODEL_RESUME_IGNORED, *API_RESUME_IGNORED, "overwrite", "reward.workers",
@@ -136,7 +152,8 @@ def load_items(cfg: EvalConfig) -> dict[str, list[dict]]:
         wanted = {p["id"] for p in problems}
         items["guided"] = [r for r in prefixed if r["id"] in wanted and r["prefix"] is not None]
         if not items["guided"]:
-            raise PopeError(f"{cfg.prefixes}: no prefix record matches an id in {cfg.data}", exit_code=2)
+            raise PopeError(f"{cfg.prefixes}: no prefix record matches an id in {cfg.data}; problems held out from "
+                            "training need prefixes of their own (filter-hard and make-prefixes on them)", exit_code=2)
     return items
 
 
@@ -178,31 +195,47 @@ def evaluate_in_process(engine: Engine, scorer: Scorer, sampling: Sampling, item
 
 
 def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], make_scorer: Callable[[], Scorer],
-             progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """Evaluate every model on every mode; returns the summary written to summary.json."""
-    from pope_cli.shared.runtime import PromptBuilder
+             progress: Callable[[int, int], None] = lambda done, total: None,
+             say: Callable[[str], None] = lambda text: None) -> dict:
+    """Evaluate every model on every mode; returns the summary written to summary.json. `say`
+    takes the one-line notices."""
+    from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
 
     started = time.time()
     items = load_items(cfg)
+    for mode, records in items.items():  # every template a record names loads, before anything is written
+        PromptBuilder(None, cfg.prompt, cfg.template).check_records(records, _source(cfg, mode), mode)
+    hashes = {unit_key(mode, r["id"]): record_hash(r) for mode, records in items.items() for r in records}
     out = Path(cfg.out)
-    samples_path = out / "samples.jsonl"
-    with claim_output(cfg.out, out / "config.json", asdict(cfg), [samples_path, out / "summary.json", out / "manifest.json"],
-                      cfg.overwrite, RESUME_IGNORED) as claim:
+    samples_path, inputs_path = out / "samples.jsonl", out / "inputs.json"
+    with claim_output(cfg.out, out / "config.json", cfg, [samples_path, out / "summary.json", out / "manifest.json"],
+                      cfg.overwrite, RESUME_IGNORED, resolved_autos(cfg.model)) as claim:
+        # A resumed run keys its rows by the model names the earlier run recorded (`M/` and `M` are one model).
+        keys = dict(zip(cfg.models, claim.recorded["models"] if claim.resuming else cfg.models))
         rows = _complete_units(samples_path, cfg.n) if claim.resuming else []
+        changes = input_state.compare(inputs_path, hashes, {unit_key(r["mode"], r["id"]) for r in rows}, claim.resuming)
+        rows = [r for r in rows if unit_key(r["mode"], r["id"]) not in changes.stale]
         done = {(r["model"], r["mode"], r["id"]) for r in rows}
         total = len(cfg.models) * sum(len(v) for v in items.values())
         pending = [name for name in cfg.models
-                   if any((name, mode, r["id"]) not in done for mode, records in items.items() for r in records)]
+                   if any((keys[name], mode, r["id"]) not in done for mode, records in items.items() for r in records)]
         # The first model loads before the run counts as started: a failed load leaves the output as it was.
         engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": pending[0]})) if pending else None
         claim.started()
+        say(f"eval: {plan_line(cfg, items)}")
+        resumed(say, "eval", cfg.out, cfg.data, changes, len(done), total, "units")
+        if changes.stale:
+            atomic_write_jsonl(samples_path, rows)
+        input_state.save(inputs_path, hashes)
         progress(len(done), total)
         stats, served = RoundStats(), {}
         for name in pending:
+            opts = ModelOptions(**{**asdict(cfg.model), "model": name})
+            say_budget(say, "eval", opts, cfg.sampling.max_new_tokens)
             if engine is None:
-                engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": name}))
+                engine = make_engine(opts)
             builder = PromptBuilder(engine.tokenizer, cfg.prompt, cfg.template)
-            jobs = make_jobs(name, items, builder.build, cfg.n, cfg.seed, done)
+            jobs = make_jobs(keys[name], items, builder.build, cfg.n, cfg.seed, done)
             sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
             with make_scorer() as scorer, JsonlAppender(samples_path) as writer:
                 def finished(job: EvalJob) -> None:
@@ -212,7 +245,28 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
 
                 run_rounds(jobs, engine, sampling, scorer, cfg.api.rows_per_round(cfg.model), finished, stats)
             served, engine = served_counts(engine) or served, None
-        return _finish(cfg, items, started, stats, served)
+        return _finish(cfg, [keys[name] for name in cfg.models], items, started, stats, served)
+
+
+def plan_line(cfg: EvalConfig, items: dict[str, list[dict]]) -> str:
+    """What the run measures: models x problems per mode, and why the modes' problems differ."""
+    counts = " + ".join(f"{len(records)} {mode}" for mode, records in items.items())
+    line = (f"{len(cfg.models)} model(s) x ({counts} problems), {cfg.n} samples each = "
+            f"{len(cfg.models) * sum(map(len, items.values()))} units")
+    if "guided" in items and "unguided" in items and len(items["guided"]) < len(items["unguided"]):
+        line += (f"; guided covers the {len(items['guided'])} of the {len(items['unguided'])} problems that have a "
+                 "prefix")
+    return line
+
+
+def unit_key(mode: str, problem_id: str) -> str:
+    """The input record behind a unit: the same problem is one record unguided, another guided."""
+    return f"{mode}/{problem_id}"
+
+
+def _source(cfg: EvalConfig, mode: str) -> str:
+    """The file the records of `mode` come from."""
+    return cfg.prefixes if mode == "guided" and cfg.prefixes else cfg.data
 
 
 def _complete_units(path: Path, n: int) -> list[dict]:
@@ -227,10 +281,10 @@ def _complete_units(path: Path, n: int) -> list[dict]:
     return kept
 
 
-def _finish(cfg: EvalConfig, items: dict, started: float, stats: RoundStats, served: dict) -> dict:
+def _finish(cfg: EvalConfig, models: list[str], items: dict, started: float, stats: RoundStats, served: dict) -> dict:
     out = Path(cfg.out)
     rows = load_jsonl_repairing(out / "samples.jsonl")
-    model_rank = {m: i for i, m in enumerate(cfg.models)}
+    model_rank = {m: i for i, m in enumerate(models)}
     mode_rank = {m: i for i, m in enumerate(cfg.modes)}
     item_rank = {(mode, r["id"]): i for mode, records in items.items() for i, r in enumerate(records)}
     rows.sort(key=lambda r: (model_rank.get(r["model"], 0), mode_rank.get(r["mode"], 0),
@@ -240,6 +294,6 @@ def _finish(cfg: EvalConfig, items: dict, started: float, stats: RoundStats, ser
     atomic_write_json(out / "summary.json", summary)
     counts = {"samples": len(rows), "tokens_this_run": stats.tokens,
               "generate_seconds": round(stats.generate_seconds, 3), **served}
-    atomic_write_json(out / "manifest.json", manifest("eval", asdict(cfg), started, counts, models=cfg.models, seed=cfg.seed,
+    atomic_write_json(out / "manifest.json", manifest("eval", asdict(cfg), started, counts, models=models, seed=cfg.seed,
                                                         precision=dtype_record(cfg.model)))
     return summary

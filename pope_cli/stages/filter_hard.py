@@ -6,7 +6,8 @@ samples of a naive one (`exhaustive` draws all k for exact pass rates). The verd
 per problem to `stats.jsonl` as it is reached, so a killed run resumes where it stopped; at the
 end the files are put in input order and `hard.jsonl`/`easy.jsonl` are written whole: the
 input records with the canonical fields (id, problem, answer, ...) added, so the next stage
-reads them with the default field names.
+reads them with the default field names. A rerun on an edited input redoes exactly the problems
+whose record changed (`shared/input_state.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from pope_cli.shared.claim import claim_output
 from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.models import dtype_record
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
-from pope_cli.shared.runtime import PromptBuilder
+from pope_cli.shared import input_state
+from pope_cli.shared.input_state import record_hash
+from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
 from pope_cli.shared.seeding import derive_seed
 
 
@@ -66,6 +69,7 @@ class FilterHardConfig:
         if self.gen_tokens_per_s is not None and self.gen_tokens_per_s <= 0:
             raise bad_option("--gen-tokens-per-s", "must be > 0")
         self.api.check(self.model, self.prompt)
+        self.parallel.check(self.model)
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
@@ -121,24 +125,35 @@ def config_dict(cfg: FilterHardConfig) -> dict:
 
 
 def run_filter_hard(cfg: FilterHardConfig, make_engine: Callable[[], Engine], make_scorer: Callable[[], Scorer],
-                    progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+                    progress: Callable[[int, int], None] = lambda done, total: None,
+                    say: Callable[[str], None] = lambda text: None) -> dict:
     """Run the filter; returns the summary that the CLI prints and the manifest records.
 
     The engine and scorer come from factories so nothing heavy is built when every problem
-    is already done, and so tests can pass scripted ones.
+    is already done, and so tests can pass scripted ones; `say` takes the one-line notices.
     """
     started = time.time()
     problems = read_problems(cfg.data, cfg.fields)
+    PromptBuilder(None, cfg.prompt).check_records([p.fields() for p in problems], cfg.data, "unguided")
+    hashes = {p.id: record_hash(p.fields()) for p in problems}
     out = Path(cfg.out)
     stats_path, samples_path = out / "stats.jsonl", out / "samples.jsonl"
-    with claim_output(cfg.out, out / "config.json", config_dict(cfg),
+    with claim_output(cfg.out, out / "config.json", cfg,
                       [stats_path, samples_path, out / "hard.jsonl", out / "easy.jsonl", out / "manifest.json"],
-                      cfg.overwrite, RESUME_IGNORED) as claim:
+                      cfg.overwrite, RESUME_IGNORED, resolved_autos(cfg.model)) as claim:
         done = {row["id"]: row for row in load_jsonl_repairing(stats_path)} if claim.resuming else {}
+        changes = input_state.compare(out / "inputs.json", hashes, done, claim.resuming)
+        done = {key: row for key, row in done.items() if key not in changes.stale}
         todo = [p for p in problems if p.id not in done]
         # Model and scorer before the run counts as started: a failed load leaves the output as it was.
         engine, scorer = (make_engine(), make_scorer()) if todo else (None, None)
         claim.started()
+        resumed(say, "filter-hard", cfg.out, cfg.data, changes, len(done), len(problems), "problems decided")
+        if todo:
+            say_budget(say, "filter-hard", cfg.model, cfg.sampling.max_new_tokens)
+        if changes.stale:
+            atomic_write_jsonl(stats_path, done.values())
+        input_state.save(out / "inputs.json", hashes)
         if cfg.save_samples:
             _drop_orphan_samples(samples_path, done)
         round_stats = RoundStats()
@@ -191,8 +206,11 @@ def _finish(cfg: FilterHardConfig, problems: list[Problem], done: dict, round_st
         samples = load_jsonl_repairing(out / "samples.jsonl")
         atomic_write_jsonl(out / "samples.jsonl", sorted(samples, key=lambda s: (order.get(s["id"], len(order)), s["sample"])))
     hard_ids = {row["id"] for row in rows if row["hard"]}
-    atomic_write_jsonl(out / "hard.jsonl", [p.fields() for p in problems if p.id in hard_ids])
-    atomic_write_jsonl(out / "easy.jsonl", [p.fields() for p in problems if p.id not in hard_ids])
+    # The template the problems were asked with travels with them, so later stages ask them the same way.
+    template = cfg.prompt.unguided_template
+    asked = {"unguided_template": str(Path(template).resolve())} if template else {}
+    atomic_write_jsonl(out / "hard.jsonl", [{**p.fields(), **asked} for p in problems if p.id in hard_ids])
+    atomic_write_jsonl(out / "easy.jsonl", [{**p.fields(), **asked} for p in problems if p.id not in hard_ids])
     summary = {
         "problems": len(rows), "hard": len(hard_ids), "easy": len(rows) - len(hard_ids),
         "samples": sum(row["samples"] for row in rows), "naive_samples": cfg.k * len(rows),

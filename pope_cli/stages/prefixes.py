@@ -14,7 +14,8 @@ Files, all named after `--out` (here `prefixes.jsonl`):
   prefixes.jsonl.skipped.jsonl  the problems left out, as a problems file (no solution, no rung, dropped)
   prefixes.jsonl.config.json    the options: a rerun with the same ones resumes
   prefixes.jsonl.manifest.json  how the result was made, with the summary
-`prefixes.jsonl` and the skipped file are written whole at the end, so their presence means done.
+`prefixes.jsonl` and the skipped file are written whole at the end, so their presence means done. A
+rerun on an edited input redoes exactly the problems whose record changed (`shared/input_state.py`).
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, PR
                                     WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling, served_counts
-from pope_cli.shared.errors import PopeError
-from pope_cli.shared.options import check_choices, group, option
+from pope_cli.shared.options import check_choices, given, group, option
 from pope_cli.shared.claim import claim_output
-from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.models import dtype_record
+from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, file_out, load_jsonl_repairing,
+                                     manifest)
 from pope_cli.shared.prompts import (Rung, count_tokens, fixed_fraction_prefix, load_template, prefix_ladder,
                                      split_solution, split_tokens)
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
-from pope_cli.shared.runtime import PromptBuilder
+from pope_cli.shared import input_state
+from pope_cli.shared.input_state import record_hash
+from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
 from pope_cli.shared.seeding import derive_seed
 
 SEARCH_PANEL = "Prefix search"
@@ -84,6 +87,7 @@ class PrefixConfig:
     def __post_init__(self):
         check_choices(self)
         self.api.check(self.model, self.prompt)
+        self.parallel.check(self.model)
         if not 0 < self.max_fraction <= 1:
             raise bad_option("--max-fraction", f"must be in (0, 1], not {self.max_fraction}")
         if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:
@@ -94,6 +98,11 @@ class PrefixConfig:
             raise bad_option("--max-rungs", "must be >= 0")
         if self.max_rungs == 0 and self.split == "tokens":
             raise bad_option("--max-rungs", "0 (one rung per unit) needs --split units; one rung per token is too slow")
+        if self.fixed_fraction is not None:
+            for name in ("n", "max_fraction", "max_rungs", "fallback"):
+                if given(self, name):
+                    raise bad_option(f"--{name.replace('_', '-')}", "has no effect with --fixed-fraction (no search: every "
+                                                                    "prefix is that share of its solution)")
 
 
 # Options that change how fast a run goes but not what it writes: a resume may change them.
@@ -240,24 +249,26 @@ def config_dict(cfg: PrefixConfig) -> dict:
 
 def run_make_prefixes(cfg: PrefixConfig, make_engine: Callable[[], Engine], make_scorer: Callable[[], Scorer],
                       progress: Callable[[int, int], None] = lambda done, total: None,
-                      make_tokenizer: Callable[[], object] | None = None) -> dict:
+                      make_tokenizer: Callable[[], object] | None = None,
+                      say: Callable[[str], None] = lambda text: None) -> dict:
     """Find every problem's prefix; returns the summary that the CLI prints and the manifest records.
 
     The engine, scorer and tokenizer come from factories so nothing heavy is built when every
     problem is already decided; `--fixed-fraction` builds only the tokenizer (by default the
-    one of `--model`).
+    one of `--model`). `say` takes the one-line notices.
     """
     started = time.time()
     load_template(cfg.template)
     problems = read_problems(cfg.data, cfg.fields)
-    out = Path(cfg.out)
-    if out.is_dir():
-        raise PopeError(f"--out: {out} is a directory; give a file such as {out / 'prefixes.jsonl'}", exit_code=2)
-    stats_path = side_file(out, ".stats.jsonl")
-    with claim_output(cfg.out, side_file(out, ".config.json"), config_dict(cfg),
+    hashes = {p.id: record_hash(p.fields()) for p in problems}
+    out = file_out(cfg.out, "prefixes.jsonl")
+    stats_path, inputs_path = side_file(out, ".stats.jsonl"), side_file(out, ".inputs.json")
+    with claim_output(cfg.out, side_file(out, ".config.json"), cfg,
                       [out, stats_path, side_file(out, ".skipped.jsonl"), side_file(out, ".manifest.json")],
-                      cfg.overwrite, RESUME_IGNORED) as claim:
+                      cfg.overwrite, RESUME_IGNORED, resolved_autos(cfg.model)) as claim:
         done = {row["id"]: row for row in load_jsonl_repairing(stats_path)} if claim.resuming else {}
+        changes = input_state.compare(inputs_path, hashes, done, claim.resuming)
+        done = {key: row for key, row in done.items() if key not in changes.stale}
         todo = [p for p in problems if p.id not in done and has_solution(p)]
         # What the run needs is built before it counts as started: a failed load leaves the output as it was.
         if todo and cfg.fixed_fraction is not None:
@@ -265,6 +276,12 @@ def run_make_prefixes(cfg: PrefixConfig, make_engine: Callable[[], Engine], make
         else:
             tokenizer, search = None, (make_engine(), make_scorer()) if todo else None
         claim.started()
+        resumed(say, "make-prefixes", cfg.out, cfg.data, changes, len(done), len(problems), "problems decided")
+        if search is not None:
+            say_budget(say, "make-prefixes", cfg.model, cfg.sampling.max_new_tokens)
+        if changes.stale:
+            atomic_write_jsonl(stats_path, done.values())
+        input_state.save(inputs_path, hashes)
         progress(len(done), len(problems))
         round_stats = RoundStats()
         with JsonlAppender(stats_path) as stats_file:

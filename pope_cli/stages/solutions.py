@@ -19,7 +19,8 @@ Files, all named after `--out` (here `solutions.jsonl`):
   solutions.jsonl.stats.jsonl     one row per sampled problem, appended as each is decided (the resume state)
   solutions.jsonl.config.json     the options: a rerun with the same ones resumes
   solutions.jsonl.manifest.json   how the result was made, with the summary
-The solutions and unsolved files are written whole at the end, so their presence means done.
+The solutions and unsolved files are written whole at the end, so their presence means done. A
+rerun on an edited input redoes exactly the problems whose record changed (`shared/input_state.py`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from pope_cli.shared.config import (API_RESUME_IGNORED, MODEL_RESUME_IGNORED, PR
                                     WorkerOptions, bad_option, overwrite_option, seed_option)
 from pope_cli.shared.data import Problem, read_problems
 from pope_cli.shared.engines.base import Completion, Engine, Request, Sampling, served_counts
-from pope_cli.shared.errors import PopeError
-from pope_cli.shared.options import check_choices, group, option
-from pope_cli.shared.outputs import JsonlAppender, atomic_write_json, atomic_write_jsonl, load_jsonl_repairing, manifest
 from pope_cli.shared.models import dtype_record
+from pope_cli.shared.options import check_choices, group, option
+from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_write_jsonl, file_out, load_jsonl_repairing,
+                                     manifest)
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
-from pope_cli.shared.runtime import PromptBuilder
+from pope_cli.shared import input_state
+from pope_cli.shared.input_state import record_hash
+from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
 from pope_cli.shared.seeding import derive_seed
 
 SOLVE_PANEL = "Solution search"
@@ -67,8 +70,8 @@ class SolutionsConfig:
     api: ApiOptions = group(default_factory=ApiOptions)
     parallel: WorkerOptions = group(default_factory=WorkerOptions)
     template: str | None = option(None, "Text file with a {problem} placeholder: the teacher's prompt (default: the "
-                                        "problem plus a \\boxed{} answer instruction).", panel=PROMPT_PANEL,
-                                  metavar="FILE")
+                                        "record's unguided_template, which filter-hard records, else the problem plus a "
+                                        "\\boxed{} answer instruction).", panel=PROMPT_PANEL, metavar="FILE")
     k: int = option(256, "Samples per problem at most; a problem none of them solves goes to the unsolved file.",
                     panel=SOLVE_PANEL)
     chunk: int = option(16, "Samples per problem per round; sampling stops after the first round with a correct one.",
@@ -98,6 +101,7 @@ class SolutionsConfig:
             if not ok:
                 raise bad_option(flag, message)
         self.api.check(self.model, self.prompt)
+        self.parallel.check(self.model)
 
     def teacher(self) -> str:
         """The name `solution_source` records: the served model's, or the local one's."""
@@ -186,32 +190,47 @@ def side_file(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
 
 
+def teacher_prompt(cfg: SolutionsConfig):
+    """The prompt options of the teacher's prompts: `--template` as the unguided template."""
+    return replace(cfg.prompt, unguided_template=cfg.template)
+
+
 def needs_sampling(problem: Problem, cfg: SolutionsConfig) -> bool:
     return cfg.replace or not (problem.solution and problem.solution.strip())
 
 
 def run_make_solutions(cfg: SolutionsConfig, make_engine: Callable[[], Engine], make_scorer: Callable[[], Scorer],
-                       progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+                       progress: Callable[[int, int], None] = lambda done, total: None,
+                       say: Callable[[str], None] = lambda text: None) -> dict:
     """Run the search; returns the summary that the CLI prints and the manifest records.
 
     The engine and scorer come from factories so nothing heavy is built when every problem is
-    already decided, and so tests can pass scripted ones.
+    already decided, and so tests can pass scripted ones; `say` takes the one-line notices.
     """
     started = time.time()
     problems = read_problems(cfg.data, cfg.fields)
-    out = Path(cfg.out)
-    if out.is_dir():
-        raise PopeError(f"--out: {out} is a directory; give a file such as {out / 'solutions.jsonl'}", exit_code=2)
-    stats_path = side_file(out, ".stats.jsonl")
+    PromptBuilder(None, teacher_prompt(cfg)).check_records([p.fields() for p in problems], cfg.data, "unguided")
+    hashes = {p.id: record_hash(p.fields()) for p in problems}
+    out = file_out(cfg.out, "solutions.jsonl")
+    stats_path, inputs_path = side_file(out, ".stats.jsonl"), side_file(out, ".inputs.json")
     outputs = [out, stats_path, side_file(out, ".unsolved.jsonl"), side_file(out, ".manifest.json")]
-    with claim_output(cfg.out, side_file(out, ".config.json"), config_dict(cfg), outputs, cfg.overwrite,
-                      RESUME_IGNORED) as claim:
+    with claim_output(cfg.out, side_file(out, ".config.json"), cfg, outputs, cfg.overwrite,
+                      RESUME_IGNORED, resolved_autos(cfg.model)) as claim:
         done = {row["id"]: row for row in load_jsonl_repairing(stats_path)} if claim.resuming else {}
+        changes = input_state.compare(inputs_path, hashes, done, claim.resuming)
+        done = {key: row for key, row in done.items() if key not in changes.stale}
         to_sample = [p for p in problems if needs_sampling(p, cfg)]
         todo = [p for p in to_sample if p.id not in done]
         # Teacher and scorer before the run counts as started: a failed load leaves the output as it was.
         engine, scorer = (make_engine(), make_scorer()) if todo else (None, None)
         claim.started()
+        resumed(say, "make-solutions", cfg.out, cfg.data, changes, len(to_sample) - len(todo), len(to_sample),
+                "problems decided")
+        if todo:
+            say_budget(say, "make-solutions", cfg.model, cfg.sampling.max_new_tokens)
+        if changes.stale:
+            atomic_write_jsonl(stats_path, done.values())
+        input_state.save(inputs_path, hashes)
         round_stats = RoundStats()
         progress(len(done), len(to_sample))
         if todo:
@@ -220,7 +239,7 @@ def run_make_solutions(cfg: SolutionsConfig, make_engine: Callable[[], Engine], 
 
 
 def _sample(cfg, todo, done, engine, scorer, progress, total) -> RoundStats:
-    prompts = PromptBuilder(engine.tokenizer, replace(cfg.prompt, unguided_template=cfg.template))
+    prompts = PromptBuilder(engine.tokenizer, teacher_prompt(cfg))
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens)
     jobs = (SolutionJob(p, prompts.unguided(p.fields()), cfg, derive_seed(cfg.seed, "make-solutions", p.id))
             for p in todo)

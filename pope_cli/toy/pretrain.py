@@ -34,6 +34,7 @@ from typing import Callable
 
 from pope_cli.shared.config import bad_option, seed_option
 from pope_cli.shared.options import option
+from pope_cli.shared.outputs import publish_modes
 from pope_cli.toy.task import RARE_RATE, STAR_RATE, make_record, sample_easy, solution_lines
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -225,3 +226,4 @@ def save(model, tokenizer, out: Path, summary: dict) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
+    publish_modes(out)  # safetensors writes its files 0600

@@ -39,8 +39,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pope_cli.shared.config import bad_option, seed_option
+from pope_cli.shared.config import bad_option, overwrite_option, seed_option
+from pope_cli.shared.errors import PopeError
 from pope_cli.shared.options import check_choices, option
+from pope_cli.shared.outputs import atomic_write_text
 
 STAR_RATE = 0.3
 """Share of easy problems that carry one `*` step (the rest are pure `+`/`-`)."""
@@ -157,10 +159,8 @@ def easy_problems(seed: int, n: int, style: str = "steps") -> list[dict]:
     return records
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    with path.open("w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+def jsonl_text(records: list[dict]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
 
 
 @dataclass
@@ -175,6 +175,8 @@ class ProblemSetsConfig:
     oracle_style: str = option("steps", "How the written solutions read: steps (one step a line, the model's own style) "
                                         "or terse (two steps a line, the intermediate result skipped, as a person "
                                         "writes); the problems are the same.", choices=tuple(ORACLE_STYLES))
+    overwrite: bool = overwrite_option("Replace problem sets in --out that differ from these (the same sets are "
+                                       "rewritten as they are, so a rerun of the same command goes through).")
 
     def __post_init__(self):
         check_choices(self)
@@ -184,18 +186,24 @@ class ProblemSetsConfig:
 
 
 def write_problem_sets(out_dir: str | Path, seed: int = 0, n_easy: int = 64, n_hard: int = 256,
-                       n_heldout: int = 64, style: str = "steps") -> dict[str, int]:
+                       n_heldout: int = 64, style: str = "steps", overwrite: bool = False) -> dict[str, int]:
     """Write easy.jsonl, hard_pool.jsonl, heldout.jsonl and mix.jsonl (easy + hard pool, shuffled).
 
-    Returns the row count of each file. The same seed always gives the same files.
+    Returns the row count of each file. The same seed always gives the same files; a file that
+    already holds other problems (another seed, size or style) is replaced only with `overwrite`.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     easy = easy_problems(seed, n_easy, style)
     pool, heldout = hard_problems(seed, n_hard, n_heldout, style)
     mix = easy + pool
     random.Random(f"toy-mix-{seed}").shuffle(mix)
     files = {"easy.jsonl": easy, "hard_pool.jsonl": pool, "heldout.jsonl": heldout, "mix.jsonl": mix}
-    for name, records in files.items():
-        write_jsonl(out / name, records)
+    texts = {name: jsonl_text(records) for name, records in files.items()}
+    other = [name for name, text in texts.items() if (out / name).is_file() and (out / name).read_text() != text]
+    if other and not overwrite:
+        raise PopeError(f"--out: {out / other[0]} already holds other problems (another --seed, size or --oracle-style); "
+                        "use --overwrite to replace them, or another --out", exit_code=2)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
     return {name: len(records) for name, records in files.items()}

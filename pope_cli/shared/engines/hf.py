@@ -4,6 +4,11 @@ Requests are expanded into one row per sample (prompt, stream seed + j), rows ar
 prompt length so batches carry little padding, and each batch is left-padded and decoded
 greedily over seeded Gumbel noise (`noise.SeededSampler`), so a sample does not depend on the
 batch it lands in. The model is left as it was found: same training mode, same weights.
+
+A row never runs past the model's context (`max_position_embeddings`): its completion stops at
+the context minus its prompt, finish reason `length`, as vLLM stops one at `max_model_len`.
+Beyond it a model only extrapolates positions it never saw, slowly (the toy's 256 positions at
+`--max-new-tokens 4096` generated at a tenth of the speed of 64).
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ def eos_ids(model, tokenizer) -> list[int]:
             if i is not None and i not in ids:
                 ids.append(int(i))
     return ids
+
+
+def context_length(config) -> int | None:
+    """Positions the model attends over (its text config's `max_position_embeddings`), if it says."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    positions = getattr(text, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
 
 
 def _check_generation_config(model, eos: list[int]) -> None:
@@ -100,12 +112,16 @@ class HFEngine:
         _check_generation_config(model, self.eos_ids)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
+        self.context = context_length(model.config)
 
     @classmethod
     def from_options(cls, opts) -> "HFEngine":
         """Load the model and tokenizer named by a `ModelOptions`."""
+        from transformers.utils import logging as hf_logging
+
         from pope_cli.shared.models import load_model, load_tokenizer
 
+        hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar, drawn by every stage's start
         return cls(load_model(opts), load_tokenizer(opts.model, opts.trust_remote_code), opts.batch_size)
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
@@ -128,18 +144,25 @@ class HFEngine:
 
     def _generate_batch(self, rows: list[_Row], sampling: Sampling) -> list[Completion]:
         device = self.model.device
+        budgets = [self.budget(len(row.prompt), sampling.max_new_tokens) for row in rows]
+        steps = max(budgets)
+        if steps == 0:  # every prompt fills the context
+            return [Completion([], "", "length", [] if sampling.logprobs else None) for _ in rows]
         input_ids, attention_mask = self._left_pad([row.prompt for row in rows])
         width = input_ids.shape[1]
         sampler = SeededSampler([row.seed for row in rows], width, sampling.temperature, sampling.top_p,
                                 device, record_logprobs=sampling.logprobs)
         sequences = self.model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            logits_processor=LogitsProcessorList([sampler]), max_new_tokens=sampling.max_new_tokens,
+            logits_processor=LogitsProcessorList([sampler]), max_new_tokens=steps,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
             return_dict_in_generate=False, **_NEUTRAL_GENERATION,
-            **kv_cache(self.model, width + sampling.max_new_tokens),
+            **kv_cache(self.model, width + steps),
         )
-        completions = [self._completion(tokens) for tokens in sequences[:, width:].tolist()]
+        # A row's tokens past its own budget were drawn beyond its context (a longer neighbour kept
+        # the batch going): they go, as if it had stopped there.
+        completions = [self._completion(tokens[:budget])
+                       for tokens, budget in zip(sequences[:, width:].tolist(), budgets)]
         if sampling.logprobs:
             choices = torch.stack(sampler.choices, dim=1).tolist()
             logprobs = torch.stack(sampler.logprobs, dim=1).tolist()
@@ -149,6 +172,12 @@ class HFEngine:
                     raise RuntimeError("generate picked other tokens than SeededSampler's argmax")
                 c.logprobs = lp[:len(c.token_ids)]
         return completions
+
+    def budget(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """New tokens a prompt of this length gets: the budget, within the model's context."""
+        if self.context is None:
+            return max_new_tokens
+        return max(0, min(max_new_tokens, self.context - prompt_tokens))
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask, padded on the left so every row's next token is last."""

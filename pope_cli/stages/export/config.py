@@ -35,7 +35,8 @@ class ExportConfig:
                                  "and Parquet).", choices=("verl", "trl"))
     val: str | None = option(None, "Problems or prefixes file to export as val data (a prefixes file adds guided "
                                    "copies).", show_default=False, metavar="FILE")
-    gpus: int = option(1, "GPUs per node in run_verl.sh.")
+    gpus: int = option(1, "GPUs per node in run_verl.sh; for trl, the processes TRL runs on (accelerate launch "
+                          "--num_processes), over which trl_config.json's batch settings divide pope's step.")
     overwrite: bool = overwrite_option()
 
     def __post_init__(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 
+from pope_cli.shared.errors import PopeError
 from pope_cli.stages.export.config import ExportConfig
 from pope_cli.stages.train.config import TrainConfig
 
@@ -130,25 +131,47 @@ python -m verl.trainer.main_ppo \\
 """
 
 
+def trl_batch(cfg: ExportConfig) -> dict:
+    """GRPOConfig's batch settings that take pope's step on `--gpus` processes: one generation batch
+    of prompts_per_step x group_size completions (so TRL reads train's rows in train's order,
+    prompts_per_step a step), cut into optimizer steps of --mini-batch-size sequences (the whole
+    batch by default), each accumulated from micro-batches of at most --micro-batch-size per process.
+    TRL counts optimizer steps; pope counts steps of (sequences / mini-batch) x --updates-per-step."""
+    t, processes = cfg.train, cfg.gpus
+    sequences = t.prompts_per_step * t.group_size
+    mini = min(t.mini_batch_size or sequences, sequences)
+    if sequences % mini or mini % processes:
+        raise PopeError(f"--format trl: a step of {sequences} sequences in optimizer steps of {mini} (--mini-batch-size) "
+                        f"over {processes} process(es) (--gpus) cannot be equal batches, as TRL's are; choose sizes "
+                        "that divide", exit_code=2)
+    per_device = max(d for d in range(1, min(t.micro_batch_size, mini // processes) + 1) if mini % (d * processes) == 0)
+    per_step = sequences // mini * t.updates_per_step  # TRL's optimizer steps in one of pope's steps
+    return {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": mini // (per_device * processes),
+            "steps_per_generation": sequences // (per_device * processes), "optimizer_steps_per_pope_step": per_step}
+
+
 def trl_settings(cfg: ExportConfig) -> dict:
     """trl_config.json: `GRPOConfig(**grpo_config)`, and `peft.LoraConfig(**lora)` for a LoRA run.
 
-    The batch is left to the user, since it depends on the GPUs: per_device_train_batch_size x
-    processes x gradient_accumulation_steps must equal prompts_per_step x num_generations.
+    The batch settings (`trl_batch`) are for `--gpus` processes (`accelerate launch
+    --num_processes`); the step counts are TRL's optimizer steps.
     """
     t = cfg.train
+    batch = trl_batch(cfg)
+    per_step = batch.pop("optimizer_steps_per_pope_step")
     grpo = {
-        "max_steps": t.steps, "num_generations": t.group_size, "max_completion_length": t.sampling.max_new_tokens,
+        "max_steps": t.steps * per_step, **batch, "num_generations": t.group_size,
+        "max_completion_length": t.sampling.max_new_tokens,
         "temperature": t.sampling.temperature, "top_p": t.sampling.top_p, "shuffle_dataset": False,
-        "learning_rate": t.lr, "warmup_steps": t.warmup_steps, "lr_scheduler_type": "constant_with_warmup",
+        "learning_rate": t.lr, "warmup_steps": t.warmup_steps * per_step, "lr_scheduler_type": "constant_with_warmup",
         "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm, "num_iterations": t.updates_per_step,
         "beta": t.kl_coef, "epsilon": t.clip_low, "epsilon_high": t.clip_high, "loss_type": _TRL_LOSS_TYPE[t.loss_agg],
         "scale_rewards": "group" if t.adv_norm == "std" else "none", "mask_truncated_completions": t.mask_truncated,
-        "save_steps": t.save_every, "seed": t.seed,
+        "save_steps": t.save_every * per_step, "seed": t.seed,
     }
     lora = None
     if t.lora:
         targets = t.lora_targets if t.lora_targets == "all-linear" else [m.strip() for m in t.lora_targets.split(",")]
         lora = {"r": t.lora_rank, "lora_alpha": t.lora_alpha, "target_modules": targets, "lora_dropout": 0.0,
                 "task_type": "CAUSAL_LM"}
-    return {"grpo_config": grpo, "lora": lora, "prompts_per_step": t.prompts_per_step}
+    return {"grpo_config": grpo, "lora": lora, "prompts_per_step": t.prompts_per_step, "processes": cfg.gpus}

@@ -39,7 +39,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pope_cli.shared.claim import DirLock, check_out_path
+from pope_cli.shared.claim import DirLock
+from pope_cli.shared.outputs import check_out_path
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.export.config import ExportConfig
 
@@ -54,7 +55,7 @@ def messages(builder, kind: str, record: dict) -> list[dict]:
     if kind == "guided":
         text = guided_text(builder.guided_template(record.get("template")), record["problem"], record["prefix"])
     else:
-        text = unguided_text(builder.unguided_template, record["problem"])
+        text = unguided_text(builder.unguided_template_of(record), record["problem"])
     system = builder.opts.system_prompt
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
 
@@ -133,7 +134,6 @@ def _write_files(cfg: ExportConfig, directory: Path, train_rows: list[dict], val
         return files + ["trl_config.json"]
     script = directory / "run_verl.sh"
     script.write_text(verl_script(cfg, _prompt_bound(train_rows + val_rows)), encoding="utf-8")
-    script.chmod(0o755)
     return files + ["run_verl.sh"]
 
 
@@ -170,10 +170,14 @@ def run_export(cfg: ExportConfig) -> dict:
     """Write the export directory; returns counts for the CLI summary."""
     from collections import Counter
 
-    from pope_cli.shared.outputs import check_writable, manifest
+    from pope_cli.shared.outputs import check_writable, dir_mode, manifest, publish_modes
     from pope_cli.shared.runtime import PromptBuilder
 
     started = time.time()
+    if cfg.format == "trl":
+        from pope_cli.stages.export.files import trl_batch
+
+        trl_batch(cfg)  # a step TRL cannot take in equal batches is refused before anything is written
     builder = PromptBuilder(None, cfg.train.prompt, cfg.train.template)
     train_rows = [_row(cfg, builder, item, i, "train") for i, item in enumerate(draw_train_items(cfg))]
     val_rows = [_row(cfg, builder, item, i, "val") for i, item in enumerate(val_items(cfg.val))] if cfg.val else []
@@ -190,6 +194,9 @@ def run_export(cfg: ExportConfig) -> dict:
             files = _write_files(cfg, staging, train_rows, val_rows)
             info = manifest("export", asdict(cfg), started, counts, files=files + ["export.json"])
             (staging / "export.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+            publish_modes(staging)  # mkdtemp made it 0700
+            if cfg.format == "verl":
+                (staging / "run_verl.sh").chmod(dir_mode())  # executable as far as the umask lets a script be
             _publish(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pope_cli.stages.report.inputs import EvalData, RunData
+from pope_cli.stages.report.inputs import EvalData, RunData, labels
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,14 @@ def draw_training(spec: Spec, runs: list[RunData], path: Path, window: int) -> d
 
 
 def eval_groups(evals: list[EvalData]) -> dict[str, dict[str, dict]]:
-    """Bar group label (the eval dir, plus the model where a dir holds several) → mode → metrics."""
+    """Bar group label (the eval dir, plus the model where a dir holds several, named by as much of
+    its path as tells it from the others) → mode → metrics."""
     groups = {}
     for data in evals:
         models = data.summary.get("models", {})
-        for model, modes in models.items():
-            label = data.label if len(models) == 1 else f"{data.label}: {Path(model).name}"
-            groups[label] = modes
+        names = labels([Path(model) for model in models], "--model") if len(models) > 1 else [None]
+        for name, modes in zip(names, models.values()):
+            groups[data.label if name is None else f"{data.label}: {name}"] = modes
     return groups
 
 

@@ -29,13 +29,19 @@ class EvalData:
     summary: dict
 
 
-def labels(paths: list[Path]) -> list[str]:
-    """Each directory's name, with as many parent parts as it takes to tell them apart."""
-    for depth in range(1, max(len(p.parts) for p in paths) + 1):
-        names = ["/".join(p.parts[-depth:]) for p in paths]
-        if len(set(names)) == len(names):
-            return names
-    raise PopeError(f"DIR: {paths[0]} is given twice", exit_code=2)
+def labels(paths: list[Path], what: str = "DIR") -> list[str]:
+    """Each path's name, with as many parent parts as it takes to tell it from every other path
+    (runs/grpo/final and runs/pope/final are grpo/final and pope/final; a lone model stays model)."""
+    repeated = [p for i, p in enumerate(paths) if p in paths[:i]]
+    if repeated:
+        raise PopeError(f"{what}: {repeated[0]} is given twice", exit_code=2)
+    names = []
+    for path in paths:
+        others = [q for q in paths if q != path]
+        depth = next((d for d in range(1, len(path.parts) + 1)
+                      if all(q.parts[-d:] != path.parts[-d:] for q in others)), len(path.parts))
+        names.append("/".join(path.parts[-depth:]))
+    return names
 
 
 def load_inputs(dirs: list[str]) -> tuple[list[RunData], list[EvalData]]:

@@ -87,10 +87,11 @@ def run_report(cfg: ReportConfig) -> dict:
         blocks += [Heading("Training runs"), runs_table(runs, cfg.smooth)]
         for spec in training_specs(runs):
             drawn = draw_training(spec, runs, out / spec.file, cfg.smooth)
-            _keep(drawn, out / spec.file, figures, blocks)
+            _keep(drawn, figures, blocks)
     if evals:
         blocks += [Heading("Evaluations"), evals_table(evals)]
-        _keep(draw_evals(evals, out / EVAL_FIGURE), out / EVAL_FIGURE, figures, blocks)
+        _keep(draw_evals(evals, out / EVAL_FIGURE), figures, blocks)
+    _remove_stale_figures(out, figures)
     shown = completion_blocks(runs, cfg.completions)
     if shown:
         blocks += [Heading("Latest logged completions"), *shown]
@@ -103,10 +104,17 @@ def run_report(cfg: ReportConfig) -> dict:
     return result
 
 
-def _keep(drawn: dict | None, path: Path, figures: list, blocks: list) -> None:
-    """Record a drawn figure; remove a stale PNG of one that has nothing to show this time."""
-    if drawn is None:
-        path.unlink(missing_ok=True)
-        return
-    figures.append(drawn)
-    blocks.append(Image(drawn["file"], drawn["title"]))
+def _keep(drawn: dict | None, figures: list, blocks: list) -> None:
+    """Record a drawn figure (None: it had nothing to show)."""
+    if drawn is not None:
+        figures.append(drawn)
+        blocks.append(Image(drawn["file"], drawn["title"]))
+
+
+def _remove_stale_figures(out: Path, figures: list[dict]) -> None:
+    """An earlier report's PNGs that this one did not draw (no runs, no evals, a panel nobody logged)
+    would sit in a reused folder beside the new report as if they belonged to it."""
+    drawn = {figure["file"] for figure in figures}
+    for name in {spec.file for spec in training_specs([])} | {EVAL_FIGURE}:
+        if name not in drawn:
+            (out / name).unlink(missing_ok=True)

@@ -24,15 +24,22 @@ def oracle_examples(cfg: SftConfig) -> list[dict]:
 
     first = next(iter_raw_records(cfg.data), (None, None))[1]
     if isinstance(first, dict) and all(k in first for k in PREFIX_FIELDS):
-        problems = [(r["id"], r["problem"], r["answer"], r.get("solution")) for r in read_prefix_records(cfg.data)]
+        records = read_prefix_records(cfg.data)
     else:
-        problems = [(p.id, p.problem, p.answer, p.solution) for p in read_problems(cfg.data, cfg.fields)]
-    missing = [pid for pid, _, _, solution in problems if not isinstance(solution, str) or not solution.strip()]
+        records = [p.fields() for p in read_problems(cfg.data, cfg.fields)]
+    missing = [r["id"] for r in records if not isinstance(r.get("solution"), str) or not r["solution"].strip()]
     if missing:
         raise PopeError(f"{cfg.data}: {len(missing)} problem(s) have no oracle solution in field "
                         f"'{cfg.fields.solution}' (first: {missing[0]!r}); --source oracle needs one per problem")
-    return [{"id": pid, "problem": problem, "answer": answer, "response": solution.strip(), "sample": None}
-            for pid, problem, answer, solution in problems]
+    return [example(r, r["solution"].strip(), None) for r in records]
+
+
+def example(record: dict, response: str, sample: int | None) -> dict:
+    """An SFT example of `record`: its problem asked unguided (with the unguided template the
+    record names, if any), answered by `response`."""
+    asked = {"unguided_template": record["unguided_template"]} if record.get("unguided_template") else {}
+    return {"id": record["id"], "problem": record["problem"], "answer": record["answer"], **asked, "response": response,
+            "sample": sample}
 
 
 def joined_response(prefix: str, completion: str) -> str:
@@ -53,8 +60,7 @@ def guided_sample_examples(cfg: SftConfig, engine, scorer, prompts) -> tuple[lis
                   for r, group in zip(records, completions) for j, c in enumerate(group)]
     unguided = [{k: v for k, v in r.items() if k not in ("prefix", "prefix_fraction")} for r, _, _ in candidates]
     scores = scorer.score([text for _, _, text in candidates], unguided)
-    examples = [{"id": r["id"], "problem": r["problem"], "answer": r["answer"], "response": text, "sample": j}
-                for (r, j, text), score in zip(candidates, scores) if score is not None and score >= 1.0]
+    examples = [example(r, text, j) for (r, j, text), score in zip(candidates, scores) if score is not None and score >= 1.0]
     counts = {"problems": len(records), "samples": len(candidates), "kept": len(examples),
               "problems_kept": len({e["id"] for e in examples})}
     return examples, counts

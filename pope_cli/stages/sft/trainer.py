@@ -137,12 +137,14 @@ def encode_examples(examples: list[dict], tokenizer, prompt_opts) -> list[Sample
 def _validate_input(cfg: SftConfig) -> None:
     """Read the input once before anything is written: a bad file must leave no run behind."""
     from pope_cli.shared.data import read_prefix_records
+    from pope_cli.shared.runtime import PromptBuilder
     from pope_cli.stages.sft.data import oracle_examples
 
+    prompts = PromptBuilder(None, cfg.prompt, cfg.template)
     if cfg.source == "oracle":
-        oracle_examples(cfg)
+        prompts.check_records(oracle_examples(cfg), cfg.data, "unguided")
     else:
-        read_prefix_records(cfg.data)
+        prompts.check_records(read_prefix_records(cfg.data), cfg.data, "guided", "unguided")
 
 
 def _prepare(cfg: SftConfig, resuming: bool) -> tuple[Path | None, int, list[dict]]:
@@ -182,12 +184,14 @@ def run_sft(cfg: SftConfig, make_engine: Callable, make_scorer: Callable,
     from transformers.utils import logging as hf_logging
 
     from pope_cli.shared.models import load_tokenizer
+    from pope_cli.shared.runtime import resolved_autos
 
     hf_logging.disable_progress_bar()  # checkpoint saves would draw a bar each
     started = time.time()
     _validate_input(cfg)
     out = Path(cfg.out)
-    with claim_output(cfg.out, out / "config.json", asdict(cfg), _outputs(out), cfg.overwrite, RESUME_IGNORED) as claim:
+    with claim_output(cfg.out, out / "config.json", cfg, _outputs(out), cfg.overwrite, RESUME_IGNORED,
+                      resolved_autos(cfg.model)) as claim:
         checkpoint, done, rows = _prepare(cfg, claim.resuming)
         tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)  # checks the model before any write
         claim.started()

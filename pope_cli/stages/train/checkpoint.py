@@ -27,7 +27,7 @@ import torch
 
 from pope_cli.shared.distributed import SOLO, Ranks
 from pope_cli.shared.errors import PopeError
-from pope_cli.shared.outputs import atomic_write_json
+from pope_cli.shared.outputs import atomic_write_json, publish_modes
 from pope_cli.stages.train.parallel import full_weights, load_optimizer_state, optimizer_state
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -88,6 +88,7 @@ def _write_checkpoint(final: Path, model, weights: dict | None, tokenizer, optim
     for rank, rng in enumerate(rngs):
         torch.save(rng, tmp / _rng_file(rank))
     atomic_write_json(tmp / "state.json", {**state, "step": step})
+    publish_modes(tmp)  # safetensors writes its files 0600
     if final.exists():  # a rerun from an earlier checkpoint reached this step again
         shutil.rmtree(final)
     tmp.rename(final)

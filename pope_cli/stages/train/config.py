@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pope_cli.shared.config import (LOCAL_BACKEND_HELP, LOCAL_BACKENDS, PROMPT_PANEL, TRACKER_PANEL, ModelOptions,
                                     PromptOptions, RewardOptions, SamplingOptions, TrackerOptions, bad_option, int_list,
                                     overwrite_option, require_weights, seed_option)
-from pope_cli.shared.options import check_choices, group, option
+from pope_cli.shared.options import check_choices, given, group, option
 from pope_cli.stages.train.guidance import GUIDANCE_MODES
 
 ORACLE_IS = ("plain", "luffy")
@@ -55,7 +55,11 @@ class PolicyOptions:
     log_every: int = option(10, "Steps between logged completions.", panel=TRACKER_PANEL)
 
     def _policy_checks(self) -> list[tuple[str, bool, str]]:
+        full = "only for --lora runs (--full trains every weight)"
         return [
+            ("--lora-rank", self.lora or not given(self, "lora_rank"), full),
+            ("--lora-alpha", self.lora or not given(self, "lora_alpha"), full),
+            ("--lora-targets", self.lora or not given(self, "lora_targets"), full),
             ("--micro-batch-size", self.micro_batch_size >= 1, "must be at least 1"),
             ("--lora-rank", self.lora_rank >= 1, "must be at least 1"),
             ("--lora-alpha", self.lora_alpha > 0, "must be > 0"),
@@ -180,9 +184,15 @@ class TrainConfig(PolicyOptions):
     def _checks(self) -> list[tuple[str, bool, str]]:
         return [
             ("--guided-ratio", self.guided_ratio > 0, "must be > 0"),
+            ("--guided-ratio", self.mode == "pope" or not given(self, "guided_ratio"),
+             f"only with --mode pope (--mode {self.mode} has no guided:unguided mix)"),
             ("--easy-fraction", 0 <= self.easy_fraction < 1, "must be in [0, 1)"),
-            ("--easy-fraction", (self.easy is None) == (self.easy_fraction == 0 and self.curriculum == 0),
-             "--easy FILE goes with --easy-fraction > 0 or --curriculum N > 0"),
+            ("--curriculum", self.easy is not None or self.curriculum == 0, "needs --easy FILE, the problems of its "
+                                                                           "first steps"),
+            ("--easy-fraction", self.easy is not None or self.easy_fraction == 0, "needs --easy FILE, the problems "
+                                                                                  "it mixes in"),
+            ("--easy", self.easy is None or self.easy_fraction > 0 or self.curriculum > 0,
+             "goes with --easy-fraction > 0 or --curriculum N > 0"),
             ("--anneal-steps", self.anneal_steps is None or self.anneal_steps >= 1, "must be at least 1"),
             ("--anneal-steps", self.anneal_steps is None or self.guidance == "anneal", "only with --guidance anneal"),
             ("--guidance", self.guidance == "fixed" or self.mode != "grpo", "--mode grpo has no guided prompts"),
@@ -195,7 +205,10 @@ class TrainConfig(PolicyOptions):
             ("--oracle-rollouts", 0 <= self.oracle_rollouts < self.group_size,
              f"must be in [0, --group-size={self.group_size}): a group keeps at least one policy sample"),
             ("--oracle-rollouts", not self.oracle_rollouts or self.mode != "guided", "--mode guided has no unguided groups"),
+            ("--oracle-is", self.oracle_rollouts > 0 or not given(self, "oracle_is"), "only with --oracle-rollouts N"),
             ("--oracle-is-gamma", self.oracle_is_gamma > 0, "must be > 0"),
+            ("--oracle-is-gamma", self.oracle_is == "luffy" or not given(self, "oracle_is_gamma"),
+             "only with --oracle-is luffy"),
             ("--temperature", self.sampling.temperature > 0, "must be > 0: training samples on-policy"),
             ("--steps", self.steps >= 1, "must be at least 1"),
             ("--prompts-per-step", self.prompts_per_step >= 1, "must be at least 1"),
@@ -226,7 +239,9 @@ class TrainConfig(PolicyOptions):
 class DryRunConfig:
     """`pope train --dry-run`: the hardware a plan is sized for, and the throughputs it assumes."""
 
-    gpus: int = option(1, "Dry run: GPUs to plan for (torchrun ranks).", panel=DRY_PANEL)
+    gpus: int | None = option(None, "Dry run: GPUs to plan for (torchrun ranks); default: this machine's CUDA devices, "
+                                    "and where it has none a plan for its CPU, without GPU figures.", panel=DRY_PANEL,
+                              show_default=False)
     gpu_memory_gb: float = option(80.0, "Dry run: memory per GPU in GB (H100: 80).", panel=DRY_PANEL)
     gen_tokens_per_s: float = option(5000.0, "Dry run: generated tokens/s per GPU (an assumption for vLLM on a ~4B "
                                              "model; use the tokens/s a real run logs).", panel=DRY_PANEL)
@@ -239,7 +254,7 @@ class DryRunConfig:
                            panel=DRY_PANEL, in_file=False)
 
     def __post_init__(self):
-        checks = [("--gpus", self.gpus >= 1), ("--gpu-memory-gb", self.gpu_memory_gb > 0),
+        checks = [("--gpus", self.gpus is None or self.gpus >= 1), ("--gpu-memory-gb", self.gpu_memory_gb > 0),
                   ("--gen-tokens-per-s", self.gen_tokens_per_s > 0), ("--mfu", 0 < self.mfu <= 1),
                   ("--peak-tflops", self.peak_tflops > 0)]
         for option_name, ok in checks:

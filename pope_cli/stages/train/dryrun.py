@@ -36,16 +36,20 @@ The numbers are estimates for sizing hardware and catching a run that cannot fit
   GPU.
 - Upper bounds: every completion is counted at --max-new-tokens and every group as trained
   (a real run skips groups whose rewards are all equal).
+- Without --gpus on a machine with no CUDA device the plan is for its CPU: the hf engine (what
+  `--backend auto` takes there), memory without a GPU to fit in, and no time estimate (the
+  throughput options describe GPUs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pope_cli.shared.data import written_solution
 from pope_cli.shared.errors import PopeError
 from pope_cli.stages.train.config import DryRunConfig, TrainConfig
+from pope_cli.stages.train.report import start_notes
 
 GB = 1e9
 LOGIT_BYTES = 14
@@ -162,7 +166,7 @@ def data_plan(cfg: TrainConfig) -> dict:
     # the oracle's, trained on but not generated.
     with_solution = sum(1 for r in hard if written_solution(r)) / len(hard) if hard else 0.0
     oracle = totals["unguided"] / cfg.steps * with_solution * min(cfg.oracle_rollouts, cfg.group_size)
-    return {"hard": len(hard), "pools": pools, "per_step": {k: v / cfg.steps for k, v in totals.items() if v},
+    return {"hard": len(hard), "with_prefix": sum(r.get("prefix") is not None for r in hard), "pools": pools, "per_step": {k: v / cfg.steps for k, v in totals.items() if v},
             "epochs": {k: totals[k] / pools[k] for k in pools}, "prompt_tokens": lengths, "exact_tokens": exact,
             "oracle_per_step": oracle}
 
@@ -202,10 +206,12 @@ def pass_memory(cfg: TrainConfig, shape: Shape, seq_len: int, micro_batch: int) 
     return {"logits": logits, "activations": activations}
 
 
-def engine_memory(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples_per_gpu: float, seq_len: int) -> dict:
-    """The generation phase: vLLM's share of the GPU, or the hf engine's KV cache for one batch."""
+def engine_memory(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples_per_gpu: float, seq_len: int,
+                  on_cpu: bool = False) -> dict:
+    """The generation phase: vLLM's share of the GPU, or the hf engine's KV cache for one batch
+    (on a CPU plan, where `--backend auto` takes it)."""
     per_sequence = seq_len * shape.kv_bytes_per_token
-    if cfg.model.backend == "hf":
+    if cfg.model.backend == "hf" or (cfg.model.backend == "auto" and on_cpu):
         return {"engine": "hf", "kv": cfg.model.batch_size * per_sequence, "total": cfg.model.batch_size * per_sequence}
     total = cfg.model.gpu_memory_utilization * dry.gpu_memory_gb * GB
     kv = total - 2 * shape.params
@@ -230,8 +236,22 @@ def step_time(cfg: TrainConfig, shape: Shape, dry: DryRunConfig, samples: int, g
     return {"generate": generate, "train": train, "flops": flops, "step": generate + train}
 
 
+def local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def plan(cfg: TrainConfig, dry: DryRunConfig) -> dict:
-    """Everything the dry run prints, as numbers (bytes, tokens, seconds)."""
+    """Everything the dry run prints, as numbers (bytes, tokens, seconds); `gpus` 0 is a CPU plan."""
+    gpus = dry.gpus if dry.gpus is not None else local_gpus()
+    figures = plan_for(cfg, replace(dry, gpus=max(gpus, 1)))
+    if not gpus:
+        figures["engine"] = engine_memory(cfg, figures["shape"], dry, figures["samples"], figures["seq_len"], on_cpu=True)
+    return {**figures, "gpus": gpus}
+
+
+def plan_for(cfg: TrainConfig, dry: DryRunConfig) -> dict:
     data = data_plan(cfg)
     config = load_model_config(cfg.model.model, dry.model_config, cfg.model.trust_remote_code)
     shape = model_shape(config, cfg.lora, cfg.lora_rank, cfg.lora_targets)
@@ -271,7 +291,7 @@ def _data_lines(cfg: TrainConfig, p: dict) -> list[str]:
     trained = p["samples"] * (p["mean_prompt"] + cfg.sampling.max_new_tokens)
     epochs = ", ".join(f"{kind} {n:.1f}" for kind, n in data["epochs"].items())
     return [
-        f"data     {cfg.prefixes}: {data['hard']} hard problems, {data['pools'].get('guided', 0)} with a prefix; "
+        f"data     {cfg.prefixes}: {data['hard']} hard problems, {data['with_prefix']} with a prefix; "
         f"mode {cfg.mode}" + (f", guided:unguided {cfg.guided_ratio:g}:1" if cfg.mode == "pope" else ""),
         f"step     {cfg.prompts_per_step} prompts ({per_step}) x {cfg.group_size} samples = {p['samples']:,} completions",
         f"         prompt tokens, mean / max: {lengths} ({how})",
@@ -286,9 +306,12 @@ def _model_lines(cfg: TrainConfig, p: dict, dry: DryRunConfig) -> list[str]:
     shape = p["shape"]
     trained = (f"LoRA r{cfg.lora_rank} ({cfg.lora_targets}): {shape.trainable:,} trained "
                f"({100 * shape.trainable / shape.params:.2f}%)" if cfg.lora else f"full fine-tuning: all {shape.params:,} trained")
-    return [f"model    {shape.name} from {p['config_source']}: {shape.params:,} parameters", f"         {trained}",
-            f"GPUs     {dry.gpus} x {dry.gpu_memory_gb:g} GB, {p['strategy']}"
-            + ("; each GPU samples its share of the prompts" if dry.gpus > 1 else "")]
+    if not p["gpus"]:
+        where = "device   this machine's CPU: it has no CUDA device (--gpus N plans a run on N GPUs of --gpu-memory-gb)"
+    else:
+        where = (f"GPUs     {p['gpus']} x {dry.gpu_memory_gb:g} GB, {p['strategy']}"
+                 + ("; each GPU samples its share of the prompts" if p["gpus"] > 1 else ""))
+    return [f"model    {shape.name} from {p['config_source']}: {shape.params:,} parameters", f"         {trained}", where]
 
 
 def _none_fits(cfg: TrainConfig) -> str:
@@ -296,29 +319,37 @@ def _none_fits(cfg: TrainConfig) -> str:
 
 
 def _memory_lines(cfg: TrainConfig, p: dict, dry: DryRunConfig) -> list[str]:
-    capacity = dry.gpu_memory_gb * GB
-    lines = ["memory per GPU, training phase (GB)"]
+    capacity = dry.gpu_memory_gb * GB if p["gpus"] else None  # a CPU plan has no GPU to fit in
+
+    def verdict(total: float) -> str:
+        return "" if capacity is None else "  fits" if total <= capacity else f"  OVER {dry.gpu_memory_gb:g} GB"
+
+    where = " per GPU" if p["gpus"] else ""
+    lines = [f"memory{where}, training phase (GB)"]
     rows = {**p["policy"], **{f"{k} (micro-batch {cfg.micro_batch_size})": v for k, v in p["pass"].items()}}
     lines += [f"  {name:<32}{_gb(value)}" for name, value in rows.items() if value]
     total = sum(rows.values())
-    verdict = "fits" if total <= capacity else f"OVER {dry.gpu_memory_gb:g} GB"
-    lines += [f"  {'total':<32}{_gb(total)}  {verdict}",
-              f"  largest --micro-batch-size that fits: {p['largest_micro_batch'] or _none_fits(cfg)}"]
+    lines.append(f"  {'total':<32}{_gb(total)}{verdict(total)}")
+    if capacity is not None:
+        lines.append(f"  largest --micro-batch-size that fits: {p['largest_micro_batch'] or _none_fits(cfg)}")
     engine, kept = p["engine"], p["policy"]["weights"] + p["policy"]["AdamW moments"] + p["policy"]["KL reference"]
-    lines += ["memory per GPU, generation phase (GB)", f"  {'policy kept (weights, moments)':<32}{_gb(kept)}"]
+    lines += [f"memory{where}, generation phase (GB)", f"  {'policy kept (weights, moments)':<32}{_gb(kept)}"]
     if engine["engine"] == "hf":
         lines.append(f"  {f'hf KV cache (batch {cfg.model.batch_size})':<32}{_gb(engine['kv'])}")
     else:
-        waves = f"{engine['waves']} waves" if engine["waves"] else "does not fit one sequence"
+        waves = (f"{engine['waves']} wave{'s' if engine['waves'] > 1 else ''}" if engine["waves"]
+                 else "does not fit one sequence")
         lines += [f"  {f'vLLM at utilization {cfg.model.gpu_memory_utilization:g}':<32}{_gb(engine['total'])}",
                   f"    weights {engine['weights'] / GB:.1f}, KV cache {engine['kv'] / GB:.1f} = {engine['kv_tokens']:,} tokens "
                   f"= {engine['concurrent']} sequences of {p['seq_len']:,} at once ({waves} for this GPU's samples)"]
     total = kept + engine["total"]
-    lines.append(f"  {'total':<32}{_gb(total)}  {'fits' if total <= capacity else f'OVER {dry.gpu_memory_gb:g} GB'}")
+    lines.append(f"  {'total':<32}{_gb(total)}{verdict(total)}")
     return lines
 
 
 def _time_lines(cfg: TrainConfig, p: dict, dry: DryRunConfig) -> list[str]:
+    if not p["gpus"]:
+        return ["time per step: not estimated for a CPU (--gen-tokens-per-s, --mfu and --peak-tflops describe GPUs)"]
     t = p["time"]
     return [
         "time per step (estimate, upper bound)",
@@ -333,7 +364,8 @@ def render(cfg: TrainConfig, dry: DryRunConfig, p: dict) -> str:
     lines = ["pope train --dry-run: nothing loaded but the data file and the model config", ""]
     lines += _data_lines(cfg, p) + _model_lines(cfg, p, dry) + [""] + _memory_lines(cfg, p, dry) + [""]
     lines += _time_lines(cfg, p, dry)
-    return "\n".join(lines)
+    notes = start_notes(cfg)
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def dry_run(cfg: TrainConfig, dry: DryRunConfig) -> str:

@@ -21,6 +21,7 @@ import torch
 
 from pope_cli.shared.distributed import SOLO, Ranks
 from pope_cli.shared.errors import PopeError
+from pope_cli.shared.outputs import publish_modes
 from pope_cli.stages.train.config import TrainConfig
 from pope_cli.stages.train.parallel import full_weights
 
@@ -213,6 +214,7 @@ def _save_atomic(model, tokenizer, target: Path, weights: dict | None = None) ->
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
+    publish_modes(tmp)  # safetensors writes its files 0600
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

@@ -6,6 +6,20 @@ from __future__ import annotations
 import sys
 
 
+def start_notes(cfg) -> list[str]:
+    """What a run's options do that its user may not expect: a warmup the run never finishes, a
+    budget longer than the model's context."""
+    from pope_cli.shared.runtime import say_budget
+
+    notes: list[str] = []
+    if cfg.warmup_steps >= cfg.steps:
+        notes.append(f"train: --warmup-steps {cfg.warmup_steps} is not less than --steps {cfg.steps}: the learning rate "
+                     f"never reaches --lr {cfg.lr:g} (it peaks at {cfg.lr * cfg.steps / (cfg.warmup_steps + 1):.2g} in "
+                     "the last step); lower --warmup-steps")
+    say_budget(notes.append, "train", cfg.model, cfg.sampling.max_new_tokens)
+    return notes
+
+
 def _fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -14,7 +28,7 @@ def step_line(row: dict, total: int) -> str:
     """A one-line summary of a metrics row."""
     parts = [f"step {row['step']}/{total}",
              f"reward g {_fmt(row['reward/guided'])} u {_fmt(row['reward/unguided'])} e {_fmt(row['reward/easy'])}",
-             f"solved {row['solved_unguided/step']}/{row['solved_unguided/ever']} ever",
+             f"hard solved unguided {row['solved_unguided/step']} this step, {row['solved_unguided/ever']} ever",
              f"len {_fmt(row['response_length'], 0)}", f"trunc {_fmt(row['truncation_rate'])}",
              f"ent {_fmt(row['entropy'])}", f"gnorm {_fmt(row['grad_norm'])}", f"lr {row['lr']:.1e}",
              f"gen {_fmt(row['time/generate_s'], 1)}s train {_fmt(row['time/train_s'], 1)}s"]

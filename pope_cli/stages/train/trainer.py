@@ -100,7 +100,7 @@ from pope_cli.stages.train.config import TrainConfig
 from pope_cli.stages.train.loss import LossSettings
 from pope_cli.stages.train.parallel import choose, generating, wrap
 from pope_cli.stages.train.policy import EngineSync, build_policy, make_optimizer, save_final
-from pope_cli.stages.train.report import StepReporter
+from pope_cli.stages.train.report import StepReporter, start_notes
 from pope_cli.stages.train.update import ORACLE_METRICS, UpdateSettings, policy_update, reference_scorer
 from pope_cli.stages.train.guidance import AdaptiveGuidance, AnnealedPrefixes, prefix_share
 from pope_cli.stages.train.watch import RunWatch, completion_rows
@@ -295,6 +295,15 @@ def train_step(run: Run, step: int) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
+def train_autos(cfg: TrainConfig) -> dict:
+    """What each `auto` of the run's options means here (see `runtime.resolved_autos`)."""
+    from pope_cli.shared.engines import choose_backend
+    from pope_cli.shared.runtime import resolved_autos
+
+    autos = resolved_autos(cfg.model)
+    return {**autos, "rollout_is": rollout_mode("auto", choose_backend(cfg.model.backend) == "vllm")}
+
+
 def rollout_mode(requested: str, vllm: bool) -> str:
     """`--rollout-is` with `auto` resolved: truncated per-token IS for vLLM, as TRL corrects vLLM
     by default; none for the hf engine, which samples with the very model being trained."""
@@ -341,6 +350,7 @@ def config_dict(cfg: TrainConfig) -> dict:
 def read_training_data(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     """The hard problems with their prefixes, and the easy problems (if any)."""
     from pope_cli.shared.data import read_prefix_records, read_problems
+    from pope_cli.shared.runtime import PromptBuilder
 
     hard = read_prefix_records(cfg.prefixes)
     if cfg.guidance == "adaptive":
@@ -356,6 +366,11 @@ def read_training_data(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     if cfg.oracle_rollouts and not any(written_solution(r) for r in hard):
         raise PopeError(f"--oracle-rollouts: no record of {cfg.prefixes} has a `solution` to put in its groups", exit_code=2)
     easy = [p.fields() for p in read_problems(cfg.easy)] if cfg.easy else []
+    # Every template a record names loads, before anything is written.
+    prompts = PromptBuilder(None, cfg.prompt, cfg.template)
+    prompts.check_records(hard, cfg.prefixes, *{"pope": ("guided", "unguided"), "grpo": ("unguided",),
+                                                "guided": ("guided",)}[cfg.mode])
+    prompts.check_records(easy, str(cfg.easy), "unguided")
     return hard, easy
 
 
@@ -376,9 +391,9 @@ def _prepare(cfg: TrainConfig, claims: contextlib.ExitStack) -> tuple[Path | Non
     out = Path(cfg.out)
     metrics_path = out / "metrics.jsonl"
     claim = claims.enter_context(claim_output(
-        cfg.out, out / "config.json", config_dict(cfg),
+        cfg.out, out / "config.json", cfg,
         [metrics_path, out / "checkpoints", out / "final", out / "manifest.json", *(out / name for name in TRACKER_OUTPUTS)],
-        cfg.overwrite, RESUME_IGNORED))
+        cfg.overwrite, RESUME_IGNORED, train_autos(cfg)))
     claims.claim = claim  # rank 0's; `_start` commits it once the model is loaded
     checkpoint = latest_checkpoint(out) if claim.resuming else None
     done = _checkpoint_step(checkpoint)
@@ -410,6 +425,8 @@ def _train(cfg: TrainConfig, data, ranks: Ranks, started: float, reporter_stream
             run = Run(cfg, checkpoint, scorer, data, ranks)
             ranks.on_main(lambda: _start(cfg, claims, rows))
             reporter.message(_banner(cfg, run, done))
+            for note in start_notes(cfg):
+                reporter.message(note)
             watch = RunWatch(cfg, out, config_dict(cfg), done, reporter.message) if ranks.main else None
             with (JsonlAppender(out / "metrics.jsonl") if ranks.main else contextlib.nullcontext()) as metrics_file:
                 saved = done

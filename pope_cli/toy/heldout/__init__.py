@@ -9,9 +9,11 @@ pool and this set are disjoint by construction), the way the toy model itself is
 once and shipped: the set is the same for every demo run, so no run pays for filtering it.
 tests/test_toy_heldout.py rebuilds the first candidates and checks they give these rows.
 
-A prefixes row names the guided template it was found with; the shipped rows name the toy's
-guided template relative to the repository (`pope_cli/toy/templates/guided.txt`) instead of the
-build machine's absolute path, so give `--template` when evaluating on them (the demo does).
+A prefixes row names the guided template it was found with, and every row the unguided template
+filter-hard asked it with; the shipped rows name the toy's templates relative to the repository
+(`pope_cli/toy/templates/guided.txt`, `.../unguided.txt`) instead of the build machine's absolute
+paths, so give `--template` and `--unguided-template` when evaluating on them outside the
+repository's root (the demo does).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ BUILD_CANDIDATES = 320
 
 
 def portable(row: dict) -> dict:
-    """A prefixes row with its template named relative to the repository, not to this machine."""
-    template = row.get("template")
-    if template and Path(template).is_absolute() and HELDOUT_DIR.parents[1] in Path(template).parents:
-        return {**row, "template": str(Path(template).relative_to(HELDOUT_DIR.parents[2]))}
+    """A row with its templates named relative to the repository, not to this machine."""
+    row = dict(row)
+    for field in ("template", "unguided_template"):
+        template = row.get(field)
+        if template and Path(template).is_absolute() and HELDOUT_DIR.parents[1] in Path(template).parents:
+            row[field] = str(Path(template).relative_to(HELDOUT_DIR.parents[2]))
     return row
