@@ -104,10 +104,11 @@ def test_bf16_and_fp32_eval_of_the_toy_agree_within_a_paired_bound(tmp_path):
 
     from pope_cli.toy.model import SHIPPED_MODEL_DIR
     from pope_cli.toy.pretrain import TEMPLATES_DIR
-    from pope_cli.toy.task import make_record, sample_easy, write_jsonl
+    from pope_cli.shared.outputs import atomic_write_jsonl
+    from pope_cli.toy.task import make_record, sample_easy
 
     rng = random.Random(3)
-    write_jsonl(tmp_path / "easy.jsonl", [make_record(f"lookup-{i}", "toy", *sample_easy(rng, 1.0, 1.0)) for i in range(24)])
+    atomic_write_jsonl(tmp_path / "easy.jsonl", [make_record(f"lookup-{i}", "toy", *sample_easy(rng, 1.0, 1.0)) for i in range(24)])
     rates = {}
     for dtype in ("float32", "bfloat16"):
         done = subprocess.run(
@@ -117,7 +118,7 @@ def test_bf16_and_fp32_eval_of_the_toy_agree_within_a_paired_bound(tmp_path):
              "--unguided-template", str(TEMPLATES_DIR / "unguided.txt"), "--bootstrap", "0"],
             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr
-        assert f"eval: dtype {dtype}" in done.stderr
+        assert f"eval: dtype {dtype} (--dtype)" in done.stderr
         samples = [json.loads(line) for line in (tmp_path / dtype / "samples.jsonl").read_text().splitlines()]
         per_problem: dict[str, list[float]] = {}
         for sample in samples:

@@ -53,17 +53,6 @@ def print_table(title: str, rows: list[tuple[str, object]]) -> None:
     Console().print(table)
 
 
-def say_dtype(stage: str, opts, trains: bool = False) -> None:
-    """The stage's first line: the dtype its model computes in and why, since `--dtype auto` depends
-    on the machine (bf16 on a GPU or a CPU with bf16 matrix units, else fp32)."""
-    from pope_cli.shared.models import describe_dtype
-
-    dtype, why = describe_dtype(opts)
-    scheme = ": trainable weights and optimizer state in float32, matmuls under bf16 autocast" \
-        if trains and dtype != "float32" else ""
-    print(f"{stage}: dtype {dtype} ({why}){scheme}", file=sys.stderr, flush=True)
-
-
 def run_sampling_stage(name: str, cfg, run):
     """`run(cfg, make_engine, make_scorer, progress)` of a stage that samples problems in rounds
     (filter-hard, make-solutions): the model checked, the workers planned (and said), a progress line."""
@@ -72,7 +61,6 @@ def run_sampling_stage(name: str, cfg, run):
     from pope_cli.shared.workers.factory import plan_workers
 
     check_model_ref(cfg.model.model)
-    say_dtype(name, cfg.model)
     plan = plan_workers(cfg.model, cfg.parallel)
     if plan is not None:
         print(f"{name}: {plan.describe()}", file=sys.stderr)

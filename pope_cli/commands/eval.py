@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from pope_cli.commands.common import say_dtype
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.evaluate import EvalConfig
 
@@ -24,7 +23,6 @@ def command(cfg: EvalConfig):
     load_unguided_template(cfg.prompt.unguided_template)
     if cfg.template:
         load_template(cfg.template)
-    say_dtype("eval", cfg.model)
     plan = plan_workers(cfg.model, cfg.parallel)
     if plan is not None:
         print(f"eval: {plan.describe()}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pope_cli.commands.common import print_table, say_dtype
+from pope_cli.commands.common import print_table
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.prefixes import PrefixConfig
 
@@ -19,7 +19,6 @@ def command(cfg: PrefixConfig):
 
     validate_reward_spec(cfg.reward.spec)
     check_model_ref(cfg.model.model)
-    say_dtype("make-prefixes", cfg.model)
     plan = plan_workers(cfg.model, cfg.parallel) if cfg.fixed_fraction is None else None
     if plan is not None:
         print(f"make-prefixes: {plan.describe()}", file=sys.stderr)

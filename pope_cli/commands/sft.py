@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pope_cli.commands.common import print_table, say_dtype, written
+from pope_cli.commands.common import print_table, written
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.sft.config import SftConfig
 
@@ -22,7 +22,6 @@ def command(cfg: SftConfig):
     load_unguided_template(cfg.prompt.unguided_template)
     if cfg.template:
         load_template(cfg.template)
-    say_dtype("sft", cfg.model, trains=True)
     summary = run_sft(cfg, engine_factory(cfg.model), scorer_factory(cfg.reward),
                       say=lambda message: print(message, file=sys.stderr, flush=True))
     data = summary["data"]

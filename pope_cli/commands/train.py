@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pope_cli.commands.common import print_table, say_dtype, written
+from pope_cli.commands.common import print_table, written
 from pope_cli.commands.options import stage_command
 from pope_cli.stages.train.config import DryRunConfig, TrainConfig
 
@@ -24,8 +24,6 @@ def command(cfg: TrainConfig, dry: DryRunConfig):
         return
     from pope_cli.stages.train.trainer import run_train
 
-    if main_process():
-        say_dtype("train", cfg.model, trains=True)
     summary = run_train(cfg)
     if not main_process():
         return  # under torchrun, rank 0 reports for all

@@ -161,6 +161,17 @@ def model_context(opts: ModelOptions) -> int | None:
     return min(positions, opts.max_model_len) if opts.max_model_len else positions
 
 
+def say_dtype(say: Callable[[str], None], stage: str, opts: ModelOptions, trains: bool = False) -> None:
+    """The dtype the stage's model computes in, and why: `--dtype auto` depends on the machine (bf16 on a
+    GPU or a CPU with bf16 matrix units, else fp32)."""
+    from pope_cli.shared.models import describe_dtype
+
+    dtype, why = describe_dtype(opts)
+    scheme = ": trainable weights and optimizer state in float32, matmuls under bf16 autocast" \
+        if trains and dtype != "float32" else ""
+    say(f"{stage}: dtype {dtype} ({why}){scheme}")
+
+
 def say_budget(say: Callable[[str], None], stage: str, opts: ModelOptions, max_new_tokens: int) -> None:
     """Say so when `--max-new-tokens` is more than the model can hold (the engines stop every
     completion at the model's context, whatever the budget)."""

@@ -199,7 +199,7 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
              say: Callable[[str], None] = lambda text: None) -> dict:
     """Evaluate every model on every mode; returns the summary written to summary.json. `say`
     takes the one-line notices."""
-    from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
+    from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget, say_dtype
 
     started = time.time()
     items = load_items(cfg)
@@ -223,6 +223,8 @@ def run_eval(cfg: EvalConfig, make_engine: Callable[[ModelOptions], Engine], mak
         engine = make_engine(ModelOptions(**{**asdict(cfg.model), "model": pending[0]})) if pending else None
         claim.started()
         say(f"eval: {plan_line(cfg, items)}")
+        if pending:
+            say_dtype(say, "eval", cfg.model)
         resumed(say, "eval", cfg.out, cfg.data, changes, len(done), total, "units")
         if changes.stale:
             atomic_write_jsonl(samples_path, rows)

@@ -29,7 +29,7 @@ from pope_cli.shared.models import dtype_record
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared import input_state
 from pope_cli.shared.input_state import record_hash
-from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
+from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget, say_dtype
 from pope_cli.shared.seeding import derive_seed
 
 
@@ -150,6 +150,7 @@ def run_filter_hard(cfg: FilterHardConfig, make_engine: Callable[[], Engine], ma
         claim.started()
         resumed(say, "filter-hard", cfg.out, cfg.data, changes, len(done), len(problems), "problems decided")
         if todo:
+            say_dtype(say, "filter-hard", cfg.model)
             say_budget(say, "filter-hard", cfg.model, cfg.sampling.max_new_tokens)
         if changes.stale:
             atomic_write_jsonl(stats_path, done.values())

@@ -41,7 +41,7 @@ from pope_cli.shared.prompts import (Rung, count_tokens, fixed_fraction_prefix, 
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared import input_state
 from pope_cli.shared.input_state import record_hash
-from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
+from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget, say_dtype
 from pope_cli.shared.seeding import derive_seed
 
 SEARCH_PANEL = "Prefix search"
@@ -278,6 +278,7 @@ def run_make_prefixes(cfg: PrefixConfig, make_engine: Callable[[], Engine], make
         claim.started()
         resumed(say, "make-prefixes", cfg.out, cfg.data, changes, len(done), len(problems), "problems decided")
         if search is not None:
+            say_dtype(say, "make-prefixes", cfg.model)
             say_budget(say, "make-prefixes", cfg.model, cfg.sampling.max_new_tokens)
         if changes.stale:
             atomic_write_jsonl(stats_path, done.values())

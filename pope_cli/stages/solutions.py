@@ -43,7 +43,7 @@ from pope_cli.shared.outputs import (JsonlAppender, atomic_write_json, atomic_wr
 from pope_cli.shared.rounds import RoundStats, Scorer, run_rounds
 from pope_cli.shared import input_state
 from pope_cli.shared.input_state import record_hash
-from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget
+from pope_cli.shared.runtime import PromptBuilder, resolved_autos, resumed, say_budget, say_dtype
 from pope_cli.shared.seeding import derive_seed
 
 SOLVE_PANEL = "Solution search"
@@ -227,6 +227,7 @@ def run_make_solutions(cfg: SolutionsConfig, make_engine: Callable[[], Engine], 
         resumed(say, "make-solutions", cfg.out, cfg.data, changes, len(to_sample) - len(todo), len(to_sample),
                 "problems decided")
         if todo:
+            say_dtype(say, "make-solutions", cfg.model)
             say_budget(say, "make-solutions", cfg.model, cfg.sampling.max_new_tokens)
         if changes.stale:
             atomic_write_jsonl(stats_path, done.values())

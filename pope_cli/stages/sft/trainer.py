@@ -202,6 +202,7 @@ def run_sft(cfg: SftConfig, make_engine: Callable, make_scorer: Callable,
 
 def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], tokenizer, make_engine, make_scorer,
            say, started: float) -> dict:
+    from pope_cli.shared.runtime import say_dtype
     from pope_cli.stages.train.checkpoint import load_training_state, save_checkpoint
     from pope_cli.stages.train.policy import build_policy, make_optimizer, save_final
 
@@ -215,6 +216,7 @@ def _train(cfg: SftConfig, out: Path, checkpoint, done: int, rows: list[dict], t
     optimizer, scheduler = make_optimizer(cfg, policy.model, policy.autocast_dtype is not None)
     if checkpoint:
         load_training_state(checkpoint, policy.model, optimizer, scheduler)
+    say_dtype(say, "sft", cfg.model, trains=True)
     say(f"pope sft: {'resuming after step ' + str(done) if done else 'starting'}; {len(samples)} examples "
         f"({cfg.source}), {steps} steps of {cfg.examples_per_step}, {'LoRA' if cfg.lora else 'full'}, lr {cfg.lr:g}")
     with contextlib.ExitStack() as stack:

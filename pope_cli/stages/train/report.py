@@ -7,11 +7,12 @@ import sys
 
 
 def start_notes(cfg) -> list[str]:
-    """What a run's options do that its user may not expect: a warmup the run never finishes, a
-    budget longer than the model's context."""
-    from pope_cli.shared.runtime import say_budget
+    """What a run's options do that its user may not expect: the dtype `auto` chose, a warmup the run
+    never finishes, a budget longer than the model's context."""
+    from pope_cli.shared.runtime import say_budget, say_dtype
 
     notes: list[str] = []
+    say_dtype(notes.append, "train", cfg.model, trains=True)
     if cfg.warmup_steps >= cfg.steps:
         notes.append(f"train: --warmup-steps {cfg.warmup_steps} is not less than --steps {cfg.steps}: the learning rate "
                      f"never reaches --lr {cfg.lr:g} (it peaks at {cfg.lr * cfg.steps / (cfg.warmup_steps + 1):.2g} in "
