@@ -239,7 +239,7 @@ def trl_child(spec: dict) -> None:
     Path(spec["result"]).write_text(json.dumps({"rows": rows, "trl_logs": trainer.state.log_history}))
 
 
-def grpo_config(lora: bool) -> dict:
+def grpo_config(lora: bool, dtype: str = "float32") -> dict:
     """The GRPOConfig fields that match pope's settings (see the module docstring)."""
     return dict(
         per_device_train_batch_size=MICRO, generation_batch_size=PROMPTS * GROUP, num_generations=GROUP,
@@ -247,7 +247,7 @@ def grpo_config(lora: bool) -> dict:
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
         max_grad_norm=1.0, beta=0.0, num_iterations=1, epsilon=0.2, epsilon_high=0.2, loss_type="dapo",
         scale_rewards="none", mask_truncated_completions=False, gradient_checkpointing=False,
-        use_cpu=True, bf16=False, fp16=False, shuffle_dataset=False, use_vllm=False,
+        use_cpu=True, bf16=dtype == "bfloat16", fp16=False, shuffle_dataset=False, use_vllm=False,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
     )
 
@@ -361,6 +361,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lora", action="store_true", help="LoRA r16 on all linear layers instead of full fine-tuning")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: pope --dtype bfloat16 against TRL's bf16=True (both bf16 autocast over "
+                             "float32 weights)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: one pope and one TRL run of the first size under py-spy, time per part")
     parser.add_argument("--child-trl", help=argparse.SUPPRESS)
@@ -384,7 +387,7 @@ def main() -> None:
               "torch": torch.__version__, "trl": trl.__version__, "threads": args.threads, "steps": args.steps,
               "reps": args.reps, "prompts_per_step": PROMPTS, "group_size": GROUP, "max_new_tokens": MAX_NEW,
               "temperature": TEMPERATURE, "lr": LR, "micro_batch": MICRO, "tuning": "lora r16" if args.lora else "full",
-              "grpo_config": grpo_config(args.lora), "rows": []}
+              "dtype": args.dtype, "grpo_config": grpo_config(args.lora, args.dtype), "rows": []}
     records = one_lookup_problems(64)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -399,14 +402,15 @@ def main() -> None:
                     out = work / f"{size}-{trainer}-{rep}"
                     load = os.getloadavg()[0]
                     if trainer == "pope":
-                        command = pope_command(model_dir, reward, work / "prefixes.jsonl", out, args.steps, seed, args.lora)
+                        command = pope_command(model_dir, reward, work / "prefixes.jsonl", out, args.steps, seed, args.lora,
+                                               args.dtype)
                         wall, rss, code = run_child(command, env)
                         rows = pope_rows(out) if code == 0 else []
                     else:
                         spec = {"model": str(model_dir), "records": pope_order(records, args.steps, seed),
                                 "reward": reward, "out": str(out), "result": str(work / f"{size}-trl-{rep}.json"),
                                 "steps": args.steps, "seed": seed, "threads": args.threads, "lora": args.lora,
-                                "grpo_config": grpo_config(args.lora)}
+                                "grpo_config": grpo_config(args.lora, args.dtype)}
                         (work / "spec.json").write_text(json.dumps(spec))
                         wall, rss, code = run_child([sys.executable, str(Path(__file__).resolve()), "--child-trl",
                                                      str(work / "spec.json")], env)
@@ -438,7 +442,8 @@ def main() -> None:
             report["rows"].append(row)
             print_row(row)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("bench_vs_trl_lora.json" if args.lora else "bench_vs_trl.json")
+    suffix = ("_lora" if args.lora else "") + ("_bf16" if args.dtype == "bfloat16" else "")
+    path = RESULTS / f"bench_vs_trl{suffix}.json"
     # Sizes run in separate invocations (each under ~10 minutes here) share one file: a row
     # replaces the earlier row of the same size, the others stay.
     if path.exists():

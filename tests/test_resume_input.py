@@ -16,6 +16,7 @@ from conftest import sampling_stage_config
 from fakes import BoxScorer, ScriptedEngine
 from pope_cli.shared.config import FieldMap, ModelOptions, PromptOptions, RewardOptions, SamplingOptions
 from pope_cli.shared.errors import PopeError
+from pope_cli.shared.models import auto_dtype
 from pope_cli.stages.evaluate import EvalConfig, run_eval
 from pope_cli.stages.filter_hard import FilterHardConfig, run_filter_hard
 from pope_cli.stages.prefixes import PrefixConfig, run_make_prefixes
@@ -91,7 +92,8 @@ def test_a_rerun_on_edited_input_redoes_the_changed_records_and_writes_a_fresh_r
     summary = make(data, tmp_path / name)(engine, said.append)
     assert asked(engine, char_tokenizer) == {"problem 1", "problem 4"}
     unit = "unguided/" if stage == "eval" else ""  # eval's records are per mode
-    said = [line for line in said if not line.startswith("eval: 1 model(s) x")]  # eval says what it measures first
+    # eval says what it measures first, and every stage says its dtype when its model loads
+    said = [line for line in said if not line.startswith("eval: 1 model(s) x") and ": dtype " not in line]
     assert said[0] == (f"{stage}: {data} differs from the input of the earlier run: records 1 changed ({unit}p1), "
                        f"1 removed ({unit}p2), 1 added ({unit}p4); the changed ones are redone")
     what = "units" if stage == "eval" else "problems decided"
@@ -118,7 +120,8 @@ def test_paths_and_auto_are_compared_by_what_they_mean(tmp_path, char_tokenizer,
     run_filter_hard(first, lambda: ScriptedEngine(char_tokenizer, answer), BoxScorer)
     engine = ScriptedEngine(char_tokenizer, answer)
     same = sampling_stage_config(FilterHardConfig, "./p.jsonl", str(tmp_path / "out") + "/",
-                                 model=ModelOptions("model/", backend="hf", device="cpu", dtype="float32", batch_size=8),
+                                 model=ModelOptions("model/", backend="hf", device="cpu", dtype=auto_dtype("cpu")[0],
+                                                   batch_size=8),
                                  k=4, chunk=2)
     run_filter_hard(same, lambda: engine, BoxScorer)
     assert engine.calls == []
