@@ -31,6 +31,8 @@ COMMANDS = {
     "demo": Entry("demo", "Run the four stages on the embedded toy model: plain GRPO vs POPE, evaluated on held-out hard "
                           "problems.", no_args_is_help=False),
     "toy": Entry("toy", "The toy testbed: chain arithmetic mod 10 and a ~1M-parameter model that runs on CPU."),
+    "lm": Entry("lm", "The real-LM testbed: SmolLM2-135M-Instruct (fetched from PyPI, converted from GGUF) and word "
+                      "problems."),
 }
 
 app = typer.Typer(

@@ -90,6 +90,12 @@ def load(name: str, entry: Entry):
     return command
 
 
+def subcommands(name: str, help: str) -> typer.Typer:
+    """The `app` of a command with subcommands (`pope toy`, `pope lm`), taking options as the others do."""
+    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, cls=Group,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+
+
 def lazy_group(entries: dict[str, Entry]) -> type[LazyGroup]:
     """A LazyGroup class over `entries`, for `typer.Typer(cls=...)`."""
     return type("PopeCommands", (LazyGroup,), {"entries": entries})

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
 from pope_cli.commands.common import print_table, written
 from pope_cli.commands.options import stage_command
-from pope_cli.commands.registry import Command, Group
+from pope_cli.commands.registry import Command, subcommands
 from pope_cli.toy.pretrain import PretrainConfig
 from pope_cli.toy.task import ProblemSetsConfig
 
-app = typer.Typer(
-    name="toy",
-    help="The toy testbed: chain arithmetic mod 10 and a ~1M-parameter model that runs on CPU.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
-    cls=Group,
-)
+app = subcommands("toy", "The toy testbed: chain arithmetic mod 10 and a ~1M-parameter model that runs on CPU.")
 
 
 @app.command("make-data", no_args_is_help=True, cls=Command)

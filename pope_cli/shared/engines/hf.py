@@ -83,7 +83,11 @@ def kv_cache(model, length: int) -> dict:
 
     The cache is built here, sized to this batch: `cache_implementation="static"` would size it
     to the longest batch the process has generated so far, and attention over a longer cache
-    rounds differently, so a resumed run or another worker would sample from other log-probs."""
+    rounds differently, so a resumed run or another worker would sample from other log-probs.
+
+    Not under autocast (a mixed-precision trainer's float32 weights): there the values come out
+    of a bf16 matmul while transformers 5.16.1 (not 5.25) rotates the keys in float32, and a
+    static cache holds one dtype for both (`index_copy_(): ... Float and BFloat16`)."""
     if model.device.type == "cpu" and getattr(model, "_can_compile_fullgraph", False):
         from transformers import StaticCache
 
@@ -157,7 +161,7 @@ class HFEngine:
             logits_processor=LogitsProcessorList([sampler]), max_new_tokens=steps,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
             return_dict_in_generate=False, **_NEUTRAL_GENERATION,
-            **kv_cache(self.model, width + steps),
+            **({} if self.autocast_dtype else kv_cache(self.model, width + steps)),
         )
         # A row's tokens past its own budget were drawn beyond its context (a longer neighbour kept
         # the batch going): they go, as if it had stopped there.
