@@ -36,3 +36,13 @@ def real_lm_dir() -> Path:
 
             get_model(GetConfig(out=str(path)))
     return path
+
+
+def states_an_answer(completion: str, record: dict) -> float:
+    """A training reward for the tests that need a learning signal from this model: 1.0 when the
+    completion states an answer at all (about 60% of its samples), whatever the number. The real
+    reward is right in about 1% of samples on these problems, so a short run sees no group with
+    signal, trains no token and measures no sampler/trainer mismatch."""
+    from pope_cli.lm.reward import stated_answer
+
+    return 1.0 if stated_answer(completion) is not None else 0.0

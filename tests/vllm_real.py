@@ -40,8 +40,10 @@ def require_vllm():
 
 
 def environment() -> dict[str, str]:
-    # vLLM's own INFO lines would fill the captured output of every run.
-    return {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    # vLLM's own INFO lines would fill the captured output of every run; tests/ on the path lets a
+    # run take a reward defined there (lm_real:states_an_answer).
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
 
 
 def pope(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
