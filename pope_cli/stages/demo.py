@@ -152,8 +152,8 @@ class DemoConfig:
     parallel: int = option(2, "Commands of one phase (filters, training arms, evaluations) run at once, one CPU thread "
                               "each.")
     dtype: str = option("float32", "Every stage's --dtype. float32 by default, not auto: the toy's recorded results "
-                                   "(examples/toy/RESULTS.md) were made in float32; bfloat16 runs ~1.1-1.5x faster on "
-                                   "a CPU with bf16 units and learns alike (RESULTS.md, 3 seeds).",
+                                   "(examples/toy/RESULTS.md) were made in float32, and at the toy's size bf16 buys no speed "
+                                   "on a CPU (training 1.02x, generation 0.88x: benchmarks/README.md).",
                         choices=("float32", "bfloat16", "auto"))
     overwrite: bool = overwrite_option("Start again instead of resuming an earlier demo in --out.")
 
