@@ -5,7 +5,8 @@
 #   pip install -e ".[lm]" && SEED=0 WORK=smollm2-run bash examples/smollm2/run.sh
 # The problems, hard sets and prefixes do not depend on SEED: a second seed reuses them (every stage
 # resumes when rerun) and trains and evaluates anew under WORK/seed-$SEED.
-# Knobs (environment): MODEL, WORK, SEED, BACKEND (hf or vllm), POOL and HELDOUT (problems),
+# Knobs (environment): MODEL, WORK, SEED, BACKEND (hf or vllm: filter-hard, make-prefixes, eval) and
+# TRAIN_BACKEND (train's sampler; vLLM's CPU build samples a LoRA policy no faster than hf), POOL and HELDOUT (problems),
 # K (filter-hard samples), PREFIX_N (guided samples a rung), STEPS (training steps an arm), N (eval samples).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +15,8 @@ MODEL="${MODEL:-$HOME/.cache/pope/smollm2-135m-instruct}"
 WORK="${WORK:-smollm2-run}"
 SEED="${SEED:-0}"
 BACKEND="${BACKEND:-hf}"
+TRAIN_BACKEND="${TRAIN_BACKEND:-hf}"
+export VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-WARNING}"
 POOL="${POOL:-32}"
 HELDOUT="${HELDOUT:-24}"
 K="${K:-16}"
@@ -27,7 +30,7 @@ lap() { echo "== $1: $((SECONDS - started)) s since the start" | tee -a "$RUN/ti
 
 # Every stage samples as training does (T = 0.8: hard means never solved as the policy samples),
 # in bf16, with the templates that ask for "The answer is N." and the reward that reads it.
-SAMPLE=(--model "$MODEL" --dtype bfloat16 --backend "$BACKEND" --temperature 0.8 --max-new-tokens 96
+SAMPLE=(--model "$MODEL" --dtype bfloat16 --temperature 0.8 --max-new-tokens 96
         --reward pope_cli.lm.reward:score)
 UNGUIDED=(--unguided-template "$LM/templates/unguided.txt")
 GUIDED=(--template "$LM/templates/guided.txt")
@@ -42,14 +45,14 @@ lap "model and data"
 
 # 2. Hard = no correct answer in K samples, for the training pool and the held-out set alike.
 for SPLIT in pool heldout; do
-    pope filter-hard "$WORK/data/$SPLIT.jsonl" "${SAMPLE[@]}" "${UNGUIDED[@]}" --k "$K" --chunk 8 --seed 0 --out "$WORK/filter-$SPLIT"
+    pope filter-hard "$WORK/data/$SPLIT.jsonl" "${SAMPLE[@]}" --backend "$BACKEND" "${UNGUIDED[@]}" --k "$K" --chunk 8 --seed 0 --out "$WORK/filter-$SPLIT"
 done
 lap "filter-hard"
 
 # 3. The shortest prefix of the worked solution (whole sentences, at most 3/4 of it) that the model
 #    finishes correctly at least once in PREFIX_N guided samples; the longest rung where none does.
 for SPLIT in pool heldout; do
-    pope make-prefixes "$WORK/filter-$SPLIT/hard.jsonl" "${SAMPLE[@]}" "${GUIDED[@]}" --max-fraction 0.75 --n "$PREFIX_N" \
+    pope make-prefixes "$WORK/filter-$SPLIT/hard.jsonl" "${SAMPLE[@]}" --backend "$BACKEND" "${GUIDED[@]}" --max-fraction 0.75 --n "$PREFIX_N" \
         --seed 0 --out "$WORK/prefixes-$SPLIT.jsonl"
 done
 lap "make-prefixes"
@@ -57,8 +60,9 @@ lap "make-prefixes"
 # 4. Plain GRPO (unguided prompts only) and POPE (guided and unguided copies, the prefix masked from
 #    the loss), same start model, seed and budget: LoRA r16, bf16 autocast over float32 adapters.
 for ARM in grpo pope; do
-    pope train "$WORK/prefixes-pool.jsonl" "${SAMPLE[@]}" "${UNGUIDED[@]}" "${GUIDED[@]}" --mode "$ARM" --steps "$STEPS" \
-        --prompts-per-step 4 --group-size 8 --lora-rank 16 --lora-alpha 32 --lr 1e-4 --save-every "$STEPS" \
+    pope train "$WORK/prefixes-pool.jsonl" "${SAMPLE[@]}" --backend "$TRAIN_BACKEND" "${UNGUIDED[@]}" "${GUIDED[@]}" \
+        --mode "$ARM" --steps "$STEPS" --prompts-per-step 4 --group-size 8 --lora-rank 16 --lora-alpha 32 --lr 1e-4 \
+        --warmup-steps 1 --save-every "$STEPS" \
         --seed "$SEED" --out "$RUN/runs/$ARM"
 done
 lap "train"
@@ -66,6 +70,6 @@ lap "train"
 # 5. The start model and both arms on the held-out hard problems, unguided and guided (their own
 #    prefixes), avg@N and pass@k; then the figures and tables.
 pope eval "$WORK/prefixes-heldout.jsonl" --mode unguided,guided --model "$MODEL" --model "$RUN/runs/grpo/final" \
-    --model "$RUN/runs/pope/final" "${SAMPLE[@]:2}" "${UNGUIDED[@]}" "${GUIDED[@]}" --n "$N" --k "1,$N" --seed "$SEED" --out "$RUN/eval"
+    --model "$RUN/runs/pope/final" "${SAMPLE[@]:2}" --backend "$BACKEND" "${UNGUIDED[@]}" "${GUIDED[@]}" --n "$N" --k "1,$N" --seed "$SEED" --out "$RUN/eval"
 pope report "$RUN/runs/grpo" "$RUN/runs/pope" "$RUN/eval" --smooth 2 --out "$RUN/report"
 lap "eval and report"

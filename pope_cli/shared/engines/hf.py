@@ -85,9 +85,10 @@ def kv_cache(model, length: int) -> dict:
     to the longest batch the process has generated so far, and attention over a longer cache
     rounds differently, so a resumed run or another worker would sample from other log-probs.
 
-    Not under autocast (a mixed-precision trainer's float32 weights): there the values come out
-    of a bf16 matmul while transformers 5.16.1 (not 5.25) rotates the keys in float32, and a
-    static cache holds one dtype for both (`index_copy_(): ... Float and BFloat16`)."""
+    Not for float32 weights under autocast (a mixed-precision full fine-tuning): there the values
+    come out of a bf16 matmul while transformers 5.16.1 (not 5.25) rotates the keys in float32
+    with the float32 hidden states, and a static cache holds one dtype for both
+    (`index_copy_(): ... Float and BFloat16`)."""
     if model.device.type == "cpu" and getattr(model, "_can_compile_fullgraph", False):
         from transformers import StaticCache
 
@@ -146,6 +147,12 @@ class HFEngine:
             self.model.train(was_training)
         return results
 
+    def _float32_under_autocast(self) -> bool:
+        """Float32 hidden states under bf16 autocast (full fine-tuning in mixed precision), where
+        `kv_cache`'s static cache does not hold (its docstring); LoRA over a bf16 base keeps it."""
+        embeddings = self.model.get_input_embeddings().weight
+        return self.autocast_dtype is not None and embeddings.dtype == torch.float32
+
     def _generate_batch(self, rows: list[_Row], sampling: Sampling) -> list[Completion]:
         device = self.model.device
         budgets = [self.budget(len(row.prompt), sampling.max_new_tokens) for row in rows]
@@ -161,7 +168,7 @@ class HFEngine:
             logits_processor=LogitsProcessorList([sampler]), max_new_tokens=steps,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
             return_dict_in_generate=False, **_NEUTRAL_GENERATION,
-            **({} if self.autocast_dtype else kv_cache(self.model, width + steps)),
+            **({} if self._float32_under_autocast() else kv_cache(self.model, width + steps)),
         )
         # A row's tokens past its own budget were drawn beyond its context (a longer neighbour kept
         # the batch going): they go, as if it had stopped there.
