@@ -169,6 +169,10 @@ def test_the_static_cache_goes_to_generate_under_the_name_this_transformers_take
     model = build_tiny_model(len(char_tokenizer))
     name = hf.cache_argument(model)
     assert list(hf.kv_cache(model, 16)) == [name]
+    # float32 weights under bf16 autocast take the dynamic cache (kv_cache's docstring); bf16 ones keep it
+    assert hf.kv_cache(model, 16, torch.bfloat16) == {}
+    assert list(hf.kv_cache(model.to(torch.bfloat16), 16, torch.bfloat16)) == [name]
+    model.to(torch.float32)
     assert name in inspect.signature(type(model).forward).parameters
     seen = []
     original = type(model).forward
